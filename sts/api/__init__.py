@@ -1,0 +1,1 @@
+"""HTTP layer: one router per protocol or concern, built by `create_app`."""

@@ -1,0 +1,82 @@
+"""`create_app(settings)`: the FastAPI application. Models load in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio.to_thread
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from sts import __version__
+from sts.api import sts as sts_api
+from sts.api.errors import install_error_handlers
+from sts.api.limits import BodySizeLimit
+from sts.config import ModelConfig, ServerSettings
+from sts.repository import ModelRepository
+from sts.resources import resource_dir
+from sts.service import InferenceService
+from sts.watcher import Watcher
+from sts.web import routes as web
+
+logger = logging.getLogger("sts")
+
+SETTINGS_ENV = "STS_SETTINGS_JSON"
+
+
+def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = None) -> FastAPI:
+    """Build the app. Model configs are validated here (ConfigError on a bad one);
+    models load in the background once the app starts, and `/health/ready` says when."""
+    if configs is None:
+        configs = settings.model_configs()
+    repository = ModelRepository(configs)
+    config_file = Path(settings.model_config_file) if settings.model_config_file else None
+    watcher = Watcher(repository, settings.poll_seconds, config_file, settings.model_version_policy)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(watcher.run(), name="sts-watcher")
+        app.state.watcher_task = task
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await anyio.to_thread.run_sync(repository.close)
+
+    app = FastAPI(
+        title="sts",
+        version=__version__,
+        summary="Serves TensorFlow, PyTorch, ONNX and MXNet models over HTTP",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.repository = repository
+    app.state.service = InferenceService(repository)
+    install_error_handlers(app)
+
+    app.include_router(web.router)
+    app.include_router(sts_api.router)
+    app.mount("/static", StaticFiles(directory=resource_dir("static")), name="static")
+
+    if settings.enable_cors:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
+        )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for `--workers N`: each worker process rebuilds the app from the settings
+    the CLI put in `STS_SETTINGS_JSON`."""
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = ServerSettings.model_validate_json(raw) if raw else ServerSettings()
+    return create_app(settings)

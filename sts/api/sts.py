@@ -1,0 +1,139 @@
+"""The original Simple TensorFlow Serving API: `POST /`, `/v1/models`, `/health`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from sts.api.deps import RepositoryDep, ServiceDep
+from sts.codecs import decode_named_inputs, dumps, parse_json, short
+from sts.errors import InvalidInput, UnsupportedMediaType
+from sts.repository import ServedModel
+from sts.service import Call
+from sts.signature import Signature, TensorSpec
+
+router = APIRouter(tags=["sts"])
+
+# curl -d sends form-urlencoded and many clients send no type at all: all mean JSON here.
+JSON_MEDIA_TYPES = {
+    "", "application/json", "text/json", "text/plain", "application/x-www-form-urlencoded",
+}
+# Bodies above this are parsed in a worker thread instead of on the event loop.
+INLINE_PARSE_BYTES = 64 * 1024
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_json_body(request: Request) -> Any:
+    """The body parsed as JSON; big bodies are parsed off the event loop."""
+    kind = media_type(request)
+    if kind not in JSON_MEDIA_TYPES and not kind.endswith("+json"):
+        if kind == "multipart/form-data":
+            raise UnsupportedMediaType(
+                "multipart image upload is not supported by this version of sts; send JSON"
+            )
+        raise UnsupportedMediaType(
+            f"content type '{short(kind)}' is not supported; send application/json"
+        )
+    body = await request.body()
+    if len(body) > INLINE_PARSE_BYTES:
+        return await anyio.to_thread.run_sync(parse_json, body)
+    return parse_json(body)
+
+
+@router.post("/", summary="Predict (the original protocol)")
+async def predict(request: Request, service: ServiceDep) -> Response:
+    """`{"model_name", "model_version", "signature_name", "data": {input: values}}` ->
+    `{output: values}`."""
+    document = await read_json_body(request)
+    if not isinstance(document, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    if "data" not in document:
+        raise InvalidInput(
+            'missing "data": send {"model_name": ..., "data": {"<input>": [...]}}'
+        )
+    data = document["data"]
+
+    def encode(call: Call, outputs: dict[str, np.ndarray]) -> bytes:
+        return dumps(outputs)
+
+    body = await service.infer(
+        document.get("model_name", "default"),
+        document.get("model_version"),
+        document.get("signature_name"),
+        lambda signature: decode_named_inputs(data, signature),
+        encode,
+    )
+    return Response(body, media_type="application/json")
+
+
+def tensor_info(spec: TensorSpec) -> dict[str, Any]:
+    dt = spec.dt
+    return {
+        "name": spec.name,
+        "dtype": dt.tf_enum,
+        "dtype_name": dt.name,
+        "shape": list(spec.shape) if spec.shape is not None else None,
+    }
+
+
+def signature_info(signature: Signature) -> dict[str, Any]:
+    return {
+        "inputs": [tensor_info(s) for s in signature.inputs.values()],
+        "outputs": [tensor_info(s) for s in signature.outputs.values()],
+        "method_name": signature.method,
+    }
+
+
+def model_detail(model: ServedModel) -> dict[str, Any]:
+    """The original's model description, plus every signature and every version's state."""
+    latest = model.latest()
+    detail: dict[str, Any] = {
+        "model_name": model.name,
+        "model_base_path": str(model.base_path),
+        "platform": model.config.platform,
+        "model_version_list": [str(v) for v in sorted(model.serving)],
+        "version_policy": str(model.config.version_policy),
+        "version_labels": dict(model.config.version_labels),
+        "model_signature": {},
+        "signatures": {},
+        "default_signature": "",
+        "versions": [mv.status() for mv in model.version_list()],
+    }
+    if model.problem:
+        detail["problem"] = model.problem
+    if latest is not None:
+        default_name, default = latest.signature(None)
+        detail["default_signature"] = default_name
+        detail["model_signature"] = {"signature_name": default_name, **signature_info(default)}
+        detail["signatures"] = {
+            name: signature_info(sig) for name, sig in latest.signatures.items()
+        }
+    return detail
+
+
+@router.get("/v1/models", summary="Every model")
+async def list_models(repository: RepositoryDep) -> JSONResponse:
+    return JSONResponse([model_detail(m) for m in repository.models()])
+
+
+@router.get("/v1/models/{model_name}", summary="One model: versions and signatures")
+async def get_model(model_name: str, repository: RepositoryDep) -> JSONResponse:
+    return JSONResponse(model_detail(repository.model(model_name)))
+
+
+@router.get("/health", summary="Liveness", response_class=PlainTextResponse)
+async def health() -> str:
+    return "healthy"
+
+
+@router.get("/health/ready", summary="Readiness: the first load of every model is done")
+async def ready(repository: RepositoryDep) -> JSONResponse:
+    is_ready = repository.ready.is_set()
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)

@@ -1,0 +1,164 @@
+"""The `Backend` interface every framework adapter implements, and the platform table.
+
+To add a platform: write one module with a `Backend` subclass, add it to `PLATFORMS`,
+add an extra to `pyproject.toml`, and a test module that builds a tiny real model.
+A config entry may also name any class directly as `platform: "package.module:Class"`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sts.errors import ConfigError
+from sts.signature import Signature, default_signature_name
+
+if TYPE_CHECKING:
+    from sts.config import ModelConfig
+
+logger = logging.getLogger("sts.backends")
+
+
+class BackendOptions(BaseModel):
+    """Typed per-backend options; a misspelt key fails at start-up."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    custom_op_libraries: list[str] = []
+    """Shared libraries with custom ops, loaded before the model."""
+
+
+class Backend(ABC):
+    """One loaded model version of one framework.
+
+    Override `load`, `signatures` and `predict`; `unload` and `discover_versions`
+    have defaults. `predict` is called from several worker threads at once, so it
+    must be thread-safe. Raise `sts.errors.InvalidInput` for input the framework
+    refuses, `BackendError` for framework failures and `ModelLoadError` from `load`;
+    never let a framework exception escape.
+    """
+
+    platform: ClassVar[str]
+    options_class: ClassVar[type[BackendOptions]] = BackendOptions
+    # session_config keys (the original's TensorFlow names) -> option names here
+    session_config_keys: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        self.path = path
+        self.options = options
+
+    @abstractmethod
+    def load(self) -> None:
+        """Read the artefact, place it on its device and load custom ops."""
+
+    @abstractmethod
+    def signatures(self) -> dict[str, Signature]:
+        """Signature name -> inputs/outputs; `default_signature` picks the default."""
+
+    @abstractmethod
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], signature: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run one batch. `inputs` holds exactly the signature's inputs, already in its dtypes."""
+
+    def unload(self) -> None:  # noqa: B027 - optional hook
+        """Free the model's memory (GPU too). Called once, after the last request."""
+
+    def default_signature(self) -> str:
+        return default_signature_name(self.signatures())
+
+    @classmethod
+    def discover_versions(cls, base_path: Path) -> dict[int, Path]:
+        """Version number -> path: numbered sub-folders, or a single file as version 1."""
+        if base_path.is_file():
+            return {1: base_path}
+        versions: dict[int, Path] = {}
+        try:
+            entries = list(base_path.iterdir())
+        except OSError:
+            return versions
+        for entry in entries:
+            if entry.name.isdigit() and entry.is_dir():
+                versions[int(entry.name)] = entry
+        return versions
+
+    @classmethod
+    def build_options(cls, config: ModelConfig) -> BackendOptions:
+        """Options from a config entry: `options`, then `session_config` and `custom_op_paths`."""
+        values: dict[str, Any] = {}
+        unknown: list[str] = []
+        for key, value in config.session_config.items():
+            if key in cls.session_config_keys:
+                values[cls.session_config_keys[key]] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            logger.warning(
+                "model %r: session_config keys %s mean nothing to platform %s and are not used",
+                config.name,
+                sorted(unknown),
+                config.platform,
+            )
+        values.update(config.options)
+        if config.custom_op_paths:
+            values["custom_op_libraries"] = [
+                *values.get("custom_op_libraries", []),
+                *config.custom_op_paths,
+            ]
+        return cls.options_class.model_validate(values)
+
+
+PLATFORMS: dict[str, str] = {
+    "onnx": "sts.backends.onnx:OnnxBackend",
+    "pytorch_onnx": "sts.backends.onnx:OnnxBackend",
+}
+"""Platform name -> `module:Class`, imported only when a model of that platform loads."""
+
+# Platforms of the original that later sts versions implement; named in errors.
+PLANNED_PLATFORMS = ("tensorflow", "pytorch", "mxnet")
+
+
+def backend_class(platform: str) -> type[Backend]:
+    """The backend class for a platform name or a `module:Class` reference."""
+    target = PLATFORMS.get(platform.lower()) if ":" not in platform else platform
+    if target is None:
+        known = ", ".join(sorted(PLATFORMS))
+        if platform.lower() in PLANNED_PLATFORMS:
+            raise ConfigError(
+                f"platform {platform!r} is not available in this version of sts; "
+                f"available: {known}"
+            )
+        raise ConfigError(f"unknown platform {platform!r}; available: {known} (or module:Class)")
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, class_name)
+    except ImportError as exc:
+        raise ConfigError(f"platform {platform!r} cannot be imported: {exc}") from None
+    except AttributeError:
+        raise ConfigError(f"platform {platform!r}: {module_name} has no {class_name}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ConfigError(f"platform {platform!r}: {target} is not an sts Backend")
+    return cls
+
+
+def validate_model_config(config: ModelConfig, where: str) -> None:
+    """Start-up checks that need the backend: platform exists, options are valid."""
+    try:
+        cls = backend_class(config.platform)
+    except ConfigError as exc:
+        raise ConfigError(f"model config {where}: {exc}") from None
+    try:
+        cls.build_options(config)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"model config {where}: bad options for {config.platform}: {problems}") from None

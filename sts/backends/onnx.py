@@ -1,0 +1,194 @@
+"""ONNX Runtime adapter: one `InferenceSession` per version (platforms onnx, pytorch_onnx)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from sts.backends.base import Backend, BackendOptions
+from sts.errors import BackendError, InvalidInput, ModelLoadError
+from sts.signature import DEFAULT_SIGNATURE, PREDICT, Signature, TensorSpec
+
+_ORT_TYPES = {
+    "tensor(float16)": "float16",
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "string",
+}
+
+
+class OnnxOptions(BackendOptions):
+    """onnxruntime session options."""
+
+    intra_op_num_threads: int = 0
+    """Threads inside one operator; 0 lets onnxruntime choose."""
+    inter_op_num_threads: int = 0
+    """Threads across operators (parallel execution mode only); 0 lets onnxruntime choose."""
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    """Run independent graph branches in parallel."""
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    """Graph optimizations applied at load."""
+    providers: list[str] | None = None
+    """Execution providers in order; default: CUDA when available, then CPU."""
+
+
+class OnnxBackend(Backend):
+    """Serves `model.onnx` (or the only `*.onnx`) of a version folder, or a single file."""
+
+    platform = "onnx"
+    options_class = OnnxOptions
+    session_config_keys: ClassVar[dict[str, str]] = {
+        "intra_op_parallelism_threads": "intra_op_num_threads",
+        "inter_op_parallelism_threads": "inter_op_num_threads",
+    }
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        super().__init__(path, options)
+        assert isinstance(options, OnnxOptions)
+        self.opts: OnnxOptions = options
+        self._session: Any = None
+        self._signature: Signature | None = None
+        self._output_names: list[str] = []
+        self._string_inputs: set[str] = set()
+        self._errors: tuple[type[BaseException], ...] = ()
+        self._invalid_argument: tuple[type[BaseException], ...] = ()
+
+    def model_file(self) -> Path:
+        if self.path.is_file():
+            return self.path
+        preferred = self.path / "model.onnx"
+        if preferred.is_file():
+            return preferred
+        found = sorted(self.path.glob("*.onnx"))
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise ModelLoadError(f"no model.onnx in {self.path}")
+        names = ", ".join(p.name for p in found)
+        raise ModelLoadError(f"several .onnx files in {self.path} ({names}); name one model.onnx")
+
+    def load(self) -> None:
+        import onnxruntime as ort
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+        self._errors = (state.Fail, state.RuntimeException, state.InvalidArgument)
+        self._invalid_argument = (state.InvalidArgument,)
+        model_file = self.model_file()
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.opts.intra_op_num_threads
+        so.inter_op_num_threads = self.opts.inter_op_num_threads
+        so.execution_mode = (
+            ort.ExecutionMode.ORT_PARALLEL
+            if self.opts.execution_mode == "parallel"
+            else ort.ExecutionMode.ORT_SEQUENTIAL
+        )
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.opts.graph_optimization_level]
+        so.log_severity_level = 3
+        for library in self.opts.custom_op_libraries:
+            if not Path(library).is_file():
+                raise ModelLoadError(f"custom op library not found: {library}")
+            try:
+                so.register_custom_ops_library(library)
+            except Exception as exc:  # onnxruntime raises plain RuntimeError here
+                raise ModelLoadError(f"cannot load custom op library {library}: {exc}") from None
+
+        providers = self._providers(ort.get_available_providers())
+        try:
+            session = ort.InferenceSession(str(model_file), so, providers=providers)
+        except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile, ...
+            raise ModelLoadError(f"onnxruntime cannot load {model_file}: {exc}") from None
+
+        inputs = {i.name: _spec(i) for i in session.get_inputs()}
+        outputs = {o.name: _spec(o) for o in session.get_outputs()}
+        self._session = session
+        self._output_names = list(outputs)
+        self._string_inputs = {n for n, s in inputs.items() if s.dtype == "string"}
+        self._signature = Signature(inputs=inputs, outputs=outputs, method=PREDICT)
+
+    def _providers(self, available: list[str]) -> list[str]:
+        if self.opts.providers is None:
+            preferred = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            return [p for p in preferred if p in available] or ["CPUExecutionProvider"]
+        missing = [p for p in self.opts.providers if p not in available]
+        if missing:
+            raise ModelLoadError(
+                f"execution providers {missing} are not available; available: {available}"
+            )
+        return list(self.opts.providers)
+
+    @property
+    def active_providers(self) -> list[str]:
+        return list(self._session.get_providers()) if self._session is not None else []
+
+    def signatures(self) -> dict[str, Signature]:
+        if self._signature is None:
+            raise BackendError("model is not loaded")
+        return {DEFAULT_SIGNATURE: self._signature}
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], signature: str | None = None
+    ) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        for name, array in inputs.items():
+            # onnxruntime turns bytes into "b'...'" text: give it str.
+            feeds[name] = _as_text(name, array) if name in self._string_inputs else array
+        try:
+            results = self._session.run(self._output_names, feeds)
+        except self._invalid_argument as exc:
+            raise InvalidInput(_clean(exc)) from None
+        except self._errors as exc:
+            raise BackendError(_clean(exc)) from None
+        return dict(zip(self._output_names, results, strict=True))
+
+    def unload(self) -> None:
+        self._session = None
+
+
+def _spec(node: Any) -> TensorSpec:
+    dtype = _ORT_TYPES.get(node.type)
+    if dtype is None:  # sequences and maps (e.g. sklearn ZipMap) come back as Python lists
+        return TensorSpec(node.name, "string", None)
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
+    return TensorSpec(node.name, dtype, shape)
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    def text(value: Any) -> str:
+        if isinstance(value, bytes):
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input '{name}': string value is not UTF-8") from None
+        return str(value)
+
+    out = np.empty(array.shape, dtype=object)
+    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
+    for i, value in enumerate(flat_in):
+        flat_out[i] = text(value)
+    return out
+
+
+def _clean(exc: BaseException) -> str:
+    message = str(exc)
+    for prefix in ("[ONNXRuntimeError] : ",):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+    return "onnxruntime: " + " ".join(message.split())

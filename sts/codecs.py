@@ -1,0 +1,230 @@
+"""JSON <-> numpy for the protocols: values checked and cast by a `TensorSpec`.
+
+Conversion is one `np.asarray` over the parsed JSON plus vectorised checks, never
+a Python loop per number. Messages name the input and what was wrong, and never
+echo the request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+
+from sts.errors import InvalidInput
+from sts.signature import Signature, TensorSpec
+
+
+def short(text: object, limit: int = 80) -> str:
+    """`text` cut to `limit` characters, for names a client chose."""
+    value = str(text)
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body; NaN and Infinity (which Python clients send) are accepted."""
+    if not body.strip():
+        raise InvalidInput("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        first_error = str(exc)
+    # Slow path only for what orjson refuses: the NaN/Infinity literals.
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidInput(f"invalid JSON: {first_error}") from None
+
+
+# ---------------------------------------------------------------- JSON -> numpy
+
+
+def to_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
+    """Nested lists (or a scalar) -> an array of `spec`'s dtype and shape, or InvalidInput."""
+    if spec.dtype == "string":
+        array = _string_array(value, what)
+    else:
+        array = _numeric_array(value, spec, what)
+    if not spec.shape_matches(array.shape):
+        raise InvalidInput(
+            f"{what}: shape {list(array.shape)} does not match the model's "
+            f"{spec.describe_shape()}"
+        )
+    return array
+
+
+def _numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
+    target = spec.dt.numpy
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"{what}: nested lists are ragged; every row must have the same length") from None
+    kind = array.dtype.kind
+    if kind == "O":
+        if _has_b64(value):
+            raise InvalidInput(f"{what}: {{\"b64\": ...}} values need a string input, this one is {spec.dtype}")
+        raise InvalidInput(
+            f"{what}: expected {spec.dtype} numbers; got mixed types or integers beyond 64 bits"
+        )
+    if kind in "US":
+        raise InvalidInput(f"{what}: expected {spec.dtype} numbers, got strings")
+    if target.kind == "b":
+        if kind != "b":
+            raise InvalidInput(f"{what}: expected booleans (true/false), got numbers")
+        return array
+    if kind == "b":
+        raise InvalidInput(f"{what}: expected {spec.dtype} numbers, got booleans")
+    if target.kind in "iu":
+        return _to_int(array, target, spec, what)
+    # float target: ints and floats are fine; refuse values the dtype cannot hold
+    out = array.astype(target, copy=False)
+    if target.itemsize < 8 and array.size and not np.isfinite(out).all():
+        if np.isfinite(array).all():
+            raise InvalidInput(f"{what}: a value is out of range for {spec.dtype}")
+    return out
+
+
+def _to_int(array: np.ndarray, target: np.dtype[Any], spec: TensorSpec, what: str) -> np.ndarray:
+    if array.size == 0:
+        return array.astype(target)
+    if array.dtype.kind == "f":
+        # Integral floats like 1.0 are what many clients send for ints; 1.5 is not an int.
+        if not np.isfinite(array).all() or not (array == np.floor(array)).all():
+            raise InvalidInput(f"{what}: expected {spec.dtype} integers, got a non-integer number")
+    info = np.iinfo(target)
+    low, high = array.min(), array.max()
+    if low < info.min or high > info.max:
+        raise InvalidInput(
+            f"{what}: value {high if high > info.max else low} is out of range for {spec.dtype}"
+        )
+    return array.astype(target)
+
+
+def _has_b64(value: Any) -> bool:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, dict) and "b64" in value
+
+
+def decode_b64(text: Any, what: str) -> bytes:
+    """Standard or URL-safe base64, padding optional."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what}: \"b64\" must be a string")
+    cleaned = text.strip().replace("-", "+").replace("_", "/")
+    cleaned += "=" * (-len(cleaned) % 4)
+    try:
+        return base64.b64decode(cleaned, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{what}: \"b64\" value is not valid base64") from None
+
+
+def _string_array(value: Any, what: str) -> np.ndarray:
+    leaves: list[bytes] = []
+    shape = _walk_strings(value, leaves, what, depth=0)
+    array = np.empty(len(leaves), dtype=object)
+    array[:] = leaves
+    return array.reshape(shape)
+
+
+def _walk_strings(value: Any, leaves: list[bytes], what: str, depth: int) -> tuple[int, ...]:
+    if depth > 32:
+        raise InvalidInput(f"{what}: nested too deeply")
+    if isinstance(value, list):
+        if not value:
+            return (0,)
+        shapes = {_walk_strings(item, leaves, what, depth + 1) for item in value}
+        if len(shapes) != 1:
+            raise InvalidInput(f"{what}: nested lists are ragged; every row must have the same length")
+        return (len(value), *shapes.pop())
+    if isinstance(value, str):
+        leaves.append(value.encode("utf-8"))
+    elif isinstance(value, dict) and set(value) == {"b64"}:
+        leaves.append(decode_b64(value["b64"], what))
+    else:
+        raise InvalidInput(f"{what}: expected strings (or {{\"b64\": ...}}), got {type(value).__name__}")
+    return ()
+
+
+def decode_named_inputs(data: Any, signature: Signature) -> dict[str, np.ndarray]:
+    """`{"alias": value}` -> arrays; every input of the signature must be there, nothing else."""
+    if not isinstance(data, dict):
+        raise InvalidInput("\"data\" must be an object mapping input names to values")
+    expected = list(signature.inputs)
+    missing = [name for name in expected if name not in data]
+    if missing:
+        raise InvalidInput(f"missing input(s) {missing}; the signature takes {expected}")
+    unknown = [short(name) for name in data if name not in signature.inputs]
+    if unknown:
+        raise InvalidInput(f"unknown input(s) {unknown[:10]}; the signature takes {expected}")
+    return {
+        name: to_array(data[name], spec, f"input '{name}'")
+        for name, spec in signature.inputs.items()
+    }
+
+
+# ---------------------------------------------------------------- numpy -> JSON
+
+
+def _text_or_b64(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def jsonable(value: Any) -> Any:
+    """An output as orjson takes it: numeric arrays as they are, strings as text or b64."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "OSU":
+            return np.vectorize(_text_or_b64, otypes=[object])(value).tolist() if value.size else value.tolist()
+        if value.ndim == 0 or value.dtype.name not in _ORJSON_NUMPY:
+            return value.tolist()
+        return np.ascontiguousarray(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return _text_or_b64(value)
+
+
+_ORJSON_NUMPY = {
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool",
+}
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind == "f" and value.size > 0 and not np.isfinite(value).all()
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    return False
+
+
+def dumps(document: Mapping[str, Any]) -> bytes:
+    """Serialise a response holding arrays. NaN and Infinity are written as those literals
+    (as TensorFlow Serving and Python's json do), not as null."""
+    prepared = {key: jsonable(value) for key, value in document.items()}
+    if not _non_finite(prepared):
+        return orjson.dumps(prepared, option=orjson.OPT_SERIALIZE_NUMPY)
+    plain = {
+        key: value.tolist() if isinstance(value, np.ndarray) else value
+        for key, value in prepared.items()
+    }
+    return json.dumps(plain, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,361 @@
+"""Server settings (every CLI flag, `STFS_*` environment variables) and model configs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sts.errors import ConfigError
+
+logger = logging.getLogger("sts.config")
+
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off", ""}
+
+
+def parse_bool(value: Any) -> bool:
+    """`true/false/1/0/yes/no/on/off` (any case); an empty string is false, as in the original."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValueError(f"expected a boolean (true/false, 1/0, yes/no), got {value!r}")
+
+
+Bool = Annotated[bool, BeforeValidator(parse_bool)]
+
+
+def _split_paths(value: Any) -> Any:
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return value
+
+
+PathList = Annotated[list[str], BeforeValidator(_split_paths)]
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which of the versions on disk serve: the latest N, all, or a fixed list."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> VersionPolicy:
+        """`latest`, `latest:N`, `all`, `specific:1,3`, or TF Serving's JSON form."""
+        if isinstance(value, VersionPolicy):
+            return value
+        if isinstance(value, dict):
+            return cls._parse_tfserving(value)
+        if not isinstance(value, str):
+            raise ValueError(f"version policy must be a string, got {value!r}")
+        kind, _, arg = value.strip().partition(":")
+        kind = kind.strip().lower()
+        if kind == "latest":
+            num = int(arg) if arg.strip() else 1
+            if num < 1:
+                raise ValueError(f"latest:N needs N >= 1, got {num}")
+            return cls("latest", num_versions=num)
+        if kind == "all" and not arg:
+            return cls("all")
+        if kind == "specific":
+            try:
+                versions = tuple(sorted({int(v) for v in arg.split(",") if v.strip()}))
+            except ValueError:
+                raise ValueError(f"specific:N,M needs integer versions, got {arg!r}") from None
+            if not versions:
+                raise ValueError("specific: needs at least one version, e.g. specific:1,3")
+            return cls("specific", versions=versions)
+        raise ValueError(
+            f"unknown version policy {value!r}; use latest, latest:N, all or specific:1,3"
+        )
+
+    @classmethod
+    def _parse_tfserving(cls, value: dict[str, Any]) -> VersionPolicy:
+        if len(value) != 1:
+            raise ValueError(f"version policy needs exactly one of latest/all/specific: {value}")
+        (kind, body), = value.items()
+        body = body or {}
+        if kind == "latest":
+            return cls.parse(f"latest:{int(body.get('num_versions', 1))}")
+        if kind == "all":
+            return cls("all")
+        if kind == "specific":
+            return cls.parse("specific:" + ",".join(str(v) for v in body.get("versions", [])))
+        raise ValueError(f"unknown version policy {kind!r}")
+
+    def select(self, versions: set[int]) -> set[int]:
+        """The subset of `versions` this policy serves."""
+        if self.kind == "all":
+            return set(versions)
+        if self.kind == "specific":
+            return versions & set(self.versions)
+        return set(sorted(versions)[-self.num_versions :])
+
+    def __str__(self) -> str:
+        if self.kind == "latest":
+            return "latest" if self.num_versions == 1 else f"latest:{self.num_versions}"
+        if self.kind == "specific":
+            return "specific:" + ",".join(map(str, self.versions))
+        return "all"
+
+
+class ModelConfig(BaseModel):
+    """One entry of `model_config_list` in the model config file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field(min_length=1)
+    """The name clients use (`model_name`)."""
+    base_path: str = Field(min_length=1)
+    """Folder holding numbered version folders, or a single model file (served as version 1)."""
+    platform: str = "tensorflow"
+    """Backend: tensorflow, onnx (or pytorch_onnx), pytorch, mxnet, or `module:Class`."""
+    custom_op_paths: PathList = []
+    """Custom-op libraries to load before the model (comma-separated string or list)."""
+    session_config: dict[str, Any] = {}
+    """The original's TensorFlow session config; other backends map the keys they know."""
+    version_policy: VersionPolicy = VersionPolicy()
+    """`latest`, `latest:N`, `all`, `specific:1,3` (or TF Serving's JSON form)."""
+    version_labels: dict[str, int] = {}
+    """Names for versions, e.g. `{"stable": 1, "canary": 2}`."""
+    options: dict[str, Any] = {}
+    """Backend options; each backend's typed options refuse unknown keys."""
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """Predictions of this model run at once in worker threads (default: CPU count)."""
+
+    @field_validator("version_policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> VersionPolicy:
+        return VersionPolicy.parse(value)
+
+    @field_serializer("version_policy")
+    def _policy_text(self, value: VersionPolicy) -> str:
+        return str(value)
+
+    @field_validator("version_labels")
+    @classmethod
+    def _labels(cls, value: dict[str, int]) -> dict[str, int]:
+        for label in value:
+            if not label or label.isdigit():
+                raise ValueError(f"version label {label!r} must be a non-numeric name")
+        return value
+
+
+class ServerSettings(BaseSettings):
+    """Every flag of `simple_tensorflow_serving`; each also reads `STFS_<FLAG>`."""
+
+    model_config = SettingsConfigDict(env_prefix="STFS_", extra="forbid", populate_by_name=True)
+
+    host: str = "0.0.0.0"
+    """Address to listen on."""
+    port: int = Field(default=8500, ge=0, le=65535)
+    """Port to listen on."""
+    enable_ssl: Bool = False
+    """Serve HTTPS with `secret_pem` and `secret_key`."""
+    secret_pem: str = "secret.pem"
+    """TLS certificate chain (PEM)."""
+    secret_key: str = "secret.key"
+    """TLS private key (PEM)."""
+    model_name: str = "default"
+    """Name of the single model given by `model_base_path` (ignored with a config file)."""
+    model_base_path: str = "./model"
+    """Folder of numbered versions (or one model file) of the single model."""
+    model_platform: str = "tensorflow"
+    """Backend of the single model."""
+    model_config_file: str = ""
+    """JSON file with `model_config_list`; polled for changes like the model folders."""
+    reload_models: Bool = True
+    """Poll model folders (and the config file) for new and removed versions."""
+    custom_op_paths: PathList = []
+    """Custom-op libraries for the single model, comma-separated."""
+    session_config: dict[str, Any] = {}
+    """JSON session config for the single model (the original's TensorFlow options)."""
+    debug: Bool = False
+    """Debug logging."""
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    """Log level."""
+    enable_auth: Bool = False
+    """HTTP basic auth on every route."""
+    auth_username: str = "admin"
+    """Basic auth user name."""
+    auth_password: str = "admin"
+    """Basic auth password."""
+    enable_cors: Bool = True
+    """Answer cross-origin requests from any origin."""
+    enable_b64_autoconvert: Bool = Field(
+        default=False,
+        validation_alias=AliasChoices("STFS_B64_AUTOCONVERT", "STFS_ENABLE_B64_AUTOCONVERT"),
+    )
+    """Decode base64 strings sent to string inputs (the original's env name is STFS_B64_AUTOCONVERT)."""
+    download_inference_images: Bool = True
+    """Keep a copy of images uploaded for inference (the original's default)."""
+    file_system_poll_wait_seconds: float = Field(default=1.0, ge=0)
+    """Seconds between polls of model folders; 0 loads once and never polls."""
+    model_version_policy: VersionPolicy = VersionPolicy()
+    """Default version policy: latest, latest:N, all, specific:1,3."""
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest request body accepted; larger ones get 413."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Server processes; each loads every model (memory grows with N)."""
+
+    @field_validator("session_config", mode="before")
+    @classmethod
+    def _session_config(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"session_config is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ValueError("session_config must be a JSON object")
+        return value
+
+    @field_validator("model_version_policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> VersionPolicy:
+        return VersionPolicy.parse(value)
+
+    @field_serializer("model_version_policy")
+    def _policy_text(self, value: VersionPolicy) -> str:
+        return str(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _refuse_unbuilt_features(self) -> ServerSettings:
+        # Flags of the original whose features are not built yet fail loudly instead
+        # of being ignored.
+        unbuilt = {
+            "enable_auth": self.enable_auth,
+            "enable_b64_autoconvert": self.enable_b64_autoconvert,
+        }
+        used = [f"--{name}" for name, on in unbuilt.items() if on]
+        if "download_inference_images" in self.model_fields_set and self.download_inference_images:
+            used.append("--download_inference_images")
+        if used:
+            raise ValueError(f"{', '.join(used)}: not supported by this version of sts yet")
+        if self.enable_ssl:
+            for flag in ("secret_pem", "secret_key"):
+                if not Path(getattr(self, flag)).is_file():
+                    raise ValueError(f"--enable_ssl needs --{flag}: no file at {getattr(self, flag)!r}")
+        return self
+
+    @property
+    def effective_log_level(self) -> str:
+        return "debug" if self.debug else self.log_level
+
+    @property
+    def poll_seconds(self) -> float:
+        """0 when polling is off."""
+        return self.file_system_poll_wait_seconds if self.reload_models else 0.0
+
+    def model_configs(self) -> list[ModelConfig]:
+        """The models to serve: from the config file, else the single-model flags."""
+        if self.model_config_file:
+            return load_model_config_file(
+                Path(self.model_config_file), default_policy=self.model_version_policy
+            )
+        return [
+            _build_entry(
+                {
+                    "name": self.model_name,
+                    "base_path": self.model_base_path,
+                    "platform": self.model_platform,
+                    "custom_op_paths": self.custom_op_paths,
+                    "session_config": self.session_config,
+                    "version_policy": self.model_version_policy,
+                },
+                where="the command line",
+            )
+        ]
+
+
+def _build_entry(raw: dict[str, Any], where: str) -> ModelConfig:
+    try:
+        config = ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"model config {where}: {problems}") from None
+    # Import here: backends.base imports this module.
+    from sts.backends.base import validate_model_config
+
+    validate_model_config(config, where)
+    return config
+
+
+def load_model_config_file(path: Path, default_policy: VersionPolicy | None = None) -> list[ModelConfig]:
+    """Parse and validate a model config file; every problem names the entry."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read model config file {path}: {exc.strerror}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("model_config_list"), list):
+        raise ConfigError(f"model config file {path} needs a top-level \"model_config_list\" array")
+
+    configs: list[ModelConfig] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(document["model_config_list"]):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        where = f"entry {index}" + (f" ({name!r})" if name else "") + f" in {path}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"model config {where}: must be an object")
+        entry = dict(raw)
+        if default_policy is not None:
+            entry.setdefault("version_policy", default_policy)
+        if isinstance(entry.get("base_path"), str):
+            entry["base_path"] = str(_resolve_base_path(entry["base_path"], path.parent))
+        config = _build_entry(entry, where)
+        if config.name in seen:
+            raise ConfigError(f"model config {where}: duplicate model name {config.name!r}")
+        seen.add(config.name)
+        configs.append(config)
+    return configs
+
+
+def _resolve_base_path(base_path: str, config_dir: Path) -> Path:
+    """Relative paths are relative to the config file; the working directory is the fallback."""
+    path = Path(os.path.expanduser(base_path))
+    if path.is_absolute():
+        return path
+    beside_config = (config_dir / path).resolve()
+    from_cwd = path.resolve()
+    if not beside_config.exists() and from_cwd.exists():
+        logger.info("base_path %s is relative to the working directory", base_path)
+        return from_cwd
+    return beside_config

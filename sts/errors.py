@@ -1,0 +1,76 @@
+"""The exception tree. Each class carries the HTTP status it maps to.
+
+Nothing below `sts/api/` imports FastAPI: raise these, and one handler in the API
+layer turns any of them into `{"error": message}` with `status_code`.
+"""
+
+from __future__ import annotations
+
+
+class StsError(Exception):
+    """Base of every error sts raises on purpose."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(StsError):
+    """The caller sent something the model or protocol cannot take."""
+
+    status_code = 400
+
+
+class NotFound(StsError):
+    """A model, version, label or signature that does not exist."""
+
+    status_code = 404
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class VersionNotFound(NotFound):
+    pass
+
+
+class SignatureNotFound(NotFound):
+    pass
+
+
+class PayloadTooLarge(StsError):
+    status_code = 413
+
+
+class UnsupportedMediaType(StsError):
+    status_code = 415
+
+
+class ModelNotReady(StsError):
+    """The model exists but no version can serve yet (loading, or every load failed)."""
+
+    status_code = 503
+
+
+class BackendError(StsError):
+    """The framework failed on input that passed validation."""
+
+    status_code = 500
+
+
+class ModelLoadError(StsError):
+    """A version could not be loaded; it is reported in status and never serves."""
+
+    status_code = 500
+
+
+class ConfigError(StsError):
+    """Bad settings or model configuration; raised at start-up or on a config reload."""
+
+    status_code = 500

@@ -1,0 +1,478 @@
+"""`ModelRepository`: models -> versions -> loaded backends, with load-then-swap reloads.
+
+Requests take a *lease* on a version; a version leaves the serving set at once when
+it is replaced or removed, and is unloaded only after its last lease is returned,
+so no request fails during a swap. All filesystem and framework work happens in
+the caller's thread (the watcher runs it off the event loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sts.backends.base import Backend, BackendOptions, backend_class
+from sts.config import ModelConfig
+from sts.errors import (
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    SignatureNotFound,
+    StsError,
+    VersionNotFound,
+)
+from sts.signature import Signature
+
+logger = logging.getLogger("sts.repository")
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+# How long an unload waits for in-flight requests before it frees the model anyway.
+UNLOAD_DRAIN_SECONDS = 300.0
+
+
+class VersionState(enum.StrEnum):
+    """TensorFlow Serving's version states."""
+
+    START = "START"
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    """Names, sizes and mtimes of every file under `path`: it changes while files are copied."""
+    entries: list[tuple[str, int, int]] = []
+    try:
+        if path.is_file():
+            st = path.stat()
+            return ((path.name, st.st_size, st.st_mtime_ns),)
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                full = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    st = os.stat(full)
+                    entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    except OSError:
+        return ()
+    return tuple(sorted(entries))
+
+
+class ModelVersion:
+    """One version of one model: its state, its backend once loaded, its in-flight count."""
+
+    def __init__(self, model: str, version: int, path: Path) -> None:
+        self.model = model
+        self.version = version
+        self.path = path
+        self.state = VersionState.START
+        self.error = ""
+        self.backend: Backend | None = None
+        self.signatures: dict[str, Signature] = {}
+        self.default_signature = ""
+        self.fingerprint: Fingerprint | None = None
+        self.loaded_at: float | None = None
+        self.load_seconds: float | None = None
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def signature(self, name: str | None) -> tuple[str, Signature]:
+        """The named signature (default when None), or SignatureNotFound naming those that exist."""
+        key = name or self.default_signature
+        try:
+            return key, self.signatures[key]
+        except KeyError:
+            raise SignatureNotFound(
+                f"model '{self.model}' version {self.version} has no signature "
+                f"'{_short(key)}'; signatures: {sorted(self.signatures)}"
+            ) from None
+
+    def _enter(self) -> None:
+        with self._idle:
+            self._inflight += 1
+
+    def _exit(self) -> None:
+        with self._idle:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.notify_all()
+
+    def _wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "state": self.state.value,
+            "error": self.error,
+            "path": str(self.path),
+            "loaded_at": self.loaded_at,
+            "load_seconds": self.load_seconds,
+        }
+
+
+def _short(text: object) -> str:
+    value = str(text)
+    return value if len(value) <= 80 else value[:77] + "..."
+
+
+@dataclass
+class ServedModel:
+    """A configured model and its versions. `serving` is replaced whole, never mutated."""
+
+    config: ModelConfig
+    backend_cls: type[Backend]
+    options: BackendOptions
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    serving: dict[int, ModelVersion] = field(default_factory=dict)
+    problem: str = ""  # why nothing can load (e.g. the base path is missing)
+    polled: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def base_path(self) -> Path:
+        return Path(self.config.base_path)
+
+    def latest(self) -> ModelVersion | None:
+        return self.serving[max(self.serving)] if self.serving else None
+
+    def version_list(self) -> list[ModelVersion]:
+        return [self.versions[v] for v in sorted(self.versions)]
+
+
+class ModelRepository:
+    """Every served model. Thread-safe; `poll` is called by one thread at a time."""
+
+    def __init__(self, configs: list[ModelConfig], load_workers: int = 4) -> None:
+        self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._models: dict[str, ServedModel] = {}
+        self._pending: dict[str, ServedModel] = {}  # changed configs still loading
+        self._load_pool = ThreadPoolExecutor(max_workers=load_workers, thread_name_prefix="sts-load")
+        self._unload_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sts-unload")
+        self._unloads: list[Future[None]] = []
+        self._unloads_lock = threading.Lock()
+        self.ready = threading.Event()
+        self.started_at = time.time()
+        for config in configs:
+            self._models[config.name] = self._new_model(config)
+
+    # ------------------------------------------------------------ lookups
+
+    def models(self) -> list[ServedModel]:
+        with self._lock:
+            return list(self._models.values())
+
+    def model(self, name: Any) -> ServedModel:
+        if not isinstance(name, str):
+            raise InvalidInput("model_name must be a string")
+        with self._lock:
+            model = self._models.get(name)
+            known = sorted(self._models)
+        if model is None:
+            raise ModelNotFound(f"model '{_short(name)}' not found; models: {known}")
+        return model
+
+    def resolve(self, name: Any, version: Any = None) -> ModelVersion:
+        """The version a request asks for: a number, a numeric string, a label, or None (latest)."""
+        model = self.model(name)
+        with self._lock:
+            return self._resolve_locked(model, version)
+
+    def _resolve_locked(self, model: ServedModel, version: Any) -> ModelVersion:
+        if version is None or version == "":
+            latest = model.latest()
+            if latest is None:
+                raise ModelNotReady(_why_not_ready(model))
+            return latest
+        number = _version_number(model, version)
+        found = model.serving.get(number)
+        if found is not None:
+            return found
+        known = model.versions.get(number)
+        if known is not None and known.state in (VersionState.START, VersionState.LOADING):
+            raise ModelNotReady(f"model '{model.name}' version {number} is still loading")
+        if known is not None and known.error:
+            raise ModelNotReady(
+                f"model '{model.name}' version {number} failed to load: {known.error}"
+            )
+        raise VersionNotFound(
+            f"model '{model.name}' has no version {number}; "
+            f"available versions: {sorted(model.serving)}"
+        )
+
+    @contextlib.contextmanager
+    def lease(self, name: Any, version: Any = None) -> Iterator[ModelVersion]:
+        """Hold a serving version for one request; it is not unloaded while held."""
+        model = self.model(name)
+        with self._lock:
+            chosen = self._resolve_locked(model, version)
+            chosen._enter()
+        try:
+            yield chosen
+        finally:
+            chosen._exit()
+
+    # ------------------------------------------------------------ loading
+
+    def _new_model(self, config: ModelConfig) -> ServedModel:
+        cls = backend_class(config.platform)
+        return ServedModel(config=config, backend_cls=cls, options=cls.build_options(config))
+
+    def load_all(self) -> None:
+        """The first load of every model, in parallel; then the repository is ready."""
+        try:
+            self.poll()
+        finally:
+            self.ready.set()
+
+    def poll(self) -> None:
+        """Look at every model's folder once: load new versions, unload removed ones."""
+        with self._poll_lock:
+            with self._lock:
+                models = list(self._models.values()) + list(self._pending.values())
+            list(self._load_pool.map(self._reconcile, models))
+            self._promote_pending()
+
+    def _reconcile(self, model: ServedModel) -> None:
+        try:
+            self._reconcile_model(model)
+        except Exception:  # one broken model must not stop the others from loading
+            logger.exception("model %r: reconcile failed", model.name)
+        finally:
+            model.polled = True
+
+    def _reconcile_model(self, model: ServedModel) -> None:
+        base = model.base_path
+        on_disk = model.backend_cls.discover_versions(base)
+        if not on_disk:
+            model.problem = (
+                f"base path {base} does not exist" if not base.exists()
+                else f"no version folders (numbered sub-folders) under {base}"
+            )
+            if model.problem and not model.serving:
+                logger.warning("model %r: %s", model.name, model.problem)
+        else:
+            model.problem = ""
+
+        # A version that failed stays failed until its files change.
+        failed = {
+            v for v, mv in model.versions.items()
+            if v in on_disk and mv.state == VersionState.END and mv.error
+            and mv.fingerprint is not None and mv.fingerprint == fingerprint(on_disk[v])
+        }
+        wanted = model.config.version_policy.select(set(on_disk) - failed)
+        loaded = {v: self._load_version(model, v, on_disk[v]) for v in sorted(wanted)
+                  if v not in model.serving}
+
+        with self._lock:
+            candidates = dict(model.serving)
+            candidates.update({v: mv for v, mv in loaded.items() if mv.state == VersionState.LOADING})
+            keep = model.config.version_policy.select(set(candidates) & set(on_disk))
+            new_serving = {v: candidates[v] for v in sorted(keep)}
+            removed = [mv for v, mv in model.serving.items() if v not in keep]
+            for mv in new_serving.values():
+                mv.state = VersionState.AVAILABLE
+            for mv in removed:
+                mv.state = VersionState.UNLOADING
+            # Loaded but not kept (a newer one won the race): never served.
+            unused = [mv for v, mv in loaded.items() if v not in keep and mv.backend is not None]
+            model.serving = new_serving
+            for mv in unused:
+                mv.state = VersionState.UNLOADING
+            # Forget versions that are gone from disk and no longer in use.
+            for v in list(model.versions):
+                mv = model.versions[v]
+                if v not in on_disk and mv.state == VersionState.END:
+                    del model.versions[v]
+        for mv in new_serving.values():
+            if mv.version in loaded:
+                logger.info("model %r: version %d is AVAILABLE", model.name, mv.version)
+        for mv in [*removed, *unused]:
+            logger.info("model %r: unloading version %d", model.name, mv.version)
+            self._schedule_unload(mv)
+
+    def _load_version(self, model: ServedModel, version: int, path: Path) -> ModelVersion:
+        mv = ModelVersion(model.name, version, path)
+        mv.state = VersionState.LOADING
+        with self._lock:
+            model.versions[version] = mv
+        logger.info("model %r: loading version %d from %s", model.name, version, path)
+        before = fingerprint(path)
+        started = time.perf_counter()
+        backend: Backend | None = None
+        try:
+            backend = model.backend_cls(path, model.options)
+            backend.load()
+            signatures = backend.signatures()
+            default = backend.default_signature()
+            if fingerprint(path) != before:
+                mv.fingerprint = None  # retry on the next poll, whatever the files look like then
+                raise ModelLoadError("files changed while loading (still being copied?); will retry")
+        except Exception as exc:
+            message = exc.message if isinstance(exc, StsError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, StsError):
+                logger.exception("model %r version %d: unexpected load failure", model.name, version)
+            if backend is not None:
+                with contextlib.suppress(Exception):
+                    backend.unload()
+            mv.state = VersionState.END
+            mv.error = message
+            if not isinstance(exc, ModelLoadError) or "will retry" not in message:
+                mv.fingerprint = fingerprint(path)
+            logger.error("model %r: version %d failed to load: %s", model.name, version, message)
+            return mv
+        mv.backend = backend
+        mv.signatures = signatures
+        mv.default_signature = default
+        mv.fingerprint = before
+        mv.load_seconds = time.perf_counter() - started
+        mv.loaded_at = time.time()
+        return mv
+
+    def _schedule_unload(self, mv: ModelVersion) -> None:
+        future = self._unload_pool.submit(self._unload, mv)
+        with self._unloads_lock:
+            self._unloads = [f for f in self._unloads if not f.done()]
+            self._unloads.append(future)
+
+    def _unload(self, mv: ModelVersion) -> None:
+        if not mv._wait_idle(UNLOAD_DRAIN_SECONDS):
+            logger.warning(
+                "model %r version %d: %d requests still running after %.0fs; unloading anyway",
+                mv.model, mv.version, mv.inflight, UNLOAD_DRAIN_SECONDS,
+            )
+        try:
+            if mv.backend is not None:
+                mv.backend.unload()
+        except Exception:
+            logger.exception("model %r version %d: unload failed", mv.model, mv.version)
+        mv.backend = None
+        mv.state = VersionState.END
+        logger.info("model %r: version %d unloaded", mv.model, mv.version)
+
+    # ------------------------------------------------------------ config changes
+
+    def update_configs(self, configs: list[ModelConfig]) -> None:
+        """Apply a new model list: add, remove and replace models without a restart.
+
+        A changed model keeps serving with its old config until the new one has a
+        version available.
+        """
+        new = {c.name: c for c in configs}
+        with self._lock:
+            current = dict(self._models)
+        removed = [m for name, m in current.items() if name not in new]
+        with self._lock:
+            for model in removed:
+                del self._models[model.name]
+                self._pending.pop(model.name, None)
+            for name, config in new.items():
+                old = self._models.get(name)
+                if old is None:
+                    self._models[name] = self._new_model(config)
+                    logger.info("model %r added", name)
+                elif old.config != config:
+                    pending = self._pending.get(name)
+                    if pending is None or pending.config != config:
+                        self._pending[name] = self._new_model(config)
+                        logger.info("model %r: config changed; loading it beside the old one", name)
+                elif name in self._pending:
+                    del self._pending[name]  # changed back
+        for model in removed:
+            logger.info("model %r removed", model.name)
+            self._retire(model)
+
+    def _promote_pending(self) -> None:
+        with self._lock:
+            ready = [m for m in self._pending.values() if m.serving]
+            for model in ready:
+                old = self._models.get(model.name)
+                self._models[model.name] = model
+                del self._pending[model.name]
+                if old is not None:
+                    self._retire_locked(old)
+        for model in ready:
+            logger.info("model %r: new config is serving", model.name)
+
+    def _retire(self, model: ServedModel) -> None:
+        with self._lock:
+            self._retire_locked(model)
+
+    def _retire_locked(self, model: ServedModel) -> None:
+        versions = list(model.serving.values())
+        model.serving = {}
+        for mv in versions:
+            mv.state = VersionState.UNLOADING
+            self._schedule_unload(mv)
+
+    # ------------------------------------------------------------ shutdown
+
+    def close(self) -> None:
+        """Unload everything (after in-flight requests) and stop the worker pools."""
+        with self._poll_lock:
+            with self._lock:
+                models = list(self._models.values()) + list(self._pending.values())
+                for model in models:
+                    self._retire_locked(model)
+            self.wait_unloads()
+        self._load_pool.shutdown(wait=True)
+        self._unload_pool.shutdown(wait=True)
+
+    def wait_unloads(self) -> None:
+        """Block until every unload started so far has finished (for tests and shutdown)."""
+        with self._unloads_lock:
+            pending = list(self._unloads)
+        for future in pending:
+            future.result()
+
+
+def _version_number(model: ServedModel, version: Any) -> int:
+    if isinstance(version, bool):
+        raise InvalidInput("model_version must be an integer or a version label")
+    if isinstance(version, int):
+        return version
+    if isinstance(version, str):
+        text = version.strip()
+        if text.isdigit():
+            return int(text)
+        labels = model.config.version_labels
+        if text in labels:
+            return labels[text]
+        raise VersionNotFound(
+            f"model '{model.name}' has no version label '{_short(text)}'; labels: {sorted(labels)}"
+        )
+    raise InvalidInput("model_version must be an integer or a version label")
+
+
+def _why_not_ready(model: ServedModel) -> str:
+    loading = [mv.version for mv in model.versions.values()
+               if mv.state in (VersionState.START, VersionState.LOADING)]
+    if loading or not model.polled:
+        return f"model '{model.name}' is loading"
+    failed = [mv for mv in model.version_list() if mv.error]
+    if failed:
+        last = failed[-1]
+        return f"model '{model.name}' has no available version: version {last.version} failed to load: {last.error}"
+    if model.problem:
+        return f"model '{model.name}' has no available version: {model.problem}"
+    return f"model '{model.name}' has no available version"

@@ -1,0 +1,109 @@
+"""Tensor and signature descriptions shared by every backend and protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DType:
+    """One element type, under the names each protocol uses for it."""
+
+    name: str  # sts's own name, numpy-style ("float32", "string")
+    numpy: np.dtype[Any]  # object for strings
+    tf_enum: int  # tensorflow.DataType value, as the original server reported
+    tf_name: str  # "DT_FLOAT"
+    v2: str  # KServe v2 datatype ("FP32")
+
+
+def _dt(name: str, np_name: str, tf_enum: int, tf_name: str, v2: str) -> DType:
+    return DType(name, np.dtype(np_name), tf_enum, tf_name, v2)
+
+
+DTYPES: dict[str, DType] = {
+    d.name: d
+    for d in (
+        _dt("float16", "float16", 19, "DT_HALF", "FP16"),
+        _dt("float32", "float32", 1, "DT_FLOAT", "FP32"),
+        _dt("float64", "float64", 2, "DT_DOUBLE", "FP64"),
+        _dt("int8", "int8", 6, "DT_INT8", "INT8"),
+        _dt("int16", "int16", 5, "DT_INT16", "INT16"),
+        _dt("int32", "int32", 3, "DT_INT32", "INT32"),
+        _dt("int64", "int64", 9, "DT_INT64", "INT64"),
+        _dt("uint8", "uint8", 4, "DT_UINT8", "UINT8"),
+        _dt("uint16", "uint16", 17, "DT_UINT16", "UINT16"),
+        _dt("uint32", "uint32", 22, "DT_UINT32", "UINT32"),
+        _dt("uint64", "uint64", 23, "DT_UINT64", "UINT64"),
+        _dt("bool", "bool", 10, "DT_BOOL", "BOOL"),
+        _dt("string", "object", 7, "DT_STRING", "BYTES"),
+    )
+}
+
+
+def dtype_of(array: np.ndarray) -> DType:
+    """The `DType` of a numpy array; object and byte/str arrays are strings."""
+    if array.dtype.kind in "OSU":
+        return DTYPES["string"]
+    try:
+        return DTYPES[array.dtype.name]
+    except KeyError:
+        raise ValueError(f"unsupported numpy dtype {array.dtype}") from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named tensor: dtype name from `DTYPES` and a shape with -1 for any size.
+
+    `shape` is None when even the rank is unknown.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...] | None
+    tensor_name: str = ""  # the framework's own name, where it differs from `name`
+
+    @property
+    def dt(self) -> DType:
+        return DTYPES[self.dtype]
+
+    def shape_matches(self, shape: tuple[int, ...]) -> bool:
+        if self.shape is None:
+            return True
+        if len(shape) != len(self.shape):
+            return False
+        return all(want in (-1, got) for want, got in zip(self.shape, shape, strict=True))
+
+    def describe_shape(self) -> str:
+        if self.shape is None:
+            return "any shape"
+        return "[" + ", ".join("-1" if d == -1 else str(d) for d in self.shape) + "]"
+
+
+PREDICT = "tensorflow/serving/predict"
+CLASSIFY = "tensorflow/serving/classify"
+REGRESS = "tensorflow/serving/regress"
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One callable entry point of a model: named inputs and outputs, in order."""
+
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    method: str = PREDICT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def default_signature_name(signatures: dict[str, Signature]) -> str:
+    """`serving_default`, else `predict`, else the only (or first) signature."""
+    for name in (DEFAULT_SIGNATURE, "predict"):
+        if name in signatures:
+            return name
+    if not signatures:
+        raise ValueError("the model has no signatures")
+    return next(iter(signatures))

@@ -1,0 +1,1 @@
+"""Dashboard pages, rendered from `templates/` with autoescape on."""
