@@ -81,29 +81,40 @@ def _numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
     if kind == "b":
         raise InvalidInput(f"{what}: expected {spec.dtype} numbers, got booleans")
     if target.kind in "iu":
-        return _to_int(array, target, spec, what)
+        return _to_int(value, array, target, spec, what)
     # float target: ints and floats are fine; refuse values the dtype cannot hold
-    out = array.astype(target, copy=False)
+    with np.errstate(over="ignore"):
+        out = array.astype(target, copy=False)
     if target.itemsize < 8 and array.size and not np.isfinite(out).all():
         if np.isfinite(array).all():
             raise InvalidInput(f"{what}: a value is out of range for {spec.dtype}")
     return out
 
 
-def _to_int(array: np.ndarray, target: np.dtype[Any], spec: TensorSpec, what: str) -> np.ndarray:
+def _to_int(
+    value: Any, array: np.ndarray, target: np.dtype[Any], spec: TensorSpec, what: str
+) -> np.ndarray:
     if array.size == 0:
         return array.astype(target)
-    if array.dtype.kind == "f":
-        # Integral floats like 1.0 are what many clients send for ints; 1.5 is not an int.
-        if not np.isfinite(array).all() or not (array == np.floor(array)).all():
-            raise InvalidInput(f"{what}: expected {spec.dtype} integers, got a non-integer number")
     info = np.iinfo(target)
-    low, high = array.min(), array.max()
-    if low < info.min or high > info.max:
-        raise InvalidInput(
-            f"{what}: value {high if high > info.max else low} is out of range for {spec.dtype}"
-        )
-    return array.astype(target)
+    if array.dtype.kind in "iu":
+        low, high = array.min(), array.max()
+        if low < info.min or high > info.max:
+            bad = high if high > info.max else low
+            raise InvalidInput(f"{what}: value {bad} is out of range for {spec.dtype}")
+        return array.astype(target)
+    # Floats: integral ones like 1.0 are what many clients send for ints; 1.5 is not an int.
+    if not np.isfinite(array).all() or not (array == np.floor(array)).all():
+        raise InvalidInput(f"{what}: expected {spec.dtype} integers, got a non-integer number")
+    # Inference went through float64 (mixed ints and floats, or ints past int64), which
+    # rounds big values: convert the JSON values themselves, exactly.
+    try:
+        with np.errstate(all="raise"):
+            return np.asarray(value, dtype=target)
+    except (OverflowError, FloatingPointError, ValueError):
+        low, high = array.min(), array.max()
+        bad = f"value {high:.0f} " if high > info.max else f"value {low:.0f} " if low < info.min else "a value "
+        raise InvalidInput(f"{what}: {bad}is out of range for {spec.dtype}") from None
 
 
 def _has_b64(value: Any) -> bool:

@@ -1,0 +1,51 @@
+# sts — `make serve` and `make test` set everything up from a fresh clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+UV     := $(BIN)/uv
+PORT   ?= 8500
+# A local wheel folder (the CPU torch wheel lives there on these machines); uv does not
+# read pip's config, so it is passed on the command line, never written into pyproject.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+UV_INSTALL = $(UV) pip install --quiet --python $(BIN)/python $(FIND_LINKS)
+
+.PHONY: help serve test lint examples clean
+
+help:
+	@echo "make serve     install and serve examples/models on port $(PORT)"
+	@echo "make test      install everything and run the whole test suite"
+	@echo "make lint      ruff and mypy"
+	@echo "make examples  retrain the example models (outputs are committed)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(UV): | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+
+$(VENV)/.serve-installed: pyproject.toml | $(UV)
+	$(UV_INSTALL) -e '.[onnx]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(UV)
+	$(UV_INSTALL) -e '.[onnx,test,dev]'
+	touch $@ $(VENV)/.serve-installed
+
+serve: $(VENV)/.serve-installed
+	$(BIN)/sts --model_config_file examples/models.json --port $(PORT)
+
+test: $(VENV)/.test-installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check sts tests examples
+	$(BIN)/mypy
+
+examples: $(VENV)/.test-installed
+	$(BIN)/python examples/build_models.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache dist build

@@ -1,0 +1,102 @@
+"""Shared fixtures: settings, apps on the fake and ONNX backends, a live server."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from sts.api.app import create_app
+from sts.config import ModelConfig, ServerSettings
+from tests import fakes
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("STFS_") or key == "STS_SETTINGS_JSON":
+            monkeypatch.delenv(key)
+
+
+def settings(**overrides: Any) -> ServerSettings:
+    values: dict[str, Any] = {"file_system_poll_wait_seconds": 0}
+    values.update(overrides)
+    return ServerSettings(**values)
+
+
+def fake_config(name: str, base: Path, **extra: Any) -> ModelConfig:
+    return ModelConfig(name=name, base_path=str(base), platform=fakes.PLATFORM, **extra)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextlib.contextmanager
+def app_client(configs: list[ModelConfig], **overrides: Any) -> Iterator[TestClient]:
+    """A TestClient whose models have finished their first load."""
+    app = create_app(settings(**overrides), configs)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_for(app.state.repository.ready.is_set, what="first load")
+        yield client
+
+
+@pytest.fixture
+def fake_base(tmp_path: Path) -> Path:
+    base = tmp_path / "fake"
+    fakes.write_version(base, 1, add=1.0)
+    return base
+
+
+@pytest.fixture
+def fake_client(fake_base: Path) -> Iterator[TestClient]:
+    with app_client([fake_config("default", fake_base), fake_config("other", fake_base)]) as client:
+        yield client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """A real uvicorn server in a thread, for tests that need real sockets and concurrency."""
+
+    def __init__(self, server_settings: ServerSettings, configs: list[ModelConfig] | None = None) -> None:
+        self.app = create_app(server_settings, configs)
+        self.port = free_port()
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
+                                log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def repository(self) -> Any:
+        return self.app.state.repository
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        wait_for(lambda: self.server.started, what="server start")
+        wait_for(self.repository.ready.is_set, what="first load")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -1,0 +1,149 @@
+"""JSON <-> numpy conversion: dtypes, shapes, strings, non-finite numbers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sts.codecs import decode_named_inputs, dumps, parse_json, to_array
+from sts.errors import InvalidInput
+from sts.signature import Signature, TensorSpec
+
+
+def spec(dtype: str, shape: tuple[int, ...] | None = (-1,)) -> TensorSpec:
+    return TensorSpec("x", dtype, shape)
+
+
+def test_floats_and_ints_into_float() -> None:
+    out = to_array([[1, 2.5]], spec("float32", (-1, 2)), "x")
+    assert out.dtype == np.float32
+    assert out.tolist() == [[1.0, 2.5]]
+
+
+def test_integral_floats_into_int() -> None:
+    out = to_array([1.0, 2, -3.0], spec("int32"), "x")
+    assert out.dtype == np.int32
+    assert out.tolist() == [1, 2, -3]
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "message"),
+    [
+        ([1.5], "int32", "non-integer"),
+        ([float("nan")], "int64", "non-integer"),
+        ([300], "uint8", "300 is out of range for uint8"),
+        ([-1], "uint32", "-1 is out of range for uint32"),
+        ([2**63], "int64", "out of range for int64"),
+        ([2**70], "float32", "integers beyond 64 bits"),
+        ([1e300], "float32", "out of range for float32"),
+        (["a"], "float32", "got strings"),
+        ([True], "float32", "got booleans"),
+        ([1], "bool", "expected booleans"),
+        ([[1, 2], [3]], "float32", "ragged"),
+        ([1, "a"], "float32", "got strings"),
+        ([{"b64": "AA=="}], "float32", "need a string input"),
+        ([None], "float32", "mixed types"),
+    ],
+)
+def test_refused_values(value: Any, dtype: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        to_array(value, spec(dtype), "input 'x'")
+
+
+def test_nonfinite_floats_are_kept() -> None:
+    out = to_array([float("nan"), float("inf")], spec("float32"), "x")
+    assert np.isnan(out[0]) and np.isinf(out[1])
+
+
+def test_shape_is_checked() -> None:
+    with pytest.raises(InvalidInput, match=r"shape \[2, 3\] does not match the model's \[-1, 2\]"):
+        to_array([[1, 2, 3], [4, 5, 6]], spec("float32", (-1, 2)), "input 'x'")
+    with pytest.raises(InvalidInput, match=r"shape \[\] does not match"):
+        to_array(1.0, spec("float32", (-1,)), "x")
+    assert to_array(1.0, spec("float32", ()), "x").shape == ()
+    assert to_array([[[1]]], spec("float32", None), "x").shape == (1, 1, 1)
+
+
+def test_empty_batch() -> None:
+    assert to_array([], spec("int64"), "x").shape == (0,)
+
+
+def test_strings_and_b64() -> None:
+    raw = bytes(range(256))
+    urlsafe = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    out = to_array([["héllo", {"b64": base64.b64encode(b"\x00\xff").decode()}], ["x", {"b64": urlsafe}]],
+                   spec("string", (-1, 2)), "x")
+    assert out.dtype == object and out.shape == (2, 2)
+    assert out[0, 0] == "héllo".encode() and out[0, 1] == b"\x00\xff" and out[1, 1] == raw
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [([["a"], ["b", "c"]], "ragged"), ([1], "expected strings"), ([{"b64": "%%%"}], "not valid base64"),
+     ([{"b64": 5}], "must be a string")],
+)
+def test_bad_strings(value: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        to_array(value, spec("string", None), "x")
+
+
+SIG = Signature(
+    inputs={"a": TensorSpec("a", "float32", (-1,)), "b": TensorSpec("b", "int64", (-1,))},
+    outputs={"y": TensorSpec("y", "float32", (-1,))},
+)
+
+
+def test_named_inputs() -> None:
+    out = decode_named_inputs({"a": [1], "b": [2]}, SIG)
+    assert out["a"].dtype == np.float32 and out["b"].dtype == np.int64
+    with pytest.raises(InvalidInput, match=r"missing input\(s\) \['b'\]; the signature takes \['a', 'b'\]"):
+        decode_named_inputs({"a": [1]}, SIG)
+    with pytest.raises(InvalidInput, match=r"unknown input\(s\) \['c'\]"):
+        decode_named_inputs({"a": [1], "b": [2], "c": [3]}, SIG)
+    with pytest.raises(InvalidInput, match='"data" must be an object'):
+        decode_named_inputs([1, 2], SIG)
+
+
+def test_error_never_echoes_long_names() -> None:
+    with pytest.raises(InvalidInput) as info:
+        decode_named_inputs({"a": [1], "b": [2], "z" * 10_000: [1]}, SIG)
+    assert len(str(info.value)) < 300
+
+
+def test_parse_json() -> None:
+    assert parse_json(b'{"a": [1, 2]}') == {"a": [1, 2]}
+    nan_doc = parse_json(b'{"a": [NaN, Infinity, -Infinity]}')
+    assert np.isnan(nan_doc["a"][0]) and nan_doc["a"][1:] == [float("inf"), float("-inf")]
+    with pytest.raises(InvalidInput, match="empty"):
+        parse_json(b"  ")
+    with pytest.raises(InvalidInput, match="invalid JSON"):
+        parse_json(b'{"a": ')
+    with pytest.raises(InvalidInput, match="invalid JSON"):
+        parse_json(b"\xff\xfe")
+
+
+def test_dumps_arrays_of_every_kind() -> None:
+    doc = {
+        "f16": np.array([0.5], dtype=np.float16),
+        "u64": np.array([2**64 - 1], dtype=np.uint64),
+        "b": np.array([[True, False]]),
+        "scalar": np.float32(1.5),
+        "zero_d": np.array(3),
+        "text": np.array([b"ok", "é".encode(), b"\xff"], dtype=object),
+        "strided": np.arange(6, dtype=np.int32).reshape(2, 3)[:, ::2],
+    }
+    out = json.loads(dumps(doc))
+    assert out == {
+        "f16": [0.5], "u64": [2**64 - 1], "b": [[True, False]], "scalar": 1.5, "zero_d": 3,
+        "text": ["ok", "é", {"b64": "/w=="}], "strided": [[0, 2], [3, 5]],
+    }
+
+
+def test_dumps_writes_nan_literals() -> None:
+    text = dumps({"y": np.array([1.0, np.nan, np.inf, -np.inf], dtype=np.float32)}).decode()
+    assert text == '{"y":[1.0,NaN,Infinity,-Infinity]}'
+    assert np.isnan(json.loads(text)["y"][1])
