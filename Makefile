@@ -16,7 +16,7 @@ UV_INSTALL = $(UV) pip install --quiet --python $(BIN)/python $(FIND_LINKS)
 
 help:
 	@echo "make serve     install and serve examples/models on port $(PORT)"
-	@echo "make test      install everything and run the whole test suite"
+	@echo "make test      install everything, lint, and run the whole test suite"
 	@echo "make lint      ruff and mypy"
 	@echo "make examples  retrain the example models (outputs are committed)"
 
@@ -37,11 +37,12 @@ $(VENV)/.test-installed: pyproject.toml | $(UV)
 serve: $(VENV)/.serve-installed
 	$(BIN)/sts --model_config_file examples/models.json --port $(PORT)
 
-test: $(VENV)/.test-installed
+test: lint
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check sts tests examples
+	$(BIN)/ruff format --check sts tests examples
 	$(BIN)/mypy
 
 examples: $(VENV)/.test-installed

@@ -25,7 +25,9 @@ OPSET = 17
 
 def _save(graph: onnx.GraphProto, path: Path) -> None:
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
         producer_name="sts-examples",
     )
     onnx.checker.check_model(model)
@@ -57,8 +59,10 @@ def digits_mlp(hidden: int, version: int) -> float:
     b1, b2 = (b.astype(np.float32) for b in clf.intercepts_)
     inits = [
         numpy_helper.from_array(np.array([-1, 64], dtype=np.int64), "flat_shape"),
-        numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"),
-        numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(b2, "b2"),
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(b1, "b1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(b2, "b2"),
     ]
     nodes = [
         helper.make_node("Reshape", ["images", "flat_shape"], ["flat"]),
@@ -68,9 +72,11 @@ def digits_mlp(hidden: int, version: int) -> float:
     ]
     outputs = _classifier_head(nodes, "logits")
     graph = helper.make_graph(
-        nodes, "digits_mlp",
+        nodes,
+        "digits_mlp",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 8, 8, 1])],
-        outputs, initializer=inits,
+        outputs,
+        initializer=inits,
     )
     _save(graph, MODELS / "digits_mlp" / str(version) / "model.onnx")
     return accuracy
@@ -90,9 +96,11 @@ def iris_logreg() -> float:
     nodes = [helper.make_node("Gemm", ["features", "w", "b"], ["logits"])]
     outputs = _classifier_head(nodes, "logits")
     graph = helper.make_graph(
-        nodes, "iris_logreg",
+        nodes,
+        "iris_logreg",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4])],
-        outputs, initializer=inits,
+        outputs,
+        initializer=inits,
     )
     _save(graph, MODELS / "iris_logreg" / "1" / "model.onnx")
     return accuracy
@@ -104,11 +112,18 @@ def example_requests() -> None:
     images = (digits.images[1790:1792] / 16.0).reshape(2, 8, 8, 1).round(4).tolist()
     requests = HERE / "requests"
     requests.mkdir(exist_ok=True)
-    (requests / "digits.json").write_text(json.dumps(
-        {"model_name": "digits", "data": {"images": images}}) + "\n")
-    (requests / "iris.json").write_text(json.dumps(
-        {"model_name": "iris", "data": {"features": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}},
-    ) + "\n")
+    (requests / "digits.json").write_text(
+        json.dumps({"model_name": "digits", "data": {"images": images}}) + "\n"
+    )
+    (requests / "iris.json").write_text(
+        json.dumps(
+            {
+                "model_name": "iris",
+                "data": {"features": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
+            },
+        )
+        + "\n"
+    )
     print(f"wrote examples/requests/ (digits labels: {digits.target[1790:1792].tolist()})")
 
 

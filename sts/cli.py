@@ -57,7 +57,8 @@ def load_settings(argv: Sequence[str] | None = None) -> ServerSettings:
     except ValidationError as exc:
         problems = "; ".join(
             f"--{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-            if err["loc"] else err["msg"].removeprefix("Value error, ")
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise ConfigError(problems) from None
@@ -77,8 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.effective_log_level)
     for config in configs:
-        logger.info("model %r: %s at %s (%s)", config.name, config.platform, config.base_path,
-                    config.version_policy)
+        logger.info(
+            "model %r: %s at %s (%s)",
+            config.name,
+            config.platform,
+            config.base_path,
+            config.version_policy,
+        )
     return serve(settings, configs)
 
 
@@ -101,8 +107,9 @@ def serve(settings: ServerSettings, configs: list[Any]) -> int:
         options["ssl_keyfile"] = settings.secret_key
     if settings.workers > 1:
         os.environ[SETTINGS_ENV] = settings.model_dump_json(exclude_unset=True)
-        uvicorn.run("sts.api.app:app_from_environment", factory=True,
-                    workers=settings.workers, **options)
+        uvicorn.run(
+            "sts.api.app:app_from_environment", factory=True, workers=settings.workers, **options
+        )
     else:
         uvicorn.run(create_app(settings, configs), **options)
     return 0

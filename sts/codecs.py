@@ -53,8 +53,7 @@ def to_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
         array = _numeric_array(value, spec, what)
     if not spec.shape_matches(array.shape):
         raise InvalidInput(
-            f"{what}: shape {list(array.shape)} does not match the model's "
-            f"{spec.describe_shape()}"
+            f"{what}: shape {list(array.shape)} does not match the model's {spec.describe_shape()}"
         )
     return array
 
@@ -64,11 +63,15 @@ def _numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
     try:
         array = np.asarray(value)
     except (ValueError, TypeError):
-        raise InvalidInput(f"{what}: nested lists are ragged; every row must have the same length") from None
+        raise InvalidInput(
+            f"{what}: nested lists are ragged; every row must have the same length"
+        ) from None
     kind = array.dtype.kind
     if kind == "O":
         if _has_b64(value):
-            raise InvalidInput(f"{what}: {{\"b64\": ...}} values need a string input, this one is {spec.dtype}")
+            raise InvalidInput(
+                f'{what}: {{"b64": ...}} values need a string input, this one is {spec.dtype}'
+            )
         raise InvalidInput(
             f"{what}: expected {spec.dtype} numbers; got mixed types or integers beyond 64 bits"
         )
@@ -85,9 +88,9 @@ def _numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
     # float target: ints and floats are fine; refuse values the dtype cannot hold
     with np.errstate(over="ignore"):
         out = array.astype(target, copy=False)
-    if target.itemsize < 8 and array.size and not np.isfinite(out).all():
-        if np.isfinite(array).all():
-            raise InvalidInput(f"{what}: a value is out of range for {spec.dtype}")
+    narrowed = target.itemsize < 8 and array.size
+    if narrowed and not np.isfinite(out).all() and np.isfinite(array).all():
+        raise InvalidInput(f"{what}: a value is out of range for {spec.dtype}")
     return out
 
 
@@ -113,7 +116,13 @@ def _to_int(
             return np.asarray(value, dtype=target)
     except (OverflowError, FloatingPointError, ValueError):
         low, high = array.min(), array.max()
-        bad = f"value {high:.0f} " if high > info.max else f"value {low:.0f} " if low < info.min else "a value "
+        bad = (
+            f"value {high:.0f} "
+            if high > info.max
+            else f"value {low:.0f} "
+            if low < info.min
+            else "a value "
+        )
         raise InvalidInput(f"{what}: {bad}is out of range for {spec.dtype}") from None
 
 
@@ -126,13 +135,13 @@ def _has_b64(value: Any) -> bool:
 def decode_b64(text: Any, what: str) -> bytes:
     """Standard or URL-safe base64, padding optional."""
     if not isinstance(text, str):
-        raise InvalidInput(f"{what}: \"b64\" must be a string")
+        raise InvalidInput(f'{what}: "b64" must be a string')
     cleaned = text.strip().replace("-", "+").replace("_", "/")
     cleaned += "=" * (-len(cleaned) % 4)
     try:
         return base64.b64decode(cleaned, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidInput(f"{what}: \"b64\" value is not valid base64") from None
+        raise InvalidInput(f'{what}: "b64" value is not valid base64') from None
 
 
 def _string_array(value: Any, what: str) -> np.ndarray:
@@ -151,21 +160,25 @@ def _walk_strings(value: Any, leaves: list[bytes], what: str, depth: int) -> tup
             return (0,)
         shapes = {_walk_strings(item, leaves, what, depth + 1) for item in value}
         if len(shapes) != 1:
-            raise InvalidInput(f"{what}: nested lists are ragged; every row must have the same length")
+            raise InvalidInput(
+                f"{what}: nested lists are ragged; every row must have the same length"
+            )
         return (len(value), *shapes.pop())
     if isinstance(value, str):
         leaves.append(value.encode("utf-8"))
     elif isinstance(value, dict) and set(value) == {"b64"}:
         leaves.append(decode_b64(value["b64"], what))
     else:
-        raise InvalidInput(f"{what}: expected strings (or {{\"b64\": ...}}), got {type(value).__name__}")
+        raise InvalidInput(
+            f'{what}: expected strings (or {{"b64": ...}}), got {type(value).__name__}'
+        )
     return ()
 
 
 def decode_named_inputs(data: Any, signature: Signature) -> dict[str, np.ndarray]:
     """`{"alias": value}` -> arrays; every input of the signature must be there, nothing else."""
     if not isinstance(data, dict):
-        raise InvalidInput("\"data\" must be an object mapping input names to values")
+        raise InvalidInput('"data" must be an object mapping input names to values')
     expected = list(signature.inputs)
     missing = [name for name in expected if name not in data]
     if missing:
@@ -197,7 +210,11 @@ def jsonable(value: Any) -> Any:
     """An output as orjson takes it: numeric arrays as they are, strings as text or b64."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "OSU":
-            return np.vectorize(_text_or_b64, otypes=[object])(value).tolist() if value.size else value.tolist()
+            return (
+                np.vectorize(_text_or_b64, otypes=[object])(value).tolist()
+                if value.size
+                else value.tolist()
+            )
         if value.ndim == 0 or value.dtype.name not in _ORJSON_NUMPY:
             return value.tolist()
         return np.ascontiguousarray(value)
@@ -211,8 +228,18 @@ def jsonable(value: Any) -> Any:
 
 
 _ORJSON_NUMPY = {
-    "float16", "float32", "float64", "int8", "int16", "int32", "int64",
-    "uint8", "uint16", "uint32", "uint64", "bool",
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
 }
 
 

@@ -99,7 +99,7 @@ class VersionPolicy:
     def _parse_tfserving(cls, value: dict[str, Any]) -> VersionPolicy:
         if len(value) != 1:
             raise ValueError(f"version policy needs exactly one of latest/all/specific: {value}")
-        (kind, body), = value.items()
+        ((kind, body),) = value.items()
         body = body or {}
         if kind == "latest":
             return cls.parse(f"latest:{int(body.get('num_versions', 1))}")
@@ -178,9 +178,9 @@ class ServerSettings(BaseSettings):
     """Port to listen on."""
     enable_ssl: Bool = False
     """Serve HTTPS with `secret_pem` and `secret_key`."""
-    secret_pem: str = "secret.pem"
+    secret_pem: str = "secret.pem"  # noqa: S105 - a file name, the original's default
     """TLS certificate chain (PEM)."""
-    secret_key: str = "secret.key"
+    secret_key: str = "secret.key"  # noqa: S105 - a file name, the original's default
     """TLS private key (PEM)."""
     model_name: str = "default"
     """Name of the single model given by `model_base_path` (ignored with a config file)."""
@@ -204,7 +204,7 @@ class ServerSettings(BaseSettings):
     """HTTP basic auth on every route."""
     auth_username: str = "admin"
     """Basic auth user name."""
-    auth_password: str = "admin"
+    auth_password: str = "admin"  # noqa: S105 - the original's default
     """Basic auth password."""
     enable_cors: Bool = True
     """Answer cross-origin requests from any origin."""
@@ -212,7 +212,7 @@ class ServerSettings(BaseSettings):
         default=False,
         validation_alias=AliasChoices("STFS_B64_AUTOCONVERT", "STFS_ENABLE_B64_AUTOCONVERT"),
     )
-    """Decode base64 strings sent to string inputs (the original's env name is STFS_B64_AUTOCONVERT)."""
+    """Decode base64 strings sent to string inputs (env: STFS_B64_AUTOCONVERT, as the original)."""
     download_inference_images: Bool = True
     """Keep a copy of images uploaded for inference (the original's default)."""
     file_system_poll_wait_seconds: float = Field(default=1.0, ge=0)
@@ -266,7 +266,9 @@ class ServerSettings(BaseSettings):
         if self.enable_ssl:
             for flag in ("secret_pem", "secret_key"):
                 if not Path(getattr(self, flag)).is_file():
-                    raise ValueError(f"--enable_ssl needs --{flag}: no file at {getattr(self, flag)!r}")
+                    raise ValueError(
+                        f"--enable_ssl needs --{flag}: no file at {getattr(self, flag)!r}"
+                    )
         return self
 
     @property
@@ -315,7 +317,9 @@ def _build_entry(raw: dict[str, Any], where: str) -> ModelConfig:
     return config
 
 
-def load_model_config_file(path: Path, default_policy: VersionPolicy | None = None) -> list[ModelConfig]:
+def load_model_config_file(
+    path: Path, default_policy: VersionPolicy | None = None
+) -> list[ModelConfig]:
     """Parse and validate a model config file; every problem names the entry."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -326,7 +330,7 @@ def load_model_config_file(path: Path, default_policy: VersionPolicy | None = No
     except json.JSONDecodeError as exc:
         raise ConfigError(f"model config file {path} is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("model_config_list"), list):
-        raise ConfigError(f"model config file {path} needs a top-level \"model_config_list\" array")
+        raise ConfigError(f'model config file {path} needs a top-level "model_config_list" array')
 
     configs: list[ModelConfig] = []
     seen: set[str] = set()

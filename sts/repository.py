@@ -167,7 +167,9 @@ class ModelRepository:
         self._poll_lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
         self._pending: dict[str, ServedModel] = {}  # changed configs still loading
-        self._load_pool = ThreadPoolExecutor(max_workers=load_workers, thread_name_prefix="sts-load")
+        self._load_pool = ThreadPoolExecutor(
+            max_workers=load_workers, thread_name_prefix="sts-load"
+        )
         self._unload_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sts-unload")
         self._unloads: list[Future[None]] = []
         self._unloads_lock = threading.Lock()
@@ -266,7 +268,8 @@ class ModelRepository:
         on_disk = model.backend_cls.discover_versions(base)
         if not on_disk:
             model.problem = (
-                f"base path {base} does not exist" if not base.exists()
+                f"base path {base} does not exist"
+                if not base.exists()
                 else f"no version folders (numbered sub-folders) under {base}"
             )
             if model.problem and not model.serving:
@@ -276,17 +279,26 @@ class ModelRepository:
 
         # A version that failed stays failed until its files change.
         failed = {
-            v for v, mv in model.versions.items()
-            if v in on_disk and mv.state == VersionState.END and mv.error
-            and mv.fingerprint is not None and mv.fingerprint == fingerprint(on_disk[v])
+            v
+            for v, mv in model.versions.items()
+            if v in on_disk
+            and mv.state == VersionState.END
+            and mv.error
+            and mv.fingerprint is not None
+            and mv.fingerprint == fingerprint(on_disk[v])
         }
         wanted = model.config.version_policy.select(set(on_disk) - failed)
-        loaded = {v: self._load_version(model, v, on_disk[v]) for v in sorted(wanted)
-                  if v not in model.serving}
+        loaded = {
+            v: self._load_version(model, v, on_disk[v])
+            for v in sorted(wanted)
+            if v not in model.serving
+        }
 
         with self._lock:
             candidates = dict(model.serving)
-            candidates.update({v: mv for v, mv in loaded.items() if mv.state == VersionState.LOADING})
+            candidates.update(
+                {v: mv for v, mv in loaded.items() if mv.state == VersionState.LOADING}
+            )
             keep = model.config.version_policy.select(set(candidates) & set(on_disk))
             new_serving = {v: candidates[v] for v in sorted(keep)}
             removed = [mv for v, mv in model.serving.items() if v not in keep]
@@ -327,11 +339,15 @@ class ModelRepository:
             default = backend.default_signature()
             if fingerprint(path) != before:
                 mv.fingerprint = None  # retry on the next poll, whatever the files look like then
-                raise ModelLoadError("files changed while loading (still being copied?); will retry")
+                raise ModelLoadError(
+                    "files changed while loading (still being copied?); will retry"
+                )
         except Exception as exc:
             message = exc.message if isinstance(exc, StsError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, StsError):
-                logger.exception("model %r version %d: unexpected load failure", model.name, version)
+                logger.exception(
+                    "model %r version %d: unexpected load failure", model.name, version
+                )
             if backend is not None:
                 with contextlib.suppress(Exception):
                     backend.unload()
@@ -359,7 +375,10 @@ class ModelRepository:
         if not mv._wait_idle(UNLOAD_DRAIN_SECONDS):
             logger.warning(
                 "model %r version %d: %d requests still running after %.0fs; unloading anyway",
-                mv.model, mv.version, mv.inflight, UNLOAD_DRAIN_SECONDS,
+                mv.model,
+                mv.version,
+                mv.inflight,
+                UNLOAD_DRAIN_SECONDS,
             )
         try:
             if mv.backend is not None:
@@ -465,14 +484,20 @@ def _version_number(model: ServedModel, version: Any) -> int:
 
 
 def _why_not_ready(model: ServedModel) -> str:
-    loading = [mv.version for mv in model.versions.values()
-               if mv.state in (VersionState.START, VersionState.LOADING)]
+    loading = [
+        mv.version
+        for mv in model.versions.values()
+        if mv.state in (VersionState.START, VersionState.LOADING)
+    ]
     if loading or not model.polled:
         return f"model '{model.name}' is loading"
     failed = [mv for mv in model.version_list() if mv.error]
     if failed:
         last = failed[-1]
-        return f"model '{model.name}' has no available version: version {last.version} failed to load: {last.error}"
+        return (
+            f"model '{model.name}' has no available version: "
+            f"version {last.version} failed to load: {last.error}"
+        )
     if model.problem:
         return f"model '{model.name}' has no available version: {model.problem}"
     return f"model '{model.name}' has no available version"

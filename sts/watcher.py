@@ -66,7 +66,9 @@ class Watcher:
         try:
             configs = load_model_config_file(self.config_file, self.default_policy)
         except StsError as exc:
-            logger.error("model config file changed but is not usable; keeping the running models: %s", exc)
+            logger.error(
+                "model config file changed but is not usable; keeping the running models: %s", exc
+            )
             return
         logger.info("model config file changed; applying it")
         self.repository.update_configs(configs)

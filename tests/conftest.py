@@ -78,11 +78,19 @@ def free_port() -> int:
 class LiveServer:
     """A real uvicorn server in a thread, for tests that need real sockets and concurrency."""
 
-    def __init__(self, server_settings: ServerSettings, configs: list[ModelConfig] | None = None) -> None:
+    def __init__(
+        self, server_settings: ServerSettings, configs: list[ModelConfig] | None = None
+    ) -> None:
         self.app = create_app(server_settings, configs)
         self.port = free_port()
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
-                                log_level="warning", access_log=False)
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"

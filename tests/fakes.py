@@ -68,7 +68,9 @@ class FakeBackend(Backend):
     def signatures(self) -> dict[str, Signature]:
         return self._signatures
 
-    def predict(self, inputs: Mapping[str, np.ndarray], signature: str | None = None) -> dict[str, np.ndarray]:
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], signature: str | None = None
+    ) -> dict[str, np.ndarray]:
         time.sleep(self.spec.get("delay", 0.0))
         sig = self._signatures[signature or "serving_default"]
         first = next(iter(inputs.values()))

@@ -34,7 +34,9 @@ def test_model_version_forms(fake_client: TestClient, version: Any) -> None:
 
 
 def test_signature_selects_inputs_and_outputs(fake_client: TestClient) -> None:
-    r = predict(fake_client, {"signature_name": "ints", "data": {"n": [1.0, 2], "flag": [True, False]}})
+    r = predict(
+        fake_client, {"signature_name": "ints", "data": {"n": [1.0, 2], "flag": [True, False]}}
+    )
     assert r.status_code == 200, r.text
     assert r.json() == {"m": [3, 5]}
     r = predict(fake_client, {"signature_name": "text", "data": {"s": ["a", {"b64": "/w=="}]}})
@@ -43,8 +45,13 @@ def test_signature_selects_inputs_and_outputs(fake_client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "application/json", "application/json; charset=utf-8", "text/plain",
-     "application/x-www-form-urlencoded"],
+    [
+        None,
+        "application/json",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+    ],
 )
 def test_json_content_types(fake_client: TestClient, content_type: str | None) -> None:
     headers = {"content-type": content_type} if content_type else {}
@@ -68,13 +75,25 @@ def test_json_content_types(fake_client: TestClient, content_type: str | None) -
         (b'{"data": {"x": [["a", "b"]]}}', 400, "expected float32 numbers, got strings"),
         (b'{"signature_name": "ints", "data": {"n": [1.5], "flag": [true]}}', 400, "non-integer"),
         (b'{"signature_name": "ints", "data": {"n": [1], "flag": [1]}}', 400, "expected booleans"),
-        (b'{"model_name": "nope", "data": {}}', 404, "model 'nope' not found; models: ['default', 'other']"),
+        (
+            b'{"model_name": "nope", "data": {}}',
+            404,
+            "model 'nope' not found; models: ['default', 'other']",
+        ),
         (b'{"model_name": 7, "data": {}}', 400, "model_name must be a string"),
-        (b'{"model_version": 9, "data": {"x": [[1, 2]]}}', 404, "has no version 9; available versions: [1]"),
+        (
+            b'{"model_version": 9, "data": {"x": [[1, 2]]}}',
+            404,
+            "has no version 9; available versions: [1]",
+        ),
         (b'{"model_version": "beta", "data": {}}', 404, "no version label 'beta'"),
         (b'{"model_version": true, "data": {}}', 400, "model_version must be an integer"),
         (b'{"model_version": [1], "data": {}}', 400, "model_version must be an integer"),
-        (b'{"signature_name": "nope", "data": {}}', 404, "no signature 'nope'; signatures: ['ints', 'serving_default', 'text']"),
+        (
+            b'{"signature_name": "nope", "data": {}}',
+            404,
+            "no signature 'nope'; signatures: ['ints', 'serving_default', 'text']",
+        ),
         (b'{"signature_name": 3, "data": {}}', 400, "signature_name must be a string"),
     ],
 )
@@ -89,11 +108,15 @@ def test_bad_requests(fake_client: TestClient, body: bytes, status: int, message
 
 @pytest.mark.parametrize(
     ("content_type", "message"),
-    [("application/xml", "'application/xml' is not supported"),
-     ("image/jpeg", "'image/jpeg' is not supported"),
-     ("multipart/form-data; boundary=x", "multipart image upload is not supported")],
+    [
+        ("application/xml", "'application/xml' is not supported"),
+        ("image/jpeg", "'image/jpeg' is not supported"),
+        ("multipart/form-data; boundary=x", "multipart image upload is not supported"),
+    ],
 )
-def test_unsupported_content_types(fake_client: TestClient, content_type: str, message: str) -> None:
+def test_unsupported_content_types(
+    fake_client: TestClient, content_type: str, message: str
+) -> None:
     r = fake_client.post("/", content=b"<x/>", headers={"content-type": content_type})
     assert r.status_code == 415
     assert message in r.json()["error"]
@@ -101,11 +124,15 @@ def test_unsupported_content_types(fake_client: TestClient, content_type: str, m
 
 def test_errors_do_not_echo_the_request(fake_client: TestClient) -> None:
     secret = "s3cret" * 1000
-    for body in ({"data": {"x": [[secret, 1]]}}, {"model_name": secret, "data": {}},
-                 {"data": {"x": [[1, 2]], secret: 1}}):
+    for body in (
+        {"data": {"x": [[secret, 1]]}},
+        {"model_name": secret, "data": {}},
+        {"data": {"x": [[1, 2]], secret: 1}},
+    ):
         r = predict(fake_client, body)
         assert r.status_code in (400, 404)
-        assert secret not in r.text and len(r.text) < 400
+        assert secret not in r.text
+        assert len(r.text) < 400
 
 
 def test_body_limit(tmp_path: Path, fake_base: Path) -> None:
@@ -118,6 +145,7 @@ def test_body_limit(tmp_path: Path, fake_base: Path) -> None:
         def chunks() -> Any:  # no Content-Length: counted as it streams
             for _ in range(10):
                 yield b" " * 500
+
         r = client.post("/", content=chunks())
         assert r.status_code == 413
         assert predict(client, {"data": {"x": [[1, 2]]}}).status_code == 200
@@ -136,9 +164,14 @@ def test_models_listing(fake_client: TestClient) -> None:
     assert detail["platform"] == fakes.PLATFORM
     assert detail["model_signature"]["signature_name"] == "serving_default"
     assert detail["model_signature"]["inputs"] == [
-        {"name": "x", "dtype": 1, "dtype_name": "float32", "shape": [-1, 2]}]
+        {"name": "x", "dtype": 1, "dtype_name": "float32", "shape": [-1, 2]}
+    ]
     assert detail["signatures"]["ints"]["inputs"][1] == {
-        "name": "flag", "dtype": 10, "dtype_name": "bool", "shape": [-1]}
+        "name": "flag",
+        "dtype": 10,
+        "dtype_name": "bool",
+        "shape": [-1],
+    }
     assert detail["versions"][0]["state"] == "AVAILABLE"
 
 
@@ -174,7 +207,9 @@ def test_not_ready_while_loading(tmp_path: Path) -> None:
 def test_failed_model_reports_why(tmp_path: Path) -> None:
     base = tmp_path / "broken"
     fakes.write_version(base, 1, fail="weights are corrupt")
-    with app_client([fake_config("broken", base), fake_config("missing", tmp_path / "nowhere")]) as client:
+    with app_client(
+        [fake_config("broken", base), fake_config("missing", tmp_path / "nowhere")]
+    ) as client:
         r = predict(client, {"model_name": "broken", "data": {}})
         assert r.status_code == 503
         assert "version 1 failed to load: weights are corrupt" in r.json()["error"]
@@ -188,23 +223,30 @@ def test_failed_model_reports_why(tmp_path: Path) -> None:
 
 def test_unknown_routes_and_methods_are_json(fake_client: TestClient) -> None:
     r = fake_client.get("/no/such/route")
-    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
+    assert r.status_code == 404
+    assert r.json() == {"error": "Not Found"}
     r = fake_client.put("/")
-    assert r.status_code == 405 and "error" in r.json()
+    assert r.status_code == 405
+    assert "error" in r.json()
 
 
 def test_dashboard_and_static(fake_client: TestClient) -> None:
     page = fake_client.get("/")
-    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "default" in page.text and "AVAILABLE" in page.text and "serving_default" in page.text
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
+    assert "default" in page.text
+    assert "AVAILABLE" in page.text
+    assert "serving_default" in page.text
     css = fake_client.get("/static/sts.css")
-    assert css.status_code == 200 and "text/css" in css.headers["content-type"]
+    assert css.status_code == 200
+    assert "text/css" in css.headers["content-type"]
 
 
 def test_cors(fake_base: Path) -> None:
     with app_client([fake_config("default", fake_base)]) as client:
-        r = client.options("/", headers={"origin": "http://example.com",
-                                         "access-control-request-method": "POST"})
+        r = client.options(
+            "/", headers={"origin": "http://example.com", "access-control-request-method": "POST"}
+        )
         assert r.headers["access-control-allow-origin"] == "*"
     with app_client([fake_config("default", fake_base)], enable_cors=False) as client:
         r = client.get("/health", headers={"origin": "http://example.com"})

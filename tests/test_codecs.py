@@ -56,7 +56,8 @@ def test_refused_values(value: Any, dtype: str, message: str) -> None:
 
 def test_nonfinite_floats_are_kept() -> None:
     out = to_array([float("nan"), float("inf")], spec("float32"), "x")
-    assert np.isnan(out[0]) and np.isinf(out[1])
+    assert np.isnan(out[0])
+    assert np.isinf(out[1])
 
 
 def test_shape_is_checked() -> None:
@@ -75,16 +76,26 @@ def test_empty_batch() -> None:
 def test_strings_and_b64() -> None:
     raw = bytes(range(256))
     urlsafe = base64.urlsafe_b64encode(raw).decode().rstrip("=")
-    out = to_array([["héllo", {"b64": base64.b64encode(b"\x00\xff").decode()}], ["x", {"b64": urlsafe}]],
-                   spec("string", (-1, 2)), "x")
-    assert out.dtype == object and out.shape == (2, 2)
-    assert out[0, 0] == "héllo".encode() and out[0, 1] == b"\x00\xff" and out[1, 1] == raw
+    out = to_array(
+        [["héllo", {"b64": base64.b64encode(b"\x00\xff").decode()}], ["x", {"b64": urlsafe}]],
+        spec("string", (-1, 2)),
+        "x",
+    )
+    assert out.dtype == object
+    assert out.shape == (2, 2)
+    assert out[0, 0] == "héllo".encode()
+    assert out[0, 1] == b"\x00\xff"
+    assert out[1, 1] == raw
 
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [([["a"], ["b", "c"]], "ragged"), ([1], "expected strings"), ([{"b64": "%%%"}], "not valid base64"),
-     ([{"b64": 5}], "must be a string")],
+    [
+        ([["a"], ["b", "c"]], "ragged"),
+        ([1], "expected strings"),
+        ([{"b64": "%%%"}], "not valid base64"),
+        ([{"b64": 5}], "must be a string"),
+    ],
 )
 def test_bad_strings(value: Any, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
@@ -99,8 +110,11 @@ SIG = Signature(
 
 def test_named_inputs() -> None:
     out = decode_named_inputs({"a": [1], "b": [2]}, SIG)
-    assert out["a"].dtype == np.float32 and out["b"].dtype == np.int64
-    with pytest.raises(InvalidInput, match=r"missing input\(s\) \['b'\]; the signature takes \['a', 'b'\]"):
+    assert out["a"].dtype == np.float32
+    assert out["b"].dtype == np.int64
+    with pytest.raises(
+        InvalidInput, match=r"missing input\(s\) \['b'\]; the signature takes \['a', 'b'\]"
+    ):
         decode_named_inputs({"a": [1]}, SIG)
     with pytest.raises(InvalidInput, match=r"unknown input\(s\) \['c'\]"):
         decode_named_inputs({"a": [1], "b": [2], "c": [3]}, SIG)
@@ -117,7 +131,8 @@ def test_error_never_echoes_long_names() -> None:
 def test_parse_json() -> None:
     assert parse_json(b'{"a": [1, 2]}') == {"a": [1, 2]}
     nan_doc = parse_json(b'{"a": [NaN, Infinity, -Infinity]}')
-    assert np.isnan(nan_doc["a"][0]) and nan_doc["a"][1:] == [float("inf"), float("-inf")]
+    assert np.isnan(nan_doc["a"][0])
+    assert nan_doc["a"][1:] == [float("inf"), float("-inf")]
     with pytest.raises(InvalidInput, match="empty"):
         parse_json(b"  ")
     with pytest.raises(InvalidInput, match="invalid JSON"):
@@ -138,8 +153,13 @@ def test_dumps_arrays_of_every_kind() -> None:
     }
     out = json.loads(dumps(doc))
     assert out == {
-        "f16": [0.5], "u64": [2**64 - 1], "b": [[True, False]], "scalar": 1.5, "zero_d": 3,
-        "text": ["ok", "é", {"b64": "/w=="}], "strided": [[0, 2], [3, 5]],
+        "f16": [0.5],
+        "u64": [2**64 - 1],
+        "b": [[True, False]],
+        "scalar": 1.5,
+        "zero_d": 3,
+        "text": ["ok", "é", {"b64": "/w=="}],
+        "strided": [[0, 2], [3, 5]],
     }
 
 

@@ -8,15 +8,32 @@ from pathlib import Path
 import pytest
 
 from sts.cli import load_settings
-from sts.config import ModelConfig, ServerSettings, VersionPolicy, load_model_config_file, parse_bool
+from sts.config import (
+    ModelConfig,
+    ServerSettings,
+    VersionPolicy,
+    load_model_config_file,
+    parse_bool,
+)
 from sts.errors import ConfigError
 from tests import fakes
 
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("true", True), ("True", True), ("1", True), ("yes", True), ("on", True),
-     ("false", False), ("FALSE", False), ("0", False), ("no", False), ("off", False), ("", False)],
+    [
+        ("true", True),
+        ("True", True),
+        ("1", True),
+        ("yes", True),
+        ("on", True),
+        ("false", False),
+        ("FALSE", False),
+        ("0", False),
+        ("no", False),
+        ("off", False),
+        ("", False),
+    ],
 )
 def test_parse_bool(text: str, value: bool) -> None:
     assert parse_bool(text) is value
@@ -30,7 +47,12 @@ def test_parse_bool_refuses_other_words() -> None:
 def test_defaults_are_the_originals() -> None:
     s = ServerSettings()
     assert (s.host, s.port, s.model_name, s.model_base_path, s.model_platform) == (
-        "0.0.0.0", 8500, "default", "./model", "tensorflow")
+        "0.0.0.0",
+        8500,
+        "default",
+        "./model",
+        "tensorflow",
+    )
     assert (s.enable_ssl, s.secret_pem, s.secret_key) == (False, "secret.pem", "secret.key")
     assert (s.enable_auth, s.auth_username, s.auth_password) == (False, "admin", "admin")
     assert s.enable_cors is True
@@ -44,18 +66,39 @@ def test_defaults_are_the_originals() -> None:
 
 def test_every_original_flag_exists() -> None:
     original = [
-        "host", "port", "enable_ssl", "secret_pem", "secret_key", "model_name", "model_base_path",
-        "model_platform", "model_config_file", "reload_models", "custom_op_paths",
-        "session_config", "debug", "log_level", "enable_auth", "auth_username", "auth_password",
-        "enable_cors", "enable_b64_autoconvert", "download_inference_images",
+        "host",
+        "port",
+        "enable_ssl",
+        "secret_pem",
+        "secret_key",
+        "model_name",
+        "model_base_path",
+        "model_platform",
+        "model_config_file",
+        "reload_models",
+        "custom_op_paths",
+        "session_config",
+        "debug",
+        "log_level",
+        "enable_auth",
+        "auth_username",
+        "auth_password",
+        "enable_cors",
+        "enable_b64_autoconvert",
+        "download_inference_images",
     ]
     assert set(original) <= set(ServerSettings.model_fields)
 
 
 @pytest.mark.parametrize(
     ("argv", "value"),
-    [(["--enable_cors"], True), (["--enable_cors=false"], False), (["--enable_cors", "no"], False),
-     (["--enable_cors=0"], False), (["--enable_cors", "TRUE"], True)],
+    [
+        (["--enable_cors"], True),
+        (["--enable_cors=false"], False),
+        (["--enable_cors", "no"], False),
+        (["--enable_cors=0"], False),
+        (["--enable_cors", "TRUE"], True),
+    ],
 )
 def test_boolean_flags(argv: list[str], value: bool) -> None:
     assert load_settings(argv).enable_cors is value
@@ -80,7 +123,7 @@ def test_environment_booleans(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_values_name_the_flag() -> None:
     with pytest.raises(ConfigError, match="--port"):
         load_settings(["--port", "http"])
-    with pytest.raises(ConfigError, match="--enable_cors.*expected a boolean"):
+    with pytest.raises(ConfigError, match=r"--enable_cors.*expected a boolean"):
         load_settings(["--enable_cors=sometimes"])
     with pytest.raises(ConfigError, match="session_config is not valid JSON"):
         load_settings(["--session_config", "{nope"])
@@ -91,8 +134,14 @@ def test_bad_values_name_the_flag() -> None:
 
 
 def test_session_config_and_custom_op_paths_parse() -> None:
-    s = load_settings(["--session_config", '{"intra_op_parallelism_threads": 2}',
-                       "--custom_op_paths", "a.so, b.so"])
+    s = load_settings(
+        [
+            "--session_config",
+            '{"intra_op_parallelism_threads": 2}',
+            "--custom_op_paths",
+            "a.so, b.so",
+        ]
+    )
     assert s.session_config == {"intra_op_parallelism_threads": 2}
     assert s.custom_op_paths == ["a.so", "b.so"]
 
@@ -123,8 +172,14 @@ def test_reload_models_false_turns_polling_off() -> None:
 
 @pytest.mark.parametrize(
     ("text", "on_disk", "selected"),
-    [("latest", {1, 2, 3}, {3}), ("latest:2", {1, 2, 3}, {2, 3}), ("all", {1, 5}, {1, 5}),
-     ("specific:1,3", {1, 2, 3}, {1, 3}), ("specific:4", {1, 2}, set()), ("latest", set(), set())],
+    [
+        ("latest", {1, 2, 3}, {3}),
+        ("latest:2", {1, 2, 3}, {2, 3}),
+        ("all", {1, 5}, {1, 5}),
+        ("specific:1,3", {1, 2, 3}, {1, 3}),
+        ("specific:4", {1, 2}, set()),
+        ("latest", set(), set()),
+    ],
 )
 def test_version_policies(text: str, on_disk: set[int], selected: set[int]) -> None:
     assert VersionPolicy.parse(text).select(on_disk) == selected
@@ -146,11 +201,21 @@ def _write(tmp_path: Path, entries: list[dict[str, object]]) -> Path:
 
 def test_config_file_is_read(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
-    path = _write(tmp_path, [{
-        "name": "a", "base_path": "m", "platform": fakes.PLATFORM,
-        "version_policy": "all", "version_labels": {"stable": 1}, "options": {"scale": 3},
-        "custom_op_paths": "x.so,y.so", "session_config": {"k": 1},
-    }])
+    path = _write(
+        tmp_path,
+        [
+            {
+                "name": "a",
+                "base_path": "m",
+                "platform": fakes.PLATFORM,
+                "version_policy": "all",
+                "version_labels": {"stable": 1},
+                "options": {"scale": 3},
+                "custom_op_paths": "x.so,y.so",
+                "session_config": {"k": 1},
+            }
+        ],
+    )
     (config,) = load_model_config_file(path)
     assert config.base_path == str(tmp_path / "m")  # relative to the config file
     assert config.version_policy.kind == "all"
@@ -162,22 +227,57 @@ def test_config_file_is_read(tmp_path: Path) -> None:
     ("entries", "message"),
     [
         ([{"base_path": "/m", "platform": fakes.PLATFORM}], r"entry 0 .*name: Field required"),
-        ([{"name": "a", "platform": fakes.PLATFORM}], r"entry 0 \('a'\).*base_path: Field required"),
-        ([{"name": "a", "base_path": "/m", "platform": fakes.PLATFORM},
-          {"name": "a", "base_path": "/n", "platform": fakes.PLATFORM}], r"entry 1 \('a'\).*duplicate model name"),
-        ([{"name": "a", "base_path": "/m", "platform": "caffe"}], r"entry 0 \('a'\).*unknown platform 'caffe'"),
-        ([{"name": "a", "base_path": "/m", "platform": fakes.PLATFORM, "options": {"scael": 1}}],
-         r"entry 0 \('a'\).*bad options.*scael"),
-        ([{"name": "a", "base_path": "/m", "platform": "onnx", "options": {"intra_op_threads": 1}}],
-         r"entry 0 \('a'\).*intra_op_threads"),
-        ([{"name": "a", "base_path": "/m", "platform": fakes.PLATFORM, "colour": "red"}],
-         r"entry 0 \('a'\).*colour: Extra inputs"),
-        ([{"name": "a", "base_path": "/m", "platform": fakes.PLATFORM, "version_labels": {"1": 1}}],
-         r"must be a non-numeric name"),
+        (
+            [{"name": "a", "platform": fakes.PLATFORM}],
+            r"entry 0 \('a'\).*base_path: Field required",
+        ),
+        (
+            [
+                {"name": "a", "base_path": "/m", "platform": fakes.PLATFORM},
+                {"name": "a", "base_path": "/n", "platform": fakes.PLATFORM},
+            ],
+            r"entry 1 \('a'\).*duplicate model name",
+        ),
+        (
+            [{"name": "a", "base_path": "/m", "platform": "caffe"}],
+            r"entry 0 \('a'\).*unknown platform 'caffe'",
+        ),
+        (
+            [{"name": "a", "base_path": "/m", "platform": fakes.PLATFORM, "options": {"scael": 1}}],
+            r"entry 0 \('a'\).*bad options.*scael",
+        ),
+        (
+            [
+                {
+                    "name": "a",
+                    "base_path": "/m",
+                    "platform": "onnx",
+                    "options": {"intra_op_threads": 1},
+                }
+            ],
+            r"entry 0 \('a'\).*intra_op_threads",
+        ),
+        (
+            [{"name": "a", "base_path": "/m", "platform": fakes.PLATFORM, "colour": "red"}],
+            r"entry 0 \('a'\).*colour: Extra inputs",
+        ),
+        (
+            [
+                {
+                    "name": "a",
+                    "base_path": "/m",
+                    "platform": fakes.PLATFORM,
+                    "version_labels": {"1": 1},
+                }
+            ],
+            r"must be a non-numeric name",
+        ),
         (["not an object"], r"entry 0 .*must be an object"),
     ],
 )
-def test_config_file_errors_name_the_entry(tmp_path: Path, entries: list[object], message: str) -> None:
+def test_config_file_errors_name_the_entry(
+    tmp_path: Path, entries: list[object], message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         load_model_config_file(_write(tmp_path, entries))  # type: ignore[arg-type]
 
@@ -200,12 +300,24 @@ def test_planned_platform_is_a_clear_error() -> None:
 
 
 def test_single_model_from_flags() -> None:
-    (config,) = load_settings([
-        "--model_name", "m", "--model_base_path", "/models/m", "--model_platform", "onnx",
-        "--model_version_policy", "latest:2",
-    ]).model_configs()
-    assert config == ModelConfig(name="m", base_path="/models/m", platform="onnx",
-                                 version_policy=VersionPolicy.parse("latest:2"))
+    (config,) = load_settings(
+        [
+            "--model_name",
+            "m",
+            "--model_base_path",
+            "/models/m",
+            "--model_platform",
+            "onnx",
+            "--model_version_policy",
+            "latest:2",
+        ]
+    ).model_configs()
+    assert config == ModelConfig(
+        name="m",
+        base_path="/models/m",
+        platform="onnx",
+        version_policy=VersionPolicy.parse("latest:2"),
+    )
 
 
 def test_settings_round_trip_for_workers() -> None:

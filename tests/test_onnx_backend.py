@@ -43,20 +43,32 @@ def test_platform_names() -> None:
 def test_every_dtype_round_trips_through_the_api(tmp_path: Path) -> None:
     onnx_models.identities(tmp_path / "ids" / "1" / "model.onnx")
     values: dict[str, Any] = {
-        "float16": [[0.5, -2.0]], "float32": [[1.25, 3]], "float64": [[1e-300, 2.5]],
-        "int8": [[-128, 127]], "int16": [[-32768, 1]], "int32": [[2**31 - 1, 1.0]],
-        "int64": [[-(2**63), 2**63 - 1]], "uint8": [[0, 255]], "uint16": [[65535, 0]],
-        "uint32": [[2**32 - 1, 0]], "uint64": [[2**64 - 1, 0]], "bool": [[True, False]],
+        "float16": [[0.5, -2.0]],
+        "float32": [[1.25, 3]],
+        "float64": [[1e-300, 2.5]],
+        "int8": [[-128, 127]],
+        "int16": [[-32768, 1]],
+        "int32": [[2**31 - 1, 1.0]],
+        "int64": [[-(2**63), 2**63 - 1]],
+        "uint8": [[0, 255]],
+        "uint16": [[65535, 0]],
+        "uint32": [[2**32 - 1, 0]],
+        "uint64": [[2**64 - 1, 0]],
+        "bool": [[True, False]],
         "string": [["héllo", {"b64": "AAE="}]],
     }
     config = ModelConfig(name="ids", base_path=str(tmp_path / "ids"), platform="onnx")
     with app_client([config]) as client:
         detail = client.get("/v1/models/ids").json()
-        dtypes = {t["name"]: (t["dtype"], t["dtype_name"]) for t in detail["model_signature"]["inputs"]}
+        dtypes = {
+            t["name"]: (t["dtype"], t["dtype_name"]) for t in detail["model_signature"]["inputs"]
+        }
         assert dtypes["in_float32"] == (1, "float32")
         assert dtypes["in_string"] == (7, "string")
         assert dtypes["in_float16"] == (19, "float16")
-        r = client.post("/", json={"model_name": "ids", "data": {f"in_{k}": v for k, v in values.items()}})
+        r = client.post(
+            "/", json={"model_name": "ids", "data": {f"in_{k}": v for k, v in values.items()}}
+        )
         assert r.status_code == 200, r.text
         out = r.json()
         for name, value in values.items():
@@ -84,8 +96,12 @@ def test_custom_op_library(tmp_path: Path) -> None:
 
 def test_custom_op_paths_from_config_reach_the_backend(tmp_path: Path) -> None:
     onnx_models.string_upper(tmp_path / "upper" / "1" / "model.onnx")
-    config = ModelConfig(name="upper", base_path=str(tmp_path / "upper"), platform="onnx",
-                         custom_op_paths=[onnxruntime_extensions.get_library_path()])
+    config = ModelConfig(
+        name="upper",
+        base_path=str(tmp_path / "upper"),
+        platform="onnx",
+        custom_op_paths=[onnxruntime_extensions.get_library_path()],
+    )
     with app_client([config]) as client:
         r = client.post("/", json={"model_name": "upper", "data": {"text": ["shout"]}})
         assert r.json() == {"upper": ["SHOUT"]}
@@ -103,18 +119,29 @@ def test_missing_custom_op_library(tmp_path: Path) -> None:
 
 def test_options(tmp_path: Path) -> None:
     folder = onnx_models.add_constant(tmp_path / "1" / "model.onnx", 0).parent
-    backend = load(folder, intra_op_num_threads=1, inter_op_num_threads=1,
-                   execution_mode="parallel", graph_optimization_level="basic")
+    backend = load(
+        folder,
+        intra_op_num_threads=1,
+        inter_op_num_threads=1,
+        execution_mode="parallel",
+        graph_optimization_level="basic",
+    )
     assert backend.active_providers == ["CPUExecutionProvider"]
-    with pytest.raises(ModelLoadError, match=r"providers \['TensorrtExecutionProvider'\] are not available"):
+    with pytest.raises(
+        ModelLoadError, match=r"providers \['TensorrtExecutionProvider'\] are not available"
+    ):
         load(folder, providers=["TensorrtExecutionProvider"])
     with pytest.raises(ValueError, match="graph_optimization_level"):
         OnnxOptions(graph_optimization_level="max")  # type: ignore[arg-type]
 
 
 def test_session_config_maps_thread_counts() -> None:
-    config = ModelConfig(name="m", base_path="/m", platform="onnx",
-                         session_config={"intra_op_parallelism_threads": 2, "allow_growth": True})
+    config = ModelConfig(
+        name="m",
+        base_path="/m",
+        platform="onnx",
+        session_config={"intra_op_parallelism_threads": 2, "allow_growth": True},
+    )
     options = OnnxBackend.build_options(config)
     assert isinstance(options, OnnxOptions)
     assert options.intra_op_num_threads == 2
@@ -122,7 +149,7 @@ def test_session_config_maps_thread_counts() -> None:
 
 def test_load_failures(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="no model.onnx"):
+    with pytest.raises(ModelLoadError, match=r"no model\.onnx"):
         load(tmp_path / "empty")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -132,7 +159,7 @@ def test_load_failures(tmp_path: Path) -> None:
     several = tmp_path / "several"
     onnx_models.add_constant(several / "a.onnx", 0)
     onnx_models.add_constant(several / "b.onnx", 0)
-    with pytest.raises(ModelLoadError, match="several .onnx files"):
+    with pytest.raises(ModelLoadError, match=r"several \.onnx files"):
         load(several)
     one = tmp_path / "one"
     onnx_models.add_constant(one / "net.onnx", 0)
@@ -150,7 +177,7 @@ def test_single_file_layout(tmp_path: Path) -> None:
 
 def test_runtime_refusal_is_a_400(tmp_path: Path) -> None:
     backend = load(onnx_models.add_constant(tmp_path / "1" / "model.onnx", 0).parent)
-    with pytest.raises(InvalidInput, match="onnxruntime: .*INVALID_ARGUMENT"):
+    with pytest.raises(InvalidInput, match=r"onnxruntime: .*INVALID_ARGUMENT"):
         backend.predict({"x": np.ones((2, 3), np.float64)})
 
 

@@ -70,15 +70,20 @@ def test_single_file_layout_is_version_1(tmp_path: Path) -> None:
 def test_resolve_versions_and_labels(base: Path) -> None:
     for v in (1, 2):
         fakes.write_version(base, v)
-    repo = make_repo(base, version_policy=VersionPolicy.parse("all"),
-                     version_labels={"stable": 1, "canary": 2, "old": 7})
+    repo = make_repo(
+        base,
+        version_policy=VersionPolicy.parse("all"),
+        version_labels={"stable": 1, "canary": 2, "old": 7},
+    )
     assert repo.resolve("m", 1).version == 1
     assert repo.resolve("m", " 2 ").version == 2
     assert repo.resolve("m", "stable").version == 1
     assert repo.resolve("m", "canary").version == 2
     with pytest.raises(VersionNotFound, match=r"no version 7; available versions: \[1, 2\]"):
         repo.resolve("m", "old")
-    with pytest.raises(VersionNotFound, match=r"no version label 'beta'; labels: \['canary', 'old', 'stable'\]"):
+    with pytest.raises(
+        VersionNotFound, match=r"no version label 'beta'; labels: \['canary', 'old', 'stable'\]"
+    ):
         repo.resolve("m", "beta")
     with pytest.raises(InvalidInput):
         repo.resolve("m", 1.5)
@@ -123,7 +128,8 @@ def test_removed_version_waits_for_inflight_requests(base: Path) -> None:
         out = leased.backend.predict({"x": np.ones((1, 2), np.float32)})
         assert out["y"].shape == (1, 2)
     repo.wait_unloads()
-    assert leased.state == VersionState.END and leased.backend is None
+    assert leased.state == VersionState.END
+    assert leased.backend is None
     assert repo.model("m").versions[2].state == VersionState.END  # reported as ended ...
     repo.poll()
     assert 2 not in repo.model("m").versions  # ... and forgotten once it is gone from disk

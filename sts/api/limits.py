@@ -45,18 +45,22 @@ class BodySizeLimit:
         await self.app(scope, limited, send)
 
     def _message(self) -> str:
-        return f"request body is larger than the limit of {self.max_bytes} bytes (--max_request_bytes)"
+        return (
+            f"request body is larger than the limit of {self.max_bytes} bytes (--max_request_bytes)"
+        )
 
 
 async def _reject(send: Send, status: int, message: str) -> None:
     body = orjson.dumps({"error": message})
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -20,7 +20,11 @@ router = APIRouter(tags=["sts"])
 
 # curl -d sends form-urlencoded and many clients send no type at all: all mean JSON here.
 JSON_MEDIA_TYPES = {
-    "", "application/json", "text/json", "text/plain", "application/x-www-form-urlencoded",
+    "",
+    "application/json",
+    "text/json",
+    "text/plain",
+    "application/x-www-form-urlencoded",
 }
 # Bodies above this are parsed in a worker thread instead of on the event loop.
 INLINE_PARSE_BYTES = 64 * 1024
@@ -55,9 +59,7 @@ async def predict(request: Request, service: ServiceDep) -> Response:
     if not isinstance(document, dict):
         raise InvalidInput("the request body must be a JSON object")
     if "data" not in document:
-        raise InvalidInput(
-            'missing "data": send {"model_name": ..., "data": {"<input>": [...]}}'
-        )
+        raise InvalidInput('missing "data": send {"model_name": ..., "data": {"<input>": [...]}}')
     data = document["data"]
 
     def encode(call: Call, outputs: dict[str, np.ndarray]) -> bytes:

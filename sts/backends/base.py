@@ -132,8 +132,7 @@ def backend_class(platform: str) -> type[Backend]:
         known = ", ".join(sorted(PLATFORMS))
         if platform.lower() in PLANNED_PLATFORMS:
             raise ConfigError(
-                f"platform {platform!r} is not available in this version of sts; "
-                f"available: {known}"
+                f"platform {platform!r} is not available in this version of sts; available: {known}"
             )
         raise ConfigError(f"unknown platform {platform!r}; available: {known} (or module:Class)")
     module_name, _, class_name = target.partition(":")
@@ -161,4 +160,6 @@ def validate_model_config(config: ModelConfig, where: str) -> None:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        raise ConfigError(f"model config {where}: bad options for {config.platform}: {problems}") from None
+        raise ConfigError(
+            f"model config {where}: bad options for {config.platform}: {problems}"
+        ) from None

@@ -1,0 +1,146 @@
+"""The real command line, started as a subprocess, talked to over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
+
+
+@contextlib.contextmanager
+def running(*args: str, cwd: Path | str = "/") -> Iterator[str]:
+    """Start the CLI on a free port, wait until ready, stop it with SIGINT (as Ctrl-C)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
+    env["STFS_LOG_LEVEL"] = "warning"
+    proc = subprocess.Popen(
+        [*args, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate()[0])
+        try:
+            return httpx.get(f"{url}/health/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(ready, timeout=60, what="server ready")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    # From another working directory: paths in the config file are relative to the file.
+    with running(
+        str(BIN / "simple_tensorflow_serving"),
+        "--model_config_file",
+        str(ROOT / "examples" / "models.json"),
+    ) as url:
+        yield url
+
+
+def test_serves_the_examples(server: str) -> None:
+    body = json.loads((ROOT / "examples" / "requests" / "digits.json").read_text())
+    r = httpx.post(server, content=json.dumps(body))  # like `curl -d`: no JSON content type
+    assert r.status_code == 200, r.text
+    assert r.json()["classes"] == [8, 4]
+    assert httpx.get(f"{server}/health").text == "healthy"
+    assert [m["model_name"] for m in httpx.get(f"{server}/v1/models").json()] == ["digits", "iris"]
+    assert "digits" in httpx.get(server).text  # the dashboard, static files from any cwd
+    assert httpx.get(f"{server}/static/sts.css").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "command", [["simple_tensorflow_serving"], ["sts"], ["python", "-m", "sts"]]
+)
+def test_help_lists_the_original_flags(command: list[str]) -> None:
+    exe = [sys.executable, "-m", "sts"] if command[0] == "python" else [str(BIN / command[0])]
+    result = run(*exe, "--help")
+    assert result.returncode == 0
+    for flag in (
+        "--model_base_path",
+        "--model_config_file",
+        "--enable_auth",
+        "--session_config",
+        "--file_system_poll_wait_seconds",
+        "--model_version_policy",
+        "--max_request_bytes",
+    ):
+        assert flag in result.stdout
+
+
+def test_bad_flags_exit_with_a_message(tmp_path: Path) -> None:
+    result = run(str(BIN / "sts"), "--port", "70000")
+    assert result.returncode == 2
+    assert "--port" in result.stderr
+    assert "Traceback" not in result.stderr
+    config = tmp_path / "models.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model_config_list": [
+                    {"name": "x", "base_path": "/m", "platform": "onnx", "options": {"bogus": 1}}
+                ]
+            }
+        )
+    )
+    result = run(str(BIN / "sts"), "--model_config_file", str(config))
+    assert result.returncode == 2
+    assert "entry 0 ('x')" in result.stderr
+    assert "bogus" in result.stderr
+    result = run(str(BIN / "sts"), "--enable_auth")
+    assert result.returncode == 2
+    assert "not supported by this version" in result.stderr
+
+
+def test_workers(tmp_path: Path) -> None:
+    body = json.loads((ROOT / "examples" / "requests" / "iris.json").read_text())
+    with running(
+        str(BIN / "sts"),
+        "--model_config_file",
+        str(ROOT / "examples" / "models.json"),
+        "--workers",
+        "2",
+        cwd=tmp_path,
+    ) as url:
+        answered = 0
+        for _ in range(20):  # whichever worker answers, it has the models
+            r = httpx.post(url, json=body)
+            if r.status_code == 503:  # the other worker may still be loading
+                continue
+            assert r.json()["classes"] == [0, 2]
+            answered += 1
+        assert answered
