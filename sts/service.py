@@ -7,13 +7,13 @@ costs one thread hop and the event loop never does per-element work.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import anyio
-import anyio.to_thread
 import numpy as np
 
 from sts.errors import BackendError, InvalidInput
@@ -37,20 +37,25 @@ Encode = Callable[[Call, dict[str, np.ndarray]], T]
 
 
 class InferenceService:
-    """Runs predictions with a per-model limit on concurrent worker threads."""
+    """Runs predictions in a thread pool, with a per-model limit on how many run at once.
+
+    A plain executor and an asyncio semaphore cost measurably less per request than
+    anyio's thread hop; the event loop is the bottleneck for small models.
+    """
 
     def __init__(self, repository: ModelRepository, default_concurrency: int | None = None) -> None:
         self.repository = repository
         self.default_concurrency = default_concurrency or os.cpu_count() or 1
-        self._limiters: dict[str, anyio.CapacityLimiter] = {}
+        self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sts-infer")
+        self._limits: dict[str, asyncio.Semaphore] = {}
 
-    def _limiter(self, version: ModelVersion) -> anyio.CapacityLimiter:
-        limiter = self._limiters.get(version.model)
-        if limiter is None:
+    def _limit(self, version: ModelVersion) -> asyncio.Semaphore:
+        limit = self._limits.get(version.model)
+        if limit is None:
             model = self.repository.model(version.model)
             tokens = model.config.max_concurrency or self.default_concurrency
-            limiter = self._limiters.setdefault(version.model, anyio.CapacityLimiter(tokens))
-        return limiter
+            limit = self._limits.setdefault(version.model, asyncio.Semaphore(tokens))
+        return limit
 
     async def infer(
         self,
@@ -75,4 +80,14 @@ class InferenceService:
                 outputs = backend.predict(inputs, name)
                 return encode(call, outputs)
 
-            return await anyio.to_thread.run_sync(work, limiter=self._limiter(leased))
+            async with self._limit(leased):
+                future = asyncio.get_running_loop().run_in_executor(self._executor, work)
+                try:
+                    return await asyncio.shield(future)
+                except asyncio.CancelledError:
+                    # The thread cannot be stopped: keep the lease until it is done.
+                    await asyncio.wait([future])
+                    raise
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

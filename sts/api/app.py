@@ -36,6 +36,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     if configs is None:
         configs = settings.model_configs()
     repository = ModelRepository(configs)
+    service = InferenceService(repository)
     config_file = Path(settings.model_config_file) if settings.model_config_file else None
     watcher = Watcher(repository, settings.poll_seconds, config_file, settings.model_version_policy)
 
@@ -50,6 +51,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await anyio.to_thread.run_sync(repository.close)
+            await anyio.to_thread.run_sync(service.close)
 
     app = FastAPI(
         title="sts",
@@ -59,7 +61,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     )
     app.state.settings = settings
     app.state.repository = repository
-    app.state.service = InferenceService(repository)
+    app.state.service = service
     install_error_handlers(app)
 
     app.include_router(web.router)

