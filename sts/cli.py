@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from sts import __version__
 from sts.config import ServerSettings
-from sts.errors import ConfigError
+from sts.errors import ConfigError, describe_errors
 
 logger = logging.getLogger("sts")
 
@@ -55,13 +55,7 @@ def load_settings(argv: Sequence[str] | None = None) -> ServerSettings:
     try:
         return ServerSettings(**args)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-            if err["loc"]
-            else err["msg"].removeprefix("Value error, ")
-            for err in exc.errors()
-        )
-        raise ConfigError(problems) from None
+        raise ConfigError(describe_errors(exc.errors(), prefix="--")) from None
 
 
 def configure_logging(level: str) -> None:

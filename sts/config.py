@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sts.errors import ConfigError
+from sts.errors import ConfigError, describe_errors
 
 logger = logging.getLogger("sts.config")
 
@@ -305,11 +305,7 @@ def _build_entry(raw: dict[str, Any], where: str) -> ModelConfig:
     try:
         config = ModelConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"model config {where}: {problems}") from None
+        raise ConfigError(f"model config {where}: {describe_errors(exc.errors())}") from None
     # Import here: backends.base imports this module.
     from sts.backends.base import validate_model_config
 

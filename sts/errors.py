@@ -6,6 +6,9 @@ layer turns any of them into `{"error": message}` with `status_code`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 
 class StsError(Exception):
     """Base of every error sts raises on purpose."""
@@ -74,3 +77,13 @@ class ConfigError(StsError):
     """Bad settings or model configuration; raised at start-up or on a config reload."""
 
     status_code = 500
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "") -> str:
+    """pydantic's error list as one line: `<prefix><field>: <why>; ...`."""
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in err["loc"])
+        why = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{prefix}{where}: {why}" if where else why)
+    return "; ".join(parts)

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from sts.errors import StsError
+from sts.errors import StsError, describe_errors
 
 logger = logging.getLogger("sts.api")
 
@@ -35,9 +35,7 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-    )
+    problems = describe_errors(exc.errors())
     return error_response(400, problems or "invalid request")
 
 

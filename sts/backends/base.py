@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sts.errors import ConfigError
+from sts.errors import ConfigError, describe_errors
 from sts.signature import Signature, default_signature_name
 
 if TYPE_CHECKING:
@@ -157,9 +157,7 @@ def validate_model_config(config: ModelConfig, where: str) -> None:
     try:
         cls.build_options(config)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = describe_errors(exc.errors())
         raise ConfigError(
             f"model config {where}: bad options for {config.platform}: {problems}"
         ) from None
