@@ -332,13 +332,14 @@ class ModelRepository:
         before = fingerprint(path)
         started = time.perf_counter()
         backend: Backend | None = None
+        changed_while_loading = False
         try:
             backend = model.backend_cls(path, model.options)
             backend.load()
             signatures = backend.signatures()
             default = backend.default_signature()
             if fingerprint(path) != before:
-                mv.fingerprint = None  # retry on the next poll, whatever the files look like then
+                changed_while_loading = True
                 raise ModelLoadError(
                     "files changed while loading (still being copied?); will retry"
                 )
@@ -353,8 +354,9 @@ class ModelRepository:
                     backend.unload()
             mv.state = VersionState.END
             mv.error = message
-            if not isinstance(exc, ModelLoadError) or "will retry" not in message:
-                mv.fingerprint = fingerprint(path)
+            # A failed version is retried when its files change; one that changed while
+            # loading is retried on the next poll, whatever its files look like then.
+            mv.fingerprint = None if changed_while_loading else fingerprint(path)
             logger.error("model %r: version %d failed to load: %s", model.name, version, message)
             return mv
         mv.backend = backend
