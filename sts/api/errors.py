@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from sts.errors import StsError, describe_errors
 
@@ -39,6 +40,12 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, problems or "invalid request")
 
 
+async def _client_gone(_request: Request, exc: Exception) -> JSONResponse:
+    # The client closed the connection mid-body; nobody reads this answer.
+    logger.debug("client disconnected before sending the whole body")
+    return error_response(400, "client disconnected")
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error", exc_info=exc)
     return error_response(500, "internal server error; see the server log")
@@ -48,4 +55,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StsError, _sts_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
