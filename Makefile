@@ -27,11 +27,11 @@ $(UV): | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
 $(VENV)/.serve-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow]'
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,test,dev]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,test,dev]'
 	touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed

@@ -45,10 +45,14 @@ def parse_json(body: bytes) -> Any:
 # ---------------------------------------------------------------- JSON -> numpy
 
 
-def to_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
-    """Nested lists (or a scalar) -> an array of `spec`'s dtype and shape, or InvalidInput."""
+def to_array(value: Any, spec: TensorSpec, what: str, base64_strings: bool = False) -> np.ndarray:
+    """Nested lists (or a scalar) -> an array of `spec`'s dtype and shape, or InvalidInput.
+
+    `base64_strings` decodes plain strings for string inputs as base64 (the original's
+    `"base64_decode": true`); `{"b64": ...}` values are always decoded.
+    """
     if spec.dtype == "string":
-        array = _string_array(value, what)
+        array = _string_array(value, what, base64_strings)
     else:
         array = _numeric_array(value, spec, what)
     if not spec.shape_matches(array.shape):
@@ -132,40 +136,45 @@ def _has_b64(value: Any) -> bool:
     return isinstance(value, dict) and "b64" in value
 
 
-def decode_b64(text: Any, what: str) -> bytes:
+def decode_b64(text: Any, what: str, field: str = '"b64" value') -> bytes:
     """Standard or URL-safe base64, padding optional."""
     if not isinstance(text, str):
-        raise InvalidInput(f'{what}: "b64" must be a string')
+        raise InvalidInput(f"{what}: {field} must be a string")
     cleaned = text.strip().replace("-", "+").replace("_", "/")
     cleaned += "=" * (-len(cleaned) % 4)
     try:
         return base64.b64decode(cleaned, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidInput(f'{what}: "b64" value is not valid base64') from None
+        raise InvalidInput(f"{what}: {field} is not valid base64") from None
 
 
-def _string_array(value: Any, what: str) -> np.ndarray:
+def _string_array(value: Any, what: str, base64_strings: bool) -> np.ndarray:
     leaves: list[bytes] = []
-    shape = _walk_strings(value, leaves, what, depth=0)
+    shape = _walk_strings(value, leaves, what, 0, base64_strings)
     array = np.empty(len(leaves), dtype=object)
     array[:] = leaves
     return array.reshape(shape)
 
 
-def _walk_strings(value: Any, leaves: list[bytes], what: str, depth: int) -> tuple[int, ...]:
+def _walk_strings(
+    value: Any, leaves: list[bytes], what: str, depth: int, base64_strings: bool
+) -> tuple[int, ...]:
     if depth > 32:
         raise InvalidInput(f"{what}: nested too deeply")
     if isinstance(value, list):
         if not value:
             return (0,)
-        shapes = {_walk_strings(item, leaves, what, depth + 1) for item in value}
+        shapes = {_walk_strings(item, leaves, what, depth + 1, base64_strings) for item in value}
         if len(shapes) != 1:
             raise InvalidInput(
                 f"{what}: nested lists are ragged; every row must have the same length"
             )
         return (len(value), *shapes.pop())
     if isinstance(value, str):
-        leaves.append(value.encode("utf-8"))
+        if base64_strings:
+            leaves.append(decode_b64(value, what, field="string value (base64_decode)"))
+        else:
+            leaves.append(value.encode("utf-8"))
     elif isinstance(value, dict) and set(value) == {"b64"}:
         leaves.append(decode_b64(value["b64"], what))
     else:
@@ -175,7 +184,9 @@ def _walk_strings(value: Any, leaves: list[bytes], what: str, depth: int) -> tup
     return ()
 
 
-def decode_named_inputs(data: Any, signature: Signature) -> dict[str, np.ndarray]:
+def decode_named_inputs(
+    data: Any, signature: Signature, base64_strings: bool = False
+) -> dict[str, np.ndarray]:
     """`{"alias": value}` -> arrays; every input of the signature must be there, nothing else."""
     if not isinstance(data, dict):
         raise InvalidInput('"data" must be an object mapping input names to values')
@@ -187,7 +198,7 @@ def decode_named_inputs(data: Any, signature: Signature) -> dict[str, np.ndarray
     if unknown:
         raise InvalidInput(f"unknown input(s) {unknown[:10]}; the signature takes {expected}")
     return {
-        name: to_array(data[name], spec, f"input '{name}'")
+        name: to_array(data[name], spec, f"input '{name}'", base64_strings)
         for name, spec in signature.inputs.items()
     }
 

@@ -212,7 +212,8 @@ class ServerSettings(BaseSettings):
         default=False,
         validation_alias=AliasChoices("STFS_B64_AUTOCONVERT", "STFS_ENABLE_B64_AUTOCONVERT"),
     )
-    """Decode base64 strings sent to string inputs (env: STFS_B64_AUTOCONVERT, as the original)."""
+    """Accepted for the original's clients: `{"b64": ...}` values sent to string inputs are
+    always decoded in sts (env: STFS_B64_AUTOCONVERT, as the original)."""
     download_inference_images: Bool = True
     """Keep a copy of images uploaded for inference (the original's default)."""
     file_system_poll_wait_seconds: float = Field(default=1.0, ge=0)
@@ -254,10 +255,7 @@ class ServerSettings(BaseSettings):
     def _refuse_unbuilt_features(self) -> ServerSettings:
         # Flags of the original whose features are not built yet fail loudly instead
         # of being ignored.
-        unbuilt = {
-            "enable_auth": self.enable_auth,
-            "enable_b64_autoconvert": self.enable_b64_autoconvert,
-        }
+        unbuilt = {"enable_auth": self.enable_auth}
         used = [f"--{name}" for name, on in unbuilt.items() if on]
         if "download_inference_images" in self.model_fields_set and self.download_inference_images:
             used.append("--download_inference_images")
@@ -283,10 +281,19 @@ class ServerSettings(BaseSettings):
     def model_configs(self) -> list[ModelConfig]:
         """The models to serve: from the config file, else the single-model flags."""
         if self.model_config_file:
+            # The original loaded --custom_op_paths into TensorFlow at start-up whatever
+            # the config file said: they (and --session_config) are the defaults of
+            # TensorFlow entries that set none of their own.
+            tensorflow_defaults = {
+                "custom_op_paths": self.custom_op_paths,
+                "session_config": self.session_config,
+            }
             return load_model_config_file(
-                Path(self.model_config_file), default_policy=self.model_version_policy
+                Path(self.model_config_file),
+                default_policy=self.model_version_policy,
+                tensorflow_defaults={k: v for k, v in tensorflow_defaults.items() if v},
             )
-        return [
+        configs = [
             _build_entry(
                 {
                     "name": self.model_name,
@@ -299,6 +306,8 @@ class ServerSettings(BaseSettings):
                 where="the command line",
             )
         ]
+        _validate_together(configs)
+        return configs
 
 
 def _build_entry(raw: dict[str, Any], where: str) -> ModelConfig:
@@ -313,8 +322,16 @@ def _build_entry(raw: dict[str, Any], where: str) -> ModelConfig:
     return config
 
 
+def _validate_together(configs: list[ModelConfig]) -> None:
+    from sts.backends.base import validate_model_configs
+
+    validate_model_configs(configs)
+
+
 def load_model_config_file(
-    path: Path, default_policy: VersionPolicy | None = None
+    path: Path,
+    default_policy: VersionPolicy | None = None,
+    tensorflow_defaults: dict[str, Any] | None = None,
 ) -> list[ModelConfig]:
     """Parse and validate a model config file; every problem names the entry."""
     try:
@@ -338,6 +355,9 @@ def load_model_config_file(
         entry = dict(raw)
         if default_policy is not None:
             entry.setdefault("version_policy", default_policy)
+        if str(entry.get("platform", "tensorflow")).lower() == "tensorflow":
+            for key, value in (tensorflow_defaults or {}).items():
+                entry.setdefault(key, value)
         if isinstance(entry.get("base_path"), str):
             entry["base_path"] = str(_resolve_base_path(entry["base_path"], path.parent))
         config = _build_entry(entry, where)
@@ -345,6 +365,10 @@ def load_model_config_file(
             raise ConfigError(f"model config {where}: duplicate model name {config.name!r}")
         seen.add(config.name)
         configs.append(config)
+    try:
+        _validate_together(configs)
+    except ConfigError as exc:
+        raise ConfigError(f"model config file {path}: {exc}") from None
     return configs
 
 

@@ -117,6 +117,7 @@ class ModelVersion:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout)
 
     def status(self) -> dict[str, Any]:
+        backend = self.backend
         return {
             "version": self.version,
             "state": self.state.value,
@@ -124,6 +125,7 @@ class ModelVersion:
             "path": str(self.path),
             "loaded_at": self.loaded_at,
             "load_seconds": self.load_seconds,
+            "runtime": backend.runtime_info() if backend is not None else {},
         }
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio.to_thread
 
-from sts.config import VersionPolicy, load_model_config_file
+from sts.config import ModelConfig
 from sts.errors import StsError
 from sts.repository import ModelRepository
 
@@ -23,12 +24,13 @@ class Watcher:
         repository: ModelRepository,
         poll_seconds: float,
         config_file: Path | None = None,
-        default_policy: VersionPolicy | None = None,
+        load_configs: Callable[[], list[ModelConfig]] | None = None,
     ) -> None:
+        """`load_configs` re-reads `config_file` into model configs when it changes."""
         self.repository = repository
         self.poll_seconds = poll_seconds
         self.config_file = config_file
-        self.default_policy = default_policy
+        self.load_configs = load_configs
         self._config_text: bytes | None = self._read_config()
 
     def _read_config(self) -> bytes | None:
@@ -57,14 +59,14 @@ class Watcher:
         self.repository.poll()
 
     def _check_config_file(self) -> None:
-        if self.config_file is None:
+        if self.config_file is None or self.load_configs is None:
             return
         text = self._read_config()
         if text is None or text == self._config_text:
             return
         self._config_text = text
         try:
-            configs = load_model_config_file(self.config_file, self.default_policy)
+            configs = self.load_configs()
         except StsError as exc:
             logger.error(
                 "model config file changed but is not usable; keeping the running models: %s", exc

@@ -147,7 +147,7 @@ def test_session_config_and_custom_op_paths_parse() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--enable_auth"], ["--enable_b64_autoconvert=true"], ["--download_inference_images"]]
+    "argv", [["--enable_auth"], ["--download_inference_images"]]
 )
 def test_unbuilt_features_fail_loudly(argv: list[str]) -> None:
     with pytest.raises(ConfigError, match="not supported by this version of sts yet"):
@@ -156,8 +156,7 @@ def test_unbuilt_features_fail_loudly(argv: list[str]) -> None:
 
 def test_original_b64_env_name_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STFS_B64_AUTOCONVERT", "true")
-    with pytest.raises(ConfigError, match="--enable_b64_autoconvert"):
-        load_settings([])
+    assert load_settings([]).enable_b64_autoconvert is True
 
 
 def test_ssl_needs_existing_files(tmp_path: Path) -> None:
@@ -295,8 +294,13 @@ def test_config_file_not_json(tmp_path: Path) -> None:
 
 
 def test_planned_platform_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="'tensorflow' is not available in this version"):
-        ServerSettings(model_base_path="/m").model_configs()
+    with pytest.raises(ConfigError, match="'pytorch' is not available in this version"):
+        ServerSettings(model_base_path="/m", model_platform="pytorch").model_configs()
+
+
+def test_tensorflow_is_the_default_platform() -> None:
+    (config,) = ServerSettings(model_base_path="/m").model_configs()
+    assert config.platform == "tensorflow"
 
 
 def test_single_model_from_flags() -> None:

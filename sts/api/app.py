@@ -38,7 +38,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     repository = ModelRepository(configs)
     service = InferenceService(repository)
     config_file = Path(settings.model_config_file) if settings.model_config_file else None
-    watcher = Watcher(repository, settings.poll_seconds, config_file, settings.model_version_policy)
+    watcher = Watcher(repository, settings.poll_seconds, config_file, settings.model_configs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sts.errors import ConfigError, describe_errors
+from sts.errors import ConfigError, InvalidInput, describe_errors
 from sts.signature import Signature, default_signature_name
 
 if TYPE_CHECKING:
@@ -71,6 +71,10 @@ class Backend(ABC):
     def unload(self) -> None:  # noqa: B027 - optional hook
         """Free the model's memory (GPU too). Called once, after the last request."""
 
+    def runtime_info(self) -> dict[str, Any]:
+        """What the framework actually runs with (device, threads, providers), for status."""
+        return {}
+
     def default_signature(self) -> str:
         return default_signature_name(self.signatures())
 
@@ -88,6 +92,12 @@ class Backend(ABC):
             if entry.name.isdigit() and entry.is_dir():
                 versions[int(entry.name)] = entry
         return versions
+
+    @classmethod
+    def plan_process(cls, options: Sequence[BackendOptions], names: Sequence[str]) -> None:
+        """Check settings the framework holds once per process across every model of this
+        platform (`names[i]` owns `options[i]`); raise ConfigError when they conflict."""
+        return None
 
     @classmethod
     def build_options(cls, config: ModelConfig) -> BackendOptions:
@@ -116,13 +126,14 @@ class Backend(ABC):
 
 
 PLATFORMS: dict[str, str] = {
+    "tensorflow": "sts.backends.tensorflow:TensorflowBackend",
     "onnx": "sts.backends.onnx:OnnxBackend",
     "pytorch_onnx": "sts.backends.onnx:OnnxBackend",
 }
 """Platform name -> `module:Class`, imported only when a model of that platform loads."""
 
 # Platforms of the original that later sts versions implement; named in errors.
-PLANNED_PLATFORMS = ("tensorflow", "pytorch", "mxnet")
+PLANNED_PLATFORMS = ("pytorch", "mxnet")
 
 
 def backend_class(platform: str) -> type[Backend]:
@@ -161,3 +172,24 @@ def validate_model_config(config: ModelConfig, where: str) -> None:
         raise ConfigError(
             f"model config {where}: bad options for {config.platform}: {problems}"
         ) from None
+
+
+def validate_model_configs(configs: Sequence[ModelConfig]) -> None:
+    """Checks across models: settings each framework holds once per process must agree."""
+    by_class: dict[type[Backend], list[ModelConfig]] = {}
+    for config in configs:
+        by_class.setdefault(backend_class(config.platform), []).append(config)
+    for cls, group in by_class.items():
+        cls.plan_process([cls.build_options(c) for c in group], [c.name for c in group])
+
+
+def check_batch_size(inputs: Mapping[str, np.ndarray], signature: Signature) -> None:
+    """Inputs whose first dimension is the batch (-1) must agree on its size."""
+    sizes: dict[str, int] = {}
+    for name, array in inputs.items():
+        spec = signature.inputs.get(name)
+        if spec is not None and spec.shape and spec.shape[0] == -1 and array.ndim > 0:
+            sizes[name] = array.shape[0]
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"'{n}' has {s}" for n, s in sizes.items())
+        raise InvalidInput(f"inputs disagree on the batch size: {shown}")

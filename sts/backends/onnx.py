@@ -138,6 +138,11 @@ class OnnxBackend(Backend):
     def active_providers(self) -> list[str]:
         return list(self._session.get_providers()) if self._session is not None else []
 
+    def runtime_info(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {"onnxruntime": ort.__version__, "providers": self.active_providers}
+
     def signatures(self) -> dict[str, Signature]:
         if self._signature is None:
             raise BackendError("model is not loaded")

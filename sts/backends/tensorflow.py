@@ -1,0 +1,423 @@
+"""TensorFlow SavedModel adapter (platform `tensorflow`): TF 1 and TF 2 exports.
+
+Every signature of the SavedModel is served through its concrete function, which is
+safe to call from several threads at once (unlike `keras.Model.predict`). Signature
+metadata (aliases, tensor names, method names) is read from the SavedModel's own
+`SignatureDef`s, so it is what `saved_model_cli` shows.
+
+TensorFlow holds thread pools, GPU memory settings and device placement options once
+per process. sts therefore treats the original's `session_config` keys as process-wide:
+`plan_process` merges them over every TensorFlow model at start-up (conflicting values
+are a start-up error), and they are applied once, before TensorFlow's first op. A model
+added later that asks for different values fails to load with a message saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from sts.backends.base import Backend, BackendOptions, check_batch_size
+from sts.errors import BackendError, ConfigError, InvalidInput, ModelLoadError
+from sts.signature import DTYPES, DType, Signature, TensorSpec
+
+logger = logging.getLogger("sts.backends.tensorflow")
+
+_BY_TF_ENUM: dict[int, DType] = {d.tf_enum: d for d in DTYPES.values()}
+
+# The original's session_config keys; TensorFlow keeps each of them per process.
+PROCESS_KEYS = (
+    "inter_op_parallelism_threads",
+    "intra_op_parallelism_threads",
+    "allow_soft_placement",
+    "log_device_placement",
+    "allow_growth",
+    "per_process_gpu_memory_fraction",
+    "visible_gpus",
+)
+
+
+class TensorflowOptions(BackendOptions):
+    """SavedModel tags, device, and TensorFlow's process-wide session options."""
+
+    tags: list[str] = ["serve"]
+    """MetaGraph tags to load."""
+    device: str | None = None
+    """Where this model runs: `cpu`, `gpu`, `gpu:1` (or `/device:GPU:1`); default: GPU when
+    TensorFlow sees one, else CPU."""
+    inter_op_parallelism_threads: int | None = Field(default=None, ge=0)
+    """Threads running independent ops (process-wide; 0 lets TensorFlow choose)."""
+    intra_op_parallelism_threads: int | None = Field(default=None, ge=0)
+    """Threads inside one op (process-wide; 0 lets TensorFlow choose)."""
+    allow_soft_placement: bool | None = None
+    """Fall back to another device when an op has no kernel for the requested one."""
+    log_device_placement: bool | None = None
+    """Log the device each op runs on (process-wide)."""
+    allow_growth: bool | None = None
+    """Grow GPU memory as needed instead of taking it all at start (process-wide)."""
+    per_process_gpu_memory_fraction: float | None = Field(default=None, gt=0, le=1)
+    """Cap each GPU's memory at this fraction of its total (process-wide)."""
+    visible_gpus: list[int] | None = None
+    """GPU indices TensorFlow may use, like CUDA_VISIBLE_DEVICES (process-wide)."""
+
+    def process_settings(self) -> dict[str, Any]:
+        """The process-wide keys this model sets explicitly."""
+        return {key: getattr(self, key) for key in PROCESS_KEYS if getattr(self, key) is not None}
+
+
+class _ProcessSettings:
+    """TensorFlow's per-process configuration: planned from every model, applied once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.planned: dict[str, Any] = {}
+        self.applied: dict[str, Any] | None = None  # None until TensorFlow is configured
+
+    def plan(self, options: Sequence[TensorflowOptions], names: Sequence[str]) -> None:
+        merged: dict[str, Any] = {}
+        owner: dict[str, str] = {}
+        for name, opts in zip(names, options, strict=True):
+            for key, value in opts.process_settings().items():
+                if key in merged and merged[key] != value:
+                    raise ConfigError(
+                        f"TensorFlow keeps {key} per process, but model {owner[key]!r} sets "
+                        f"{merged[key]!r} and model {name!r} sets {value!r}; use one value"
+                    )
+                merged[key] = value
+                owner[key] = name
+        with self._lock:
+            if self.applied is not None:
+                self._check(merged, what="the new model config")
+            self.planned = merged
+
+    def apply(self, opts: TensorflowOptions) -> None:
+        """Configure TensorFlow before its first op (once), then check `opts` against it."""
+        with self._lock:
+            if self.applied is None:
+                wanted = {**self.planned, **opts.process_settings()}
+                _configure_tensorflow(wanted)
+                self.applied = wanted
+            self._check(opts.process_settings(), what="this model")
+
+    def _check(self, wanted: Mapping[str, Any], what: str) -> None:
+        assert self.applied is not None
+        for key, value in wanted.items():
+            current = self.applied.get(key)
+            if current != value:
+                shown = "TensorFlow's default" if current is None else repr(current)
+                raise ConfigError(
+                    f"{what} sets {key}={value!r}, but TensorFlow already runs with {shown} "
+                    "and keeps it per process; restart sts to change it"
+                )
+
+
+_PROCESS = _ProcessSettings()
+_LOADED_LIBRARIES: set[str] = set()
+_LIBRARY_LOCK = threading.Lock()
+
+
+def _import_tensorflow() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"TensorFlow is not installed ({exc}); install sts[tensorflow]"
+        ) from None
+    return tf
+
+
+def _gpu_total_mb(index: int) -> int:
+    """Total memory of one GPU, from nvidia-smi (TensorFlow cannot say before it starts)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        raise ModelLoadError(
+            "per_process_gpu_memory_fraction needs nvidia-smi to read the GPU's total memory"
+        )
+    out = subprocess.run(
+        [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits", f"--id={index}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    try:
+        return int(float(out.stdout.strip().splitlines()[0]))
+    except (ValueError, IndexError):
+        raise ModelLoadError(f"cannot read GPU {index}'s memory from nvidia-smi") from None
+
+
+def _configure_tensorflow(settings: Mapping[str, Any]) -> None:
+    """Map the original's session_config keys to TensorFlow 2's process-wide settings."""
+    tf = _import_tensorflow()
+    try:
+        if "inter_op_parallelism_threads" in settings:
+            tf.config.threading.set_inter_op_parallelism_threads(
+                settings["inter_op_parallelism_threads"]
+            )
+        if "intra_op_parallelism_threads" in settings:
+            tf.config.threading.set_intra_op_parallelism_threads(
+                settings["intra_op_parallelism_threads"]
+            )
+        if "allow_soft_placement" in settings:
+            tf.config.set_soft_device_placement(settings["allow_soft_placement"])
+        if "log_device_placement" in settings:
+            tf.debugging.set_log_device_placement(settings["log_device_placement"])
+        gpus = tf.config.list_physical_devices("GPU")
+        if "visible_gpus" in settings:
+            missing = [i for i in settings["visible_gpus"] if not 0 <= i < len(gpus)]
+            if missing:
+                raise ModelLoadError(f"visible_gpus {missing}: TensorFlow sees {len(gpus)} GPU(s)")
+            gpus = [gpus[i] for i in settings["visible_gpus"]]
+            tf.config.set_visible_devices(gpus, "GPU")
+        for index, gpu in enumerate(gpus):
+            if settings.get("allow_growth"):
+                tf.config.experimental.set_memory_growth(gpu, True)
+            fraction = settings.get("per_process_gpu_memory_fraction")
+            if fraction is not None:
+                physical = settings.get("visible_gpus", list(range(len(gpus))))[index]
+                limit = int(_gpu_total_mb(physical) * fraction)
+                tf.config.set_logical_device_configuration(
+                    gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)]
+                )
+    except RuntimeError as exc:  # "cannot be modified after initialization"
+        raise ModelLoadError(
+            f"TensorFlow was started before its session options could be set: {exc}"
+        ) from None
+    if settings:
+        logger.info("TensorFlow process settings: %s", dict(settings))
+
+
+def _device_name(device: str | None) -> str | None:
+    if device is None:
+        return None
+    text = device.strip()
+    match = re.fullmatch(r"(?:/?device:)?/?(cpu|gpu)(?::(\d+))?", text, flags=re.IGNORECASE)
+    if match is None:
+        raise ModelLoadError(f"device {device!r}: use cpu, gpu, gpu:N")
+    kind, index = match.group(1).upper(), match.group(2) or "0"
+    return f"/device:{kind}:{index}"
+
+
+def _load_libraries(tf: Any, libraries: Sequence[str]) -> None:
+    """`tf.load_op_library` for each `.so` (directories: every `.so` inside), once each."""
+    files: list[Path] = []
+    for entry in libraries:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(path.glob("*.so"))
+            if not found:
+                raise ModelLoadError(f"custom op folder {entry} holds no .so files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ModelLoadError(f"custom op library not found: {entry}")
+    with _LIBRARY_LOCK:
+        for file in files:
+            key = str(file.resolve())
+            if key in _LOADED_LIBRARIES:
+                continue
+            try:
+                tf.load_op_library(key)
+            except Exception as exc:  # NotFoundError, AlreadyExistsError, ...
+                raise ModelLoadError(
+                    f"cannot load custom op library {file}: {_clean_message(exc)}"
+                ) from None
+            _LOADED_LIBRARIES.add(key)
+            logger.info("loaded custom op library %s", file)
+
+
+def _clean_message(exc: BaseException) -> str:
+    """TensorFlow's message without the Python stack and decorations it embeds."""
+    text = str(getattr(exc, "message", "") or exc)
+    node = re.search(r"Detected at node (\S+)", text)
+    kept = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith(
+            ("Graph execution error", "Detected at node", "<stack traces", 'File "')
+        ):
+            continue
+        kept.append(stripped)
+    message = " ".join(kept) or text
+    message = re.sub(r"\[\[\{\{node [^}]*\}\}\]\]", "", message)
+    message = re.sub(r"\[Op:[^\]]*\]", "", message)
+    message = re.sub(r"\s+", " ", message).strip()
+    if node is not None:
+        message += f" (node {node.group(1)})"
+    return "tensorflow: " + message
+
+
+def _spec(alias: str, info: Any) -> TensorSpec | None:
+    dtype = _BY_TF_ENUM.get(info.dtype)
+    if dtype is None:
+        return None
+    shape = info.tensor_shape
+    dims = None if shape.unknown_rank else tuple(max(int(d.size), -1) for d in shape.dim)
+    return TensorSpec(alias, dtype.name, dims, tensor_name=info.name)
+
+
+def _read_signature_defs(path: Path, tags: Sequence[str]) -> dict[str, Any]:
+    """The SignatureDefs of the MetaGraph with exactly `tags`."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    document = saved_model_pb2.SavedModel()
+    binary, text = path / "saved_model.pb", path / "saved_model.pbtxt"
+    try:
+        if binary.is_file():
+            document.ParseFromString(binary.read_bytes())
+        else:
+            text_format.Parse(text.read_text(encoding="utf-8"), document)
+    except Exception as exc:  # DecodeError, ParseError, OSError
+        raise ModelLoadError(f"cannot read the SavedModel in {path}: {exc}") from None
+    wanted = set(tags)
+    for meta_graph in document.meta_graphs:
+        if set(meta_graph.meta_info_def.tags) == wanted:
+            return dict(meta_graph.signature_def)
+    found = [sorted(m.meta_info_def.tags) for m in document.meta_graphs]
+    raise ModelLoadError(f"no MetaGraph tagged {sorted(wanted)} in {path}; it has {found}")
+
+
+class TensorflowBackend(Backend):
+    """Serves a SavedModel folder (`saved_model.pb` + `variables/`) of a version."""
+
+    platform = "tensorflow"
+    options_class = TensorflowOptions
+    session_config_keys: ClassVar[dict[str, str]] = {key: key for key in PROCESS_KEYS}
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        super().__init__(path, options)
+        assert isinstance(options, TensorflowOptions)
+        self.opts: TensorflowOptions = options
+        self._tf: Any = None
+        self._loaded: Any = None
+        self._functions: dict[str, Any] = {}
+        self._signatures: dict[str, Signature] = {}
+        self._device: str | None = None
+        self._invalid: tuple[type[BaseException], ...] = ()
+        self._op_errors: tuple[type[BaseException], ...] = ()
+
+    @classmethod
+    def discover_versions(cls, base_path: Path) -> dict[int, Path]:
+        """Numbered SavedModel folders; a SavedModel folder given directly is version 1."""
+        if (base_path / "saved_model.pb").is_file() or (base_path / "saved_model.pbtxt").is_file():
+            return {1: base_path}
+        return super().discover_versions(base_path)
+
+    @classmethod
+    def plan_process(cls, options: Sequence[BackendOptions], names: Sequence[str]) -> None:
+        _PROCESS.plan([o for o in options if isinstance(o, TensorflowOptions)], names)
+
+    def load(self) -> None:
+        if not self.path.is_dir() or not (
+            (self.path / "saved_model.pb").is_file() or (self.path / "saved_model.pbtxt").is_file()
+        ):
+            raise ModelLoadError(f"no saved_model.pb in {self.path}")
+        tf = _import_tensorflow()
+        try:
+            _PROCESS.apply(self.opts)
+        except ConfigError as exc:
+            raise ModelLoadError(str(exc)) from None
+        _load_libraries(tf, self.opts.custom_op_libraries)
+        self._device = _device_name(self.opts.device)
+        if self._device is not None and not tf.config.list_logical_devices(
+            self._device.split(":")[1]
+        ):
+            raise ModelLoadError(f"device {self.opts.device!r}: TensorFlow sees no such device")
+        signature_defs = _read_signature_defs(self.path, self.opts.tags)
+        try:
+            with tf.device(self._device) if self._device else contextlib.nullcontext():
+                loaded = tf.saved_model.load(str(self.path), tags=list(self.opts.tags))
+        except Exception as exc:  # NotFoundError for an unregistered op, ValueError, ...
+            raise ModelLoadError(
+                f"TensorFlow cannot load {self.path}: {_clean_message(exc)}"
+            ) from None
+
+        functions: dict[str, Any] = {}
+        signatures: dict[str, Signature] = {}
+        for name, function in loaded.signatures.items():
+            if name.startswith("__") or name not in signature_defs:
+                continue
+            definition = signature_defs[name]
+            inputs = {a: _spec(a, i) for a, i in definition.inputs.items()}
+            outputs = {a: _spec(a, i) for a, i in definition.outputs.items()}
+            unsupported = [a for a, s in {**inputs, **outputs}.items() if s is None]
+            if unsupported:
+                logger.warning(
+                    "%s: signature %r skipped: tensors %s have dtypes sts cannot serve",
+                    self.path,
+                    name,
+                    unsupported,
+                )
+                continue
+            # SignatureDef maps have no order: sort, so every listing is stable.
+            signatures[name] = Signature(
+                inputs={a: s for a, s in sorted(inputs.items()) if s is not None},
+                outputs={a: s for a, s in sorted(outputs.items()) if s is not None},
+                method=definition.method_name,
+            )
+            functions[name] = function
+        if not signatures:
+            raise ModelLoadError(f"{self.path} has no servable signature")
+        self._tf = tf
+        self._loaded = loaded
+        self._functions = functions
+        self._signatures = signatures
+        self._invalid = (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError)
+        self._op_errors = (tf.errors.OpError,)
+
+    def signatures(self) -> dict[str, Signature]:
+        if not self._signatures:
+            raise BackendError("model is not loaded")
+        return self._signatures
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], signature: str | None = None
+    ) -> dict[str, np.ndarray]:
+        name = signature or self.default_signature()
+        function = self._functions.get(name)
+        if function is None:
+            raise BackendError(f"signature {name!r} is not loaded")
+        check_batch_size(inputs, self._signatures[name])
+        tf = self._tf
+        try:
+            with tf.device(self._device) if self._device else contextlib.nullcontext():
+                results = function(**{key: tf.constant(value) for key, value in inputs.items()})
+        except self._invalid as exc:
+            raise InvalidInput(_clean_message(exc)) from None
+        except self._op_errors as exc:
+            raise BackendError(_clean_message(exc)) from None
+        except (TypeError, ValueError) as exc:  # conversion refused before any op ran
+            raise InvalidInput(_clean_message(exc)) from None
+        return {key: value.numpy() for key, value in results.items()}
+
+    def runtime_info(self) -> dict[str, Any]:
+        tf = self._tf
+        if tf is None:
+            return {}
+        return {
+            "tensorflow": tf.__version__,
+            "device": self._device or "default (GPU when present)",
+            "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
+            "inter_op_parallelism_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "intra_op_parallelism_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "allow_soft_placement": tf.config.get_soft_device_placement(),
+            "process_settings": dict(_PROCESS.applied or {}),
+        }
+
+    def unload(self) -> None:
+        self._functions = {}
+        self._loaded = None
