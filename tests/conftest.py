@@ -1,15 +1,21 @@
-"""Shared fixtures: settings, apps on the fake and ONNX backends, a live server."""
+"""Shared fixtures: settings, apps on the fake and ONNX backends, live servers (in a thread
+or as a real CLI subprocess)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
@@ -21,7 +27,6 @@ from tests import fakes
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
 
     for key in list(os.environ):
         if key.startswith("STFS_") or key == "STS_SETTINGS_JSON":
@@ -108,3 +113,48 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
+
+
+@contextlib.contextmanager
+def running(*args: str, cwd: Path | str = "/") -> Iterator[str]:
+    """Start the CLI on a free port, wait until ready, stop it with SIGINT (as Ctrl-C)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
+    env["STFS_LOG_LEVEL"] = "warning"
+    proc = subprocess.Popen(
+        [*args, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate()[0])
+        try:
+            return httpx.get(f"{url}/health/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(ready, timeout=60, what="server ready")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,51 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
-
-
-@contextlib.contextmanager
-def running(*args: str, cwd: Path | str = "/") -> Iterator[str]:
-    """Start the CLI on a free port, wait until ready, stop it with SIGINT (as Ctrl-C)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
-    env["STFS_LOG_LEVEL"] = "warning"
-    proc = subprocess.Popen(
-        [*args, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(proc.communicate()[0])
-        try:
-            return httpx.get(f"{url}/health/ready").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(ready, timeout=60, what="server ready")
-        yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+from tests.conftest import BIN, ROOT, run, running
 
 
 @pytest.fixture

@@ -146,9 +146,7 @@ def test_session_config_and_custom_op_paths_parse() -> None:
     assert s.custom_op_paths == ["a.so", "b.so"]
 
 
-@pytest.mark.parametrize(
-    "argv", [["--enable_auth"], ["--download_inference_images"]]
-)
+@pytest.mark.parametrize("argv", [["--enable_auth"], ["--download_inference_images"]])
 def test_unbuilt_features_fail_loudly(argv: list[str]) -> None:
     with pytest.raises(ConfigError, match="not supported by this version of sts yet"):
         load_settings(argv)

@@ -104,9 +104,7 @@ def half_plus_two(path: Path) -> Path:
         sig = v1.saved_model.signature_def_utils
         signatures = {
             "serving_default": sig.predict_signature_def({"x": x}, {"y": y}),
-            "classify_x_to_y": sig.classification_signature_def(
-                serialized, classes, from_examples
-            ),
+            "classify_x_to_y": sig.classification_signature_def(serialized, classes, from_examples),
             "regress_x_to_y": sig.regression_signature_def(serialized, from_examples),
         }
         with v1.Session(graph=graph) as session:
@@ -122,9 +120,7 @@ def half_plus_two(path: Path) -> Path:
 def example(x: float) -> bytes:
     """A serialized `tf.Example` with one float feature `x`."""
     feature = tf.train.Feature(float_list=tf.train.FloatList(value=[x]))
-    return tf.train.Example(
-        features=tf.train.Features(feature={"x": feature})
-    ).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature={"x": feature})).SerializeToString()
 
 
 def keras_export(path: Path) -> Path:

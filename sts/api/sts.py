@@ -87,6 +87,7 @@ def tensor_info(spec: TensorSpec) -> dict[str, Any]:
     dt = spec.dt
     return {
         "name": spec.name,
+        "tensor_name": spec.tensor_name or spec.name,
         "dtype": dt.tf_enum,
         "dtype_name": dt.name,
         "shape": list(spec.shape) if spec.shape is not None else None,
