@@ -1,18 +1,19 @@
 """Train the bundled example models on data that ships with scikit-learn and write them
 under examples/models/. The outputs are committed, so `make serve` needs no training.
 
-    python examples/build_models.py          # needs sts[test] (scikit-learn, onnx)
+    python examples/build_models.py   # needs sts[test,tensorflow] (scikit-learn, onnx, TF)
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from sklearn.datasets import load_digits, load_iris
+from sklearn.datasets import load_breast_cancer, load_digits, load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
@@ -45,16 +46,20 @@ def _classifier_head(nodes: list[onnx.NodeProto], logits: str) -> list[onnx.Valu
     ]
 
 
-def digits_mlp(hidden: int, version: int) -> float:
-    """8x8 grey digits (0..1 floats, NHWC) -> 10 classes, one hidden ReLU layer."""
+def train_digits(hidden: int, seed: int) -> tuple[MLPClassifier, float]:
+    """An MLP on 8x8 grey digits scaled to 0..1, and its held-out accuracy."""
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target
     split = 1500
-    clf = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=1000, random_state=version)
+    clf = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=1000, random_state=seed)
     clf.fit(x[:split], y[:split])
-    accuracy = float(clf.score(x[split:], y[split:]))
+    return clf, float(clf.score(x[split:], y[split:]))
 
+
+def digits_mlp(hidden: int, version: int) -> float:
+    """8x8 grey digits (0..1 floats, NHWC) -> 10 classes, one hidden ReLU layer."""
+    clf, accuracy = train_digits(hidden, seed=version)
     w1, w2 = (w.astype(np.float32) for w in clf.coefs_)
     b1, b2 = (b.astype(np.float32) for b in clf.intercepts_)
     inits = [
@@ -106,6 +111,120 @@ def iris_logreg() -> float:
     return accuracy
 
 
+def digits_savedmodel() -> float:
+    """The digits v1 MLP as a TF 2 SavedModel (`tf.saved_model.save`), same input and outputs."""
+    import tensorflow as tf
+
+    clf, accuracy = train_digits(16, seed=1)
+    w1, w2 = (tf.constant(w, tf.float32) for w in clf.coefs_)
+    b1, b2 = (tf.constant(b, tf.float32) for b in clf.intercepts_)
+
+    class Digits(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32, name="images")])
+        def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+            flat = tf.reshape(images, [-1, 64])
+            logits = tf.nn.relu(flat @ w1 + b1) @ w2 + b2
+            return {"probabilities": tf.nn.softmax(logits), "classes": tf.argmax(logits, axis=1)}
+
+    module = Digits()
+    _save_tf(module, {"serving_default": module.serve}, MODELS / "digits_tf" / "1")
+    return accuracy
+
+
+def _save_tf(module: Any, signatures: dict[str, Any], path: Path) -> None:
+    import shutil
+
+    import tensorflow as tf
+
+    shutil.rmtree(path, ignore_errors=True)
+    tf.saved_model.save(module, str(path), signatures=signatures)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    print(f"wrote {path.relative_to(HERE.parent)}/ ({size} bytes)")
+
+
+def cancer_tf1(version: int) -> float:
+    """The original's default example, written the TF 1 way (`SavedModelBuilder`): inputs
+    `keys` int32 [-1,1] and `features` float [-1,9], outputs `keys`, `softmax` and
+    `prediction`. Trained on 9 of scikit-learn's breast cancer measurements, each scaled to
+    1..10 like the Wisconsin data the original used; version 2 is regularised harder."""
+    import shutil
+
+    import tensorflow as tf
+
+    data = load_breast_cancer()
+    columns = data.data[:, :9]
+    low, high = columns.min(axis=0), columns.max(axis=0)
+    x = np.round(1 + 9 * (columns - low) / (high - low)).astype(np.float32)
+    clf = LogisticRegression(C=1.0 if version == 1 else 0.01, max_iter=2000).fit(x, data.target)
+    accuracy = float(clf.score(x, data.target))
+    # Two logits (malignant, benign) from the binary model: [0, z].
+    weights = np.stack([np.zeros(9), clf.coef_[0]], axis=1).astype(np.float32)
+    bias = np.array([0.0, clf.intercept_[0]], dtype=np.float32)
+
+    v1 = tf.compat.v1
+    path = MODELS / "cancer_tf1" / str(version)
+    shutil.rmtree(path, ignore_errors=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        keys = v1.placeholder(tf.int32, [None, 1], name="keys")
+        features = v1.placeholder(tf.float32, [None, 9], name="features")
+        w = v1.Variable(weights, name="weights")
+        b = v1.Variable(bias, name="bias")
+        softmax = tf.nn.softmax(tf.matmul(features, w) + b, name="softmax")
+        prediction = tf.argmax(softmax, 1, name="prediction")
+        signature = v1.saved_model.signature_def_utils.predict_signature_def(
+            inputs={"keys": keys, "features": features},
+            outputs={"keys": tf.identity(keys), "softmax": softmax, "prediction": prediction},
+        )
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(
+                session,
+                ["serve"],
+                signature_def_map={"serving_default": signature},
+                strip_default_attrs=True,
+            )
+            builder.save()
+    print(f"wrote {path.relative_to(HERE.parent)}/")
+    return accuracy
+
+
+def text_signatures() -> None:
+    """A TF 2 model with several signatures over string tensors."""
+    import tensorflow as tf
+
+    class Text(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def describe(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {
+                "upper": tf.strings.upper(text),
+                "length": tf.strings.length(text, unit="UTF8_CHAR"),
+                "words": tf.cast(tf.strings.split(text).row_lengths(), tf.int32),
+            }
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None], tf.string, name="left"),
+                tf.TensorSpec([None], tf.string, name="right"),
+            ]
+        )
+        def join(self, left: tf.Tensor, right: tf.Tensor) -> dict[str, Any]:
+            return {"joined": tf.strings.join([left, right], separator=" ")}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def reverse(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+            characters = tf.strings.unicode_split(text, "UTF-8")
+            return {"reversed": tf.strings.reduce_join(tf.reverse(characters, axis=[1]), axis=1)}
+
+    module = Text()
+    _save_tf(
+        module,
+        {"serving_default": module.describe, "join": module.join, "reverse": module.reverse},
+        MODELS / "text_tf" / "1",
+    )
+
+
 def example_requests() -> None:
     """Ready-to-send request bodies for the README's curl lines (real held-out samples)."""
     digits = load_digits()
@@ -124,6 +243,17 @@ def example_requests() -> None:
         )
         + "\n"
     )
+    # The original's README request, unchanged: it works against the "default" model.
+    ones = [1, 1, 1, 1, 1, 1, 1, 1, 1]
+    (requests / "default.json").write_text(
+        json.dumps(
+            {"model_name": "default", "data": {"keys": [[1], [2]], "features": [ones, ones]}}
+        )
+        + "\n"
+    )
+    (requests / "text.json").write_text(
+        json.dumps({"model_name": "text", "data": {"text": ["hello world", "grüße"]}}) + "\n"
+    )
     print(f"wrote examples/requests/ (digits labels: {digits.target[1790:1792].tolist()})")
 
 
@@ -131,4 +261,8 @@ if __name__ == "__main__":
     print(f"digits v1 held-out accuracy: {digits_mlp(16, 1):.3f}")
     print(f"digits v2 held-out accuracy: {digits_mlp(48, 2):.3f}")
     print(f"iris training accuracy: {iris_logreg():.3f}")
+    print(f"digits SavedModel held-out accuracy: {digits_savedmodel():.3f}")
+    print(f"cancer v1 training accuracy: {cancer_tf1(1):.3f}")
+    print(f"cancer v2 training accuracy: {cancer_tf1(2):.3f}")
+    text_signatures()
     example_requests()

@@ -57,7 +57,7 @@ def app_client(configs: list[ModelConfig], **overrides: Any) -> Iterator[TestCli
     """A TestClient whose models have finished their first load."""
     app = create_app(settings(**overrides), configs)
     with TestClient(app, raise_server_exceptions=False) as client:
-        wait_for(app.state.repository.ready.is_set, what="first load")
+        wait_for(app.state.repository.ready.is_set, timeout=60, what="first load")
         yield client
 
 
@@ -107,7 +107,7 @@ class LiveServer:
     def __enter__(self) -> LiveServer:
         self.thread.start()
         wait_for(lambda: self.server.started, what="server start")
-        wait_for(self.repository.ready.is_set, what="first load")
+        wait_for(self.repository.ready.is_set, timeout=60, what="first load")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -164,10 +164,11 @@ def test_models_listing(fake_client: TestClient) -> None:
     assert detail["platform"] == fakes.PLATFORM
     assert detail["model_signature"]["signature_name"] == "serving_default"
     assert detail["model_signature"]["inputs"] == [
-        {"name": "x", "dtype": 1, "dtype_name": "float32", "shape": [-1, 2]}
+        {"name": "x", "tensor_name": "x", "dtype": 1, "dtype_name": "float32", "shape": [-1, 2]}
     ]
     assert detail["signatures"]["ints"]["inputs"][1] == {
         "name": "flag",
+        "tensor_name": "flag",
         "dtype": 10,
         "dtype_name": "bool",
         "shape": [-1],

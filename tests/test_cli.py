@@ -30,7 +30,10 @@ def test_serves_the_examples(server: str) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["classes"] == [8, 4]
     assert httpx.get(f"{server}/health").text == "healthy"
-    assert [m["model_name"] for m in httpx.get(f"{server}/v1/models").json()] == ["digits", "iris"]
+    names = [m["model_name"] for m in httpx.get(f"{server}/v1/models").json()]
+    assert names == ["default", "digits", "digits_tf", "iris", "text"]
+    original = json.loads((ROOT / "examples" / "requests" / "default.json").read_text())
+    assert httpx.post(server, json=original).json()["keys"] == [[1], [2]]
     assert "digits" in httpx.get(server).text  # the dashboard, static files from any cwd
     assert httpx.get(f"{server}/static/sts.css").status_code == 200
 
