@@ -129,6 +129,10 @@ _LIBRARY_LOCK = threading.Lock()
 
 def _import_tensorflow() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TF 1 SavedModels make absl log two INFO lines per load about fingerprints.
+    absl = logging.getLogger("absl")
+    if absl.level == logging.NOTSET:
+        absl.setLevel(logging.WARNING)
     try:
         import tensorflow as tf
     except ImportError as exc:
@@ -402,7 +406,7 @@ class TensorflowBackend(Backend):
             raise BackendError(_clean_message(exc)) from None
         except (TypeError, ValueError) as exc:  # conversion refused before any op ran
             raise InvalidInput(_clean_message(exc)) from None
-        return {key: value.numpy() for key, value in results.items()}
+        return {key: results[key].numpy() for key in self._signatures[name].outputs}
 
     def runtime_info(self) -> dict[str, Any]:
         tf = self._tf
