@@ -225,6 +225,46 @@ def text_signatures() -> None:
     )
 
 
+def colours() -> None:
+    """A colour image model with an NHWC float input `image` [-1, 32, 32, 3] (0..1): mean
+    colour, brightness, and the dominant channel (0 red, 1 green, 2 blue)."""
+    nodes = [
+        # opset 17: ReduceMean takes its axes as an attribute
+        helper.make_node("ReduceMean", ["image"], ["mean_rgb"], axes=[1, 2], keepdims=0),
+        helper.make_node("ReduceMean", ["mean_rgb"], ["brightness"], axes=[1], keepdims=0),
+        helper.make_node("ArgMax", ["mean_rgb"], ["dominant"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "colours",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 32, 32, 3])],
+        [
+            helper.make_tensor_value_info("mean_rgb", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("brightness", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("dominant", TensorProto.INT64, ["batch"]),
+        ],
+    )
+    _save(graph, MODELS / "colours" / "1" / "model.onnx")
+
+
+def example_images() -> None:
+    """A held-out handwritten 8 as a dark-on-light PNG (as people draw digits), 4x upscaled."""
+    from PIL import Image
+
+    digits = load_digits()
+    ink = digits.images[1790] / 16.0  # 1 = ink, like the training data
+    pixels = (255 - ink * 255).round().astype(np.uint8)
+    folder = HERE / "images"
+    folder.mkdir(exist_ok=True)
+    image = Image.fromarray(pixels, mode="L").resize((32, 32), Image.Resampling.NEAREST)
+    image.save(folder / "digit.png")
+    red = np.zeros((48, 64, 3), dtype=np.uint8)
+    red[..., 0] = 220
+    red[8:40, 8:56, 1] = 90
+    Image.fromarray(red, mode="RGB").save(folder / "red.jpg", quality=90)
+    print(f"wrote examples/images/ (digit label {digits.target[1790]})")
+
+
 def example_requests() -> None:
     """Ready-to-send request bodies for the README's curl lines (real held-out samples)."""
     digits = load_digits()
@@ -265,4 +305,6 @@ if __name__ == "__main__":
     print(f"cancer v1 training accuracy: {cancer_tf1(1):.3f}")
     print(f"cancer v2 training accuracy: {cancer_tf1(2):.3f}")
     text_signatures()
+    colours()
+    example_images()
     example_requests()

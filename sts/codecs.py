@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from sts.errors import InvalidInput
+from sts.images import ImageDecoding, layout_of
 from sts.signature import Signature, TensorSpec
 
 
@@ -45,14 +46,23 @@ def parse_json(body: bytes) -> Any:
 # ---------------------------------------------------------------- JSON -> numpy
 
 
-def to_array(value: Any, spec: TensorSpec, what: str, base64_strings: bool = False) -> np.ndarray:
+def to_array(
+    value: Any,
+    spec: TensorSpec,
+    what: str,
+    base64_strings: bool = False,
+    images: ImageDecoding | None = None,
+) -> np.ndarray:
     """Nested lists (or a scalar) -> an array of `spec`'s dtype and shape, or InvalidInput.
 
     `base64_strings` decodes plain strings for string inputs as base64 (the original's
-    `"base64_decode": true`); `{"b64": ...}` values are always decoded.
+    `"base64_decode": true`); `{"b64": ...}` values are always decoded, and for a numeric
+    image input (with `images`) they are decoded as images.
     """
     if spec.dtype == "string":
         array = _string_array(value, what, base64_strings)
+    elif images is not None and _has_b64(value) and layout_of(spec) is not None:
+        array = images.tensor(_b64_images(value, what), spec)
     else:
         array = _numeric_array(value, spec, what)
     if not spec.shape_matches(array.shape):
@@ -74,7 +84,8 @@ def _numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
     if kind == "O":
         if _has_b64(value):
             raise InvalidInput(
-                f'{what}: {{"b64": ...}} values need a string input, this one is {spec.dtype}'
+                f'{what}: {{"b64": ...}} values need a string or image input; this one is '
+                f"{spec.dtype} {spec.describe_shape()}"
             )
         raise InvalidInput(
             f"{what}: expected {spec.dtype} numbers; got mixed types or integers beyond 64 bits"
@@ -148,6 +159,13 @@ def decode_b64(text: Any, what: str, field: str = '"b64" value') -> bytes:
         raise InvalidInput(f"{what}: {field} is not valid base64") from None
 
 
+def _b64_images(value: Any, what: str) -> list[bytes]:
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, dict) and set(item) == {"b64"} for item in items):
+        raise InvalidInput(f'{what}: an image input takes {{"b64": ...}} or a list of them')
+    return [decode_b64(item["b64"], what) for item in items]
+
+
 def _string_array(value: Any, what: str, base64_strings: bool) -> np.ndarray:
     leaves: list[bytes] = []
     shape = _walk_strings(value, leaves, what, 0, base64_strings)
@@ -185,7 +203,10 @@ def _walk_strings(
 
 
 def decode_named_inputs(
-    data: Any, signature: Signature, base64_strings: bool = False
+    data: Any,
+    signature: Signature,
+    base64_strings: bool = False,
+    images: ImageDecoding | None = None,
 ) -> dict[str, np.ndarray]:
     """`{"alias": value}` -> arrays; every input of the signature must be there, nothing else."""
     if not isinstance(data, dict):
@@ -198,7 +219,7 @@ def decode_named_inputs(
     if unknown:
         raise InvalidInput(f"unknown input(s) {unknown[:10]}; the signature takes {expected}")
     return {
-        name: to_array(data[name], spec, f"input '{name}'", base64_strings)
+        name: to_array(data[name], spec, f"input '{name}'", base64_strings, images)
         for name, spec in signature.inputs.items()
     }
 

@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sts.errors import ConfigError, describe_errors
+from sts.images import DEFAULT_MAX_PIXELS, ImageOptions
 
 logger = logging.getLogger("sts.config")
 
@@ -148,6 +149,8 @@ class ModelConfig(BaseModel):
     """Backend options; each backend's typed options refuse unknown keys."""
     max_concurrency: int | None = Field(default=None, ge=1)
     """Predictions of this model run at once in worker threads (default: CPU count)."""
+    image: ImageOptions = ImageOptions()
+    """How uploaded images are scaled and sized for this model's numeric image input."""
 
     @field_validator("version_policy", mode="before")
     @classmethod
@@ -214,8 +217,14 @@ class ServerSettings(BaseSettings):
     )
     """Accepted for the original's clients: `{"b64": ...}` values sent to string inputs are
     always decoded in sts (env: STFS_B64_AUTOCONVERT, as the original)."""
-    download_inference_images: Bool = True
-    """Keep a copy of images uploaded for inference (the original's default)."""
+    download_inference_images: Bool = False
+    """Keep a copy of every uploaded image in `inference_images_dir`, under a server-made name."""
+    inference_images_dir: str = "inference_images"
+    """Where `download_inference_images` keeps uploads."""
+    max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    """Largest image (width x height) decoded; larger ones get 413 before decoding."""
+    max_image_parts: int = Field(default=64, ge=1)
+    """Most images in one multipart upload."""
     file_system_poll_wait_seconds: float = Field(default=1.0, ge=0)
     """Seconds between polls of model folders; 0 loads once and never polls."""
     model_version_policy: VersionPolicy = VersionPolicy()
@@ -257,8 +266,6 @@ class ServerSettings(BaseSettings):
         # of being ignored.
         unbuilt = {"enable_auth": self.enable_auth}
         used = [f"--{name}" for name, on in unbuilt.items() if on]
-        if "download_inference_images" in self.model_fields_set and self.download_inference_images:
-            used.append("--download_inference_images")
         if used:
             raise ValueError(f"{', '.join(used)}: not supported by this version of sts yet")
         if self.enable_ssl:
@@ -272,6 +279,10 @@ class ServerSettings(BaseSettings):
     @property
     def effective_log_level(self) -> str:
         return "debug" if self.debug else self.log_level
+
+    @property
+    def inference_images_path(self) -> Path:
+        return Path(self.inference_images_dir).resolve()
 
     @property
     def poll_seconds(self) -> float:

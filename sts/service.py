@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from sts.config import ModelConfig
 from sts.errors import BackendError, InvalidInput
 from sts.repository import ModelRepository, ModelVersion
 from sts.signature import Signature
@@ -25,14 +26,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Call:
-    """What a router's encoder knows about the call it is encoding."""
+    """What a router's decoder and encoder know about the call."""
 
     version: ModelVersion
     signature_name: str
     signature: Signature
+    config: ModelConfig
 
 
-Decode = Callable[[Signature], Mapping[str, np.ndarray]]
+Decode = Callable[[Call], Mapping[str, np.ndarray]]
 Encode = Callable[[Call, dict[str, np.ndarray]], T]
 
 
@@ -73,10 +75,10 @@ class InferenceService:
             backend = leased.backend
             if backend is None:  # cannot happen while leased; keeps the types honest
                 raise BackendError(f"model '{leased.model}' version {leased.version} is not loaded")
-            call = Call(leased, name, signature)
+            call = Call(leased, name, signature, self.repository.model(leased.model).config)
 
             def work() -> T:
-                inputs = decode(signature)
+                inputs = decode(call)
                 outputs = backend.predict(inputs, name)
                 return encode(call, outputs)
 

@@ -68,3 +68,14 @@ def string_upper(path: Path) -> Path:
         [helper.make_tensor_value_info("upper", TensorProto.STRING, [None])],
     )
     return save(graph, path, extra_opsets={"ai.onnx.contrib": 1})
+
+
+def identity(path: Path, shape: list[int | str | None], dtype: int = TensorProto.FLOAT) -> Path:
+    """`image` -> `out` unchanged: shows exactly the tensor the server built."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["out"])],
+        "identity",
+        [helper.make_tensor_value_info("image", dtype, shape)],
+        [helper.make_tensor_value_info("out", dtype, shape)],
+    )
+    return save(graph, path)

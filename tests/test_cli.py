@@ -31,7 +31,13 @@ def test_serves_the_examples(server: str) -> None:
     assert r.json()["classes"] == [8, 4]
     assert httpx.get(f"{server}/health").text == "healthy"
     names = [m["model_name"] for m in httpx.get(f"{server}/v1/models").json()]
-    assert names == ["default", "digits", "digits_tf", "iris", "text"]
+    assert names == ["default", "colours", "digits", "digits_tf", "iris", "text"]
+    digit = (ROOT / "examples" / "images" / "digit.png").read_bytes()
+    for model in ("digits", "digits_tf"):  # curl -F image=@digit.png -F model_name=digits
+        upload = httpx.post(
+            server, files={"image": ("digit.png", digit)}, data={"model_name": model}
+        )
+        assert upload.json()["classes"] == [8], upload.text
     original = json.loads((ROOT / "examples" / "requests" / "default.json").read_text())
     assert httpx.post(server, json=original).json()["keys"] == [[1], [2]]
     assert "digits" in httpx.get(server).text  # the dashboard, static files from any cwd

@@ -45,7 +45,7 @@ def test_integral_floats_into_int() -> None:
         ([1], "bool", "expected booleans"),
         ([[1, 2], [3]], "float32", "ragged"),
         ([1, "a"], "float32", "got strings"),
-        ([{"b64": "AA=="}], "float32", "need a string input"),
+        ([{"b64": "AA=="}], "float32", "need a string or image input"),
         ([None], "float32", "mixed types"),
     ],
 )

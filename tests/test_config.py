@@ -56,7 +56,8 @@ def test_defaults_are_the_originals() -> None:
     assert (s.enable_ssl, s.secret_pem, s.secret_key) == (False, "secret.pem", "secret.key")
     assert (s.enable_auth, s.auth_username, s.auth_password) == (False, "admin", "admin")
     assert s.enable_cors is True
-    assert s.download_inference_images is True
+    # The original kept every upload by default; sts keeps none unless asked (README).
+    assert s.download_inference_images is False
     assert s.log_level == "info"
     assert s.session_config == {}
     assert s.custom_op_paths == []
@@ -146,7 +147,7 @@ def test_session_config_and_custom_op_paths_parse() -> None:
     assert s.custom_op_paths == ["a.so", "b.so"]
 
 
-@pytest.mark.parametrize("argv", [["--enable_auth"], ["--download_inference_images"]])
+@pytest.mark.parametrize("argv", [["--enable_auth"]])
 def test_unbuilt_features_fail_loudly(argv: list[str]) -> None:
     with pytest.raises(ConfigError, match="not supported by this version of sts yet"):
         load_settings(argv)

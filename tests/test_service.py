@@ -25,8 +25,8 @@ def _service(tmp_path: Path, **spec: Any) -> tuple[ModelRepository, InferenceSer
     return repo, InferenceService(repo)
 
 
-def _decode(signature: Any) -> Any:
-    return decode_named_inputs({"x": [[1, 2]]}, signature)
+def _decode(call: Call) -> Any:
+    return decode_named_inputs({"x": [[1, 2]]}, call.signature)
 
 
 def test_predict_runs_off_the_event_loop(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_per_model_concurrency_limit(tmp_path: Path) -> None:
     def encode(call: Call, outputs: dict[str, np.ndarray]) -> None:
         return None
 
-    def decode(signature: Any) -> Any:
+    def decode(call: Call) -> Any:
         nonlocal running, peak
         with lock:
             running += 1
@@ -63,7 +63,7 @@ def test_per_model_concurrency_limit(tmp_path: Path) -> None:
         time.sleep(0.05)
         with lock:
             running -= 1
-        return _decode(signature)
+        return _decode(call)
 
     async def main() -> None:
         await asyncio.gather(*(service.infer("m", None, None, decode, encode) for _ in range(6)))

@@ -131,3 +131,19 @@ def keras_export(path: Path) -> Path:
     model.layers[0].set_weights([tf.ones([4, 2]).numpy(), tf.constant([0.0, 1.0]).numpy()])
     model.export(str(path), verbose=False)
     return path
+
+
+def encoded_images(path: Path) -> Path:
+    """A model that takes encoded PNGs (string input `image`) and decodes them itself."""
+
+    class Decoder(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image")])
+        def decode(self, image: Any) -> dict[str, Any]:
+            height = tf.map_fn(
+                lambda one: tf.shape(tf.io.decode_png(one))[0], image, fn_output_signature=tf.int32
+            )
+            return {"bytes": tf.strings.length(image), "height": height}
+
+    module = Decoder()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.decode})
+    return path

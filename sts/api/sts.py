@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -10,8 +11,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from sts.api.deps import RepositoryDep
+from sts.api.uploads import image_inputs, is_image_upload, read_image_upload
 from sts.codecs import decode_named_inputs, dumps, parse_json, short
+from sts.config import ServerSettings
 from sts.errors import InvalidInput, UnsupportedMediaType
+from sts.images import ImageDecoding
 from sts.repository import ServedModel
 from sts.service import Call, InferenceService
 from sts.signature import Signature, TensorSpec
@@ -38,12 +42,9 @@ async def read_json_body(request: Request) -> Any:
     """The body parsed as JSON; big bodies are parsed off the event loop."""
     kind = media_type(request)
     if kind not in JSON_MEDIA_TYPES and not kind.endswith("+json"):
-        if kind == "multipart/form-data":
-            raise UnsupportedMediaType(
-                "multipart image upload is not supported by this version of sts; send JSON"
-            )
         raise UnsupportedMediaType(
-            f"content type '{short(kind)}' is not supported; send application/json"
+            f"content type '{short(kind)}' is not supported; send application/json, a "
+            "multipart/form-data image upload, or an image (image/jpeg, image/png, ...)"
         )
     body = await request.body()
     if len(body) > INLINE_PARSE_BYTES:
@@ -54,10 +55,27 @@ async def read_json_body(request: Request) -> Any:
 @router.post("/", summary="Predict (the original protocol)")
 async def predict(request: Request) -> Response:
     """`{"model_name", "model_version", "signature_name", "base64_decode", "data": {input:
-    values}}` -> `{output: values}`."""
+    values}}` -> `{output: values}`.
+
+    Also takes the original's multipart image upload (`image`/`images` file parts, and
+    `model_name`, `model_version`, `signature_name` fields), and a raw `image/*` body with
+    those as query parameters.
+    """
     # Read from app.state rather than through Depends: dependency resolution measured
     # at ~14% of the event loop's time per request on small models.
     service: InferenceService = request.app.state.service
+    settings: ServerSettings = request.app.state.settings
+    kind = media_type(request)
+    if is_image_upload(kind):
+        upload = await read_image_upload(request, kind, settings)
+        body = await service.infer(
+            upload.fields.get("model_name", "default"),
+            upload.fields.get("model_version") or None,
+            upload.fields.get("signature_name") or None,
+            lambda call: image_inputs(call, upload, settings),
+            encode_outputs,
+        )
+        return Response(body, media_type="application/json")
     document = await read_json_body(request)
     if not isinstance(document, dict):
         raise InvalidInput("the request body must be a JSON object")
@@ -70,17 +88,24 @@ async def predict(request: Request) -> Response:
     if not isinstance(base64_strings, bool):
         raise InvalidInput('"base64_decode" must be true or false')
 
-    def encode(call: Call, outputs: dict[str, np.ndarray]) -> bytes:
-        return dumps(outputs)
+    max_pixels = settings.max_image_pixels
+
+    def decode(call: Call) -> Mapping[str, np.ndarray]:
+        images = ImageDecoding(call.config.image, max_pixels)
+        return decode_named_inputs(data, call.signature, base64_strings, images)
 
     body = await service.infer(
         document.get("model_name", "default"),
         document.get("model_version"),
         document.get("signature_name"),
-        lambda signature: decode_named_inputs(data, signature, base64_strings),
-        encode,
+        decode,
+        encode_outputs,
     )
     return Response(body, media_type="application/json")
+
+
+def encode_outputs(call: Call, outputs: dict[str, np.ndarray]) -> bytes:
+    return dumps(outputs)
 
 
 def tensor_info(spec: TensorSpec) -> dict[str, Any]:
