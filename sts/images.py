@@ -110,8 +110,14 @@ def takes_images(spec: TensorSpec) -> bool:
     return spec.dtype == "string" or layout_of(spec) is not None
 
 
-def open_image(data: bytes, what: str, max_pixels: int) -> Any:
-    """Open and fully decode one image, refusing bad, truncated and oversized ones."""
+def open_image(
+    data: bytes, what: str, max_pixels: int, draft: tuple[str, int] | None = None
+) -> Any:
+    """Open and fully decode one image, refusing bad, truncated and oversized ones.
+
+    `draft` (mode, side) lets a JPEG decode straight to a smaller scale (1/2 .. 1/8, in
+    the DCT) that still covers `side` x `side`; a resize follows anyway.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
@@ -137,6 +143,8 @@ def open_image(data: bytes, what: str, max_pixels: int) -> Any:
         )
     try:
         image.seek(0)  # GIF and WebP animations: the first frame
+        if draft is not None and image.format == "JPEG":
+            image.draft(draft[0], (draft[1], draft[1]))
         image.load()
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -181,8 +189,12 @@ def to_tensor(
         )
     if not layout.batched and len(images) != 1:
         raise InvalidInput(f"{what} takes one image, got {len(images)}")
+    target = (layout.height, layout.width) if min(layout.height, layout.width) > 0 else None
+    target = target or options.size
+    # Square, so a 90-degree EXIF rotation after decoding still leaves enough pixels.
+    draft = ("RGB" if layout.channels == 3 else "L", max(target)) if target else None
     pixels = [
-        _pixels(open_image(data, f"{what}, image {i + 1}", max_pixels), layout, options)
+        _pixels(open_image(data, f"{what}, image {i + 1}", max_pixels, draft), layout, options)
         for i, data in enumerate(images)
     ]
     sizes = {p.shape[:2] for p in pixels}

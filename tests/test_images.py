@@ -378,3 +378,12 @@ def test_a_real_photo_through_a_live_server(image_models: Path) -> None:
     body = response.json()
     expected = np.asarray(Image.open(io.BytesIO(photo)).resize((32, 32))) / 255
     np.testing.assert_allclose(body["mean_rgb"][0], expected.mean(axis=(0, 1)), atol=0.02)
+
+
+def test_jpeg_draft_decoding_stays_close_to_a_full_decode() -> None:
+    photo = (SKLEARN_IMAGES / "flower.jpg").read_bytes()
+    fast = to_tensor([photo], spec((-1, 24, 32, 3)), RAW)[0]
+    full = np.asarray(
+        Image.open(io.BytesIO(photo)).convert("RGB").resize((32, 24), Image.Resampling.BILINEAR)
+    )
+    assert np.abs(fast - full).mean() < 6
