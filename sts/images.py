@@ -189,10 +189,10 @@ def to_tensor(
         )
     if not layout.batched and len(images) != 1:
         raise InvalidInput(f"{what} takes one image, got {len(images)}")
-    target = (layout.height, layout.width) if min(layout.height, layout.width) > 0 else None
-    target = target or options.size
-    # Square, so a 90-degree EXIF rotation after decoding still leaves enough pixels.
-    draft = ("RGB" if layout.channels == 3 else "L", max(target)) if target else None
+    # The target before any image is seen (0 where it depends on the image). The draft is
+    # square, so a 90-degree EXIF rotation after decoding still leaves enough pixels.
+    known = _target_size((0, 0), layout, options)
+    draft = ("RGB" if layout.channels == 3 else "L", max(known)) if min(known) > 0 else None
     pixels = [
         _pixels(open_image(data, f"{what}, image {i + 1}", max_pixels, draft), layout, options)
         for i, data in enumerate(images)
@@ -236,18 +236,12 @@ def _pixels(image: Any, layout: Layout, options: ImageOptions) -> np.ndarray:
 
 
 def _target_size(size: tuple[int, int], layout: Layout, options: ImageOptions) -> tuple[int, int]:
+    """(height, width): the input's fixed sizes, else the configured size, else `size`'s."""
     width, height = size
-    if layout.height > 0 and layout.width > 0:
-        return layout.height, layout.width
-    if options.size is not None:
-        want_h, want_w = options.size
-        return (
-            layout.height if layout.height > 0 else want_h,
-            layout.width if layout.width > 0 else want_w,
-        )
+    want_h, want_w = options.size or (height, width)
     return (
-        layout.height if layout.height > 0 else height,
-        layout.width if layout.width > 0 else width,
+        layout.height if layout.height > 0 else want_h,
+        layout.width if layout.width > 0 else want_w,
     )
 
 

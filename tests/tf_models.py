@@ -10,19 +10,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf
 
-NUMERIC = (
-    "float16",
-    "float32",
-    "float64",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-)
+from sts.signature import DTYPES
+
+NUMERIC = tuple(name for name in DTYPES if name not in ("bool", "string"))
 
 
 class _Everything(tf.Module):

@@ -38,9 +38,8 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def read_json_body(request: Request) -> Any:
-    """The body parsed as JSON; big bodies are parsed off the event loop."""
-    kind = media_type(request)
+async def read_json_body(request: Request, kind: str) -> Any:
+    """The body (of media type `kind`) parsed as JSON; big bodies are parsed off the loop."""
     if kind not in JSON_MEDIA_TYPES and not kind.endswith("+json"):
         raise UnsupportedMediaType(
             f"content type '{short(kind)}' is not supported; send application/json, a "
@@ -76,7 +75,7 @@ async def predict(request: Request) -> Response:
             encode_outputs,
         )
         return Response(body, media_type="application/json")
-    document = await read_json_body(request)
+    document = await read_json_body(request, kind)
     if not isinstance(document, dict):
         raise InvalidInput("the request body must be a JSON object")
     if "data" not in document:

@@ -273,18 +273,26 @@ def _spec(alias: str, info: Any) -> TensorSpec | None:
     return TensorSpec(alias, dtype.name, dims, tensor_name=info.name)
 
 
-def _read_signature_defs(path: Path, tags: Sequence[str]) -> dict[str, Any]:
+def _saved_model_file(path: Path) -> Path | None:
+    """`saved_model.pb` (or `.pbtxt`) in `path`, if `path` is a SavedModel folder."""
+    for name in ("saved_model.pb", "saved_model.pbtxt"):
+        if (path / name).is_file():
+            return path / name
+    return None
+
+
+def _read_signature_defs(file: Path, tags: Sequence[str]) -> dict[str, Any]:
     """The SignatureDefs of the MetaGraph with exactly `tags`."""
     from google.protobuf import text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
     document = saved_model_pb2.SavedModel()
-    binary, text = path / "saved_model.pb", path / "saved_model.pbtxt"
+    path = file.parent
     try:
-        if binary.is_file():
-            document.ParseFromString(binary.read_bytes())
+        if file.suffix == ".pb":
+            document.ParseFromString(file.read_bytes())
         else:
-            text_format.Parse(text.read_text(encoding="utf-8"), document)
+            text_format.Parse(file.read_text(encoding="utf-8"), document)
     except Exception as exc:  # DecodeError, ParseError, OSError
         raise ModelLoadError(f"cannot read the SavedModel in {path}: {exc}") from None
     wanted = set(tags)
@@ -317,7 +325,7 @@ class TensorflowBackend(Backend):
     @classmethod
     def discover_versions(cls, base_path: Path) -> dict[int, Path]:
         """Numbered SavedModel folders; a SavedModel folder given directly is version 1."""
-        if (base_path / "saved_model.pb").is_file() or (base_path / "saved_model.pbtxt").is_file():
+        if _saved_model_file(base_path) is not None:
             return {1: base_path}
         return super().discover_versions(base_path)
 
@@ -326,9 +334,8 @@ class TensorflowBackend(Backend):
         _PROCESS.plan([o for o in options if isinstance(o, TensorflowOptions)], names)
 
     def load(self) -> None:
-        if not self.path.is_dir() or not (
-            (self.path / "saved_model.pb").is_file() or (self.path / "saved_model.pbtxt").is_file()
-        ):
+        saved_model = _saved_model_file(self.path)
+        if saved_model is None:
             raise ModelLoadError(f"no saved_model.pb in {self.path}")
         tf = _import_tensorflow()
         try:
@@ -341,7 +348,7 @@ class TensorflowBackend(Backend):
             self._device.split(":")[1]
         ):
             raise ModelLoadError(f"device {self.opts.device!r}: TensorFlow sees no such device")
-        signature_defs = _read_signature_defs(self.path, self.opts.tags)
+        signature_defs = _read_signature_defs(saved_model, self.opts.tags)
         try:
             with tf.device(self._device) if self._device else contextlib.nullcontext():
                 loaded = tf.saved_model.load(str(self.path), tags=list(self.opts.tags))
