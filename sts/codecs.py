@@ -11,7 +11,6 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -64,15 +63,25 @@ def to_array(
     elif images is not None and _has_b64(value) and layout_of(spec) is not None:
         array = images.tensor(_b64_images(value, what), spec)
     else:
-        array = _numeric_array(value, spec, what)
+        array = numeric_array(value, spec, what)
+    check_shape(array, spec, what)
+    return array
+
+
+def check_shape(array: np.ndarray, spec: TensorSpec, what: str) -> None:
     if not spec.shape_matches(array.shape):
         raise InvalidInput(
             f"{what}: shape {list(array.shape)} does not match the model's {spec.describe_shape()}"
         )
-    return array
 
 
-def _numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
+def string_array(value: Any, what: str) -> np.ndarray:
+    """Nested lists of strings (or `{"b64"}`) -> an object array of bytes."""
+    return _string_array(value, what, base64_strings=False)
+
+
+def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
+    """Nested lists of numbers (or booleans) -> an array of `spec`'s dtype, any shape."""
     target = spec.dt.numpy
     try:
         array = np.asarray(value)
@@ -139,6 +148,11 @@ def _to_int(
             else "a value "
         )
         raise InvalidInput(f"{what}: {bad}is out of range for {spec.dtype}") from None
+
+
+def is_b64_object(value: Any) -> bool:
+    """`{"b64": "<text>"}` and nothing else."""
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
 def _has_b64(value: Any) -> bool:
@@ -232,30 +246,40 @@ def _text_or_b64(value: Any) -> Any:
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
-            return {"b64": base64.b64encode(value).decode("ascii")}
+            return b64_object(value)
     if isinstance(value, np.generic):
         return value.item()
     return value
 
 
-def jsonable(value: Any) -> Any:
-    """An output as orjson takes it: numeric arrays as they are, strings as text or b64."""
+def b64_object(value: bytes) -> dict[str, str]:
+    return {"b64": base64.b64encode(value).decode("ascii")}
+
+
+def jsonable(value: Any, binary: bool = False) -> Any:
+    """A value as orjson takes it: numeric arrays and scalars as they are (orjson writes
+    float32 in its shortest form), strings as text or `{"b64"}` (always b64 when `binary`)."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "OSU":
-            return (
-                np.vectorize(_text_or_b64, otypes=[object])(value).tolist()
-                if value.size
-                else value.tolist()
-            )
-        if value.ndim == 0 or value.dtype.name not in _ORJSON_NUMPY:
+            if not value.size:
+                return value.tolist()
+            convert = b64_object if binary else _text_or_b64
+            return np.vectorize(convert, otypes=[object])(value).tolist()
+        if value.ndim == 0:
+            return jsonable(value[()], binary)
+        if value.dtype.name not in _ORJSON_NUMPY:
             return value.tolist()
         return np.ascontiguousarray(value)
     if isinstance(value, np.generic):
-        return value.item()
+        if value.dtype.name in _ORJSON_NUMPY:
+            return value
+        value = value.item()
     if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, binary) for v in value]
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, binary) for k, v in value.items()}
+    if binary and isinstance(value, bytes):
+        return b64_object(value)
     return _text_or_b64(value)
 
 
@@ -278,7 +302,7 @@ _ORJSON_NUMPY = {
 def _non_finite(value: Any) -> bool:
     if isinstance(value, np.ndarray):
         return value.dtype.kind == "f" and value.size > 0 and not np.isfinite(value).all()
-    if isinstance(value, float):
+    if isinstance(value, float | np.floating):
         return not math.isfinite(value)
     if isinstance(value, list):
         return any(_non_finite(v) for v in value)
@@ -287,14 +311,17 @@ def _non_finite(value: Any) -> bool:
     return False
 
 
-def dumps(document: Mapping[str, Any]) -> bytes:
-    """Serialise a response holding arrays. NaN and Infinity are written as those literals
-    (as TensorFlow Serving and Python's json do), not as null."""
-    prepared = {key: jsonable(value) for key, value in document.items()}
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(document: Any) -> bytes:
+    """Serialise a response holding arrays (prepared by `jsonable` where needed). NaN and
+    Infinity are written as those literals (as TensorFlow Serving and Python's json do),
+    not as null."""
+    prepared = jsonable(document)
     if not _non_finite(prepared):
         return orjson.dumps(prepared, option=orjson.OPT_SERIALIZE_NUMPY)
-    plain = {
-        key: value.tolist() if isinstance(value, np.ndarray) else value
-        for key, value in prepared.items()
-    }
-    return json.dumps(plain, separators=(",", ":")).encode("utf-8")
+    return json.dumps(prepared, separators=(",", ":"), default=_plain).encode("utf-8")

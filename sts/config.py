@@ -233,6 +233,8 @@ class ServerSettings(BaseSettings):
     """Largest request body accepted; larger ones get 413."""
     workers: int = Field(default=1, ge=1, le=64)
     """Server processes; each loads every model (memory grows with N)."""
+    enable_model_control: Bool = False
+    """KServe v2 repository extension: list, load and unload models at run time."""
 
     @field_validator("session_config", mode="before")
     @classmethod
@@ -274,6 +276,9 @@ class ServerSettings(BaseSettings):
                     raise ValueError(
                         f"--enable_ssl needs --{flag}: no file at {getattr(self, flag)!r}"
                     )
+        if self.enable_model_control and self.workers > 1:
+            # Each worker process has its own repository: a load or unload would reach one.
+            raise ValueError("--enable_model_control needs --workers 1")
         return self
 
     @property

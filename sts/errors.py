@@ -43,8 +43,18 @@ class VersionNotFound(NotFound):
     pass
 
 
+class LabelNotFound(VersionNotFound):
+    """A version label that the model's config does not define."""
+
+
 class SignatureNotFound(NotFound):
     pass
+
+
+class Forbidden(StsError):
+    """A feature the server was started without (e.g. model control)."""
+
+    status_code = 403
 
 
 class PayloadTooLarge(StsError):

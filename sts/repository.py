@@ -24,6 +24,7 @@ from sts.backends.base import Backend, BackendOptions, backend_class
 from sts.config import ModelConfig
 from sts.errors import (
     InvalidInput,
+    LabelNotFound,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
@@ -169,6 +170,7 @@ class ModelRepository:
         self._poll_lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
         self._pending: dict[str, ServedModel] = {}  # changed configs still loading
+        self._unloaded: set[str] = set()  # taken out of service by `unload_model`
         self._load_pool = ThreadPoolExecutor(
             max_workers=load_workers, thread_name_prefix="sts-load"
         )
@@ -196,6 +198,20 @@ class ModelRepository:
             raise ModelNotFound(f"model '{_short(name)}' not found; models: {known}")
         return model
 
+    def is_unloaded(self, name: str) -> bool:
+        return name in self._unloaded
+
+    def label_version(self, name: Any, label: str) -> int:
+        """The version number a label stands for (even a numeric-looking label)."""
+        model = self.model(name)
+        try:
+            return model.config.version_labels[label]
+        except KeyError:
+            raise LabelNotFound(
+                f"model '{model.name}' has no version label '{_short(label)}'; "
+                f"labels: {sorted(model.config.version_labels)}"
+            ) from None
+
     def resolve(self, name: Any, version: Any = None) -> ModelVersion:
         """The version a request asks for: a number, a numeric string, a label, or None (latest)."""
         model = self.model(name)
@@ -203,6 +219,8 @@ class ModelRepository:
             return self._resolve_locked(model, version)
 
     def _resolve_locked(self, model: ServedModel, version: Any) -> ModelVersion:
+        if model.name in self._unloaded:
+            raise ModelNotReady(_why_not_ready(model, unloaded=True))
         if version is None or version == "":
             latest = model.latest()
             if latest is None:
@@ -253,9 +271,43 @@ class ModelRepository:
         """Look at every model's folder once: load new versions, unload removed ones."""
         with self._poll_lock:
             with self._lock:
-                models = list(self._models.values()) + list(self._pending.values())
+                models = [
+                    m
+                    for m in [*self._models.values(), *self._pending.values()]
+                    if m.name not in self._unloaded
+                ]
             list(self._load_pool.map(self._reconcile, models))
             self._promote_pending()
+
+    # ------------------------------------------------------------ explicit control
+
+    def unload_model(self, name: Any) -> None:
+        """Take a configured model out of service until `load_model`; polls skip it.
+        In-flight requests finish first."""
+        model = self.model(name)
+        with self._poll_lock, self._lock:
+            self._unloaded.add(model.name)
+            pending = self._pending.pop(model.name, None)
+            self._retire_locked(model)
+            if pending is not None:
+                self._retire_locked(pending)
+        logger.info("model %r unloaded on request", model.name)
+
+    def load_model(self, name: Any) -> ServedModel:
+        """Put a model back in service (or re-read its folder now) and wait for the load.
+        Raises ModelNotReady when no version could be loaded."""
+        model = self.model(name)
+        with self._poll_lock:
+            self._unloaded.discard(model.name)
+            with self._lock:
+                # A config change made while unloaded is what gets loaded.
+                target = self._pending.get(model.name, model)
+            self._reconcile(target)
+            self._promote_pending()
+        model = self.model(model.name)
+        if not model.serving:
+            raise ModelNotReady(_why_not_ready(model))
+        return model
 
     def _reconcile(self, model: ServedModel) -> None:
         try:
@@ -409,6 +461,7 @@ class ModelRepository:
             for model in removed:
                 del self._models[model.name]
                 self._pending.pop(model.name, None)
+                self._unloaded.discard(model.name)
             for name, config in new.items():
                 old = self._models.get(name)
                 if old is None:
@@ -481,13 +534,15 @@ def _version_number(model: ServedModel, version: Any) -> int:
         labels = model.config.version_labels
         if text in labels:
             return labels[text]
-        raise VersionNotFound(
+        raise LabelNotFound(
             f"model '{model.name}' has no version label '{_short(text)}'; labels: {sorted(labels)}"
         )
     raise InvalidInput("model_version must be an integer or a version label")
 
 
-def _why_not_ready(model: ServedModel) -> str:
+def _why_not_ready(model: ServedModel, unloaded: bool = False) -> str:
+    if unloaded:
+        return f"model '{model.name}' was unloaded through the repository API; load it again"
     loading = [
         mv.version
         for mv in model.versions.values()

@@ -5,50 +5,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from sts.api.bodies import media_type, read_json_body
 from sts.api.deps import RepositoryDep
+from sts.api.tfserving import version_status
 from sts.api.uploads import image_inputs, is_image_upload, read_image_upload
-from sts.codecs import decode_named_inputs, dumps, parse_json, short
+from sts.codecs import decode_named_inputs, dumps
 from sts.config import ServerSettings
-from sts.errors import InvalidInput, UnsupportedMediaType
+from sts.errors import InvalidInput
 from sts.images import ImageDecoding
 from sts.repository import ServedModel
 from sts.service import Call, InferenceService
 from sts.signature import Signature, TensorSpec
 
 router = APIRouter(tags=["sts"])
-
-# curl -d sends form-urlencoded and many clients send no type at all: all mean JSON here.
-JSON_MEDIA_TYPES = {
-    "",
-    "application/json",
-    "text/json",
-    "text/plain",
-    "application/x-www-form-urlencoded",
-}
-# Bodies above this are parsed in a worker thread instead of on the event loop.
-INLINE_PARSE_BYTES = 64 * 1024
-
-
-def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-async def read_json_body(request: Request, kind: str) -> Any:
-    """The body (of media type `kind`) parsed as JSON; big bodies are parsed off the loop."""
-    if kind not in JSON_MEDIA_TYPES and not kind.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"content type '{short(kind)}' is not supported; send application/json, a "
-            "multipart/form-data image upload, or an image (image/jpeg, image/png, ...)"
-        )
-    body = await request.body()
-    if len(body) > INLINE_PARSE_BYTES:
-        return await anyio.to_thread.run_sync(parse_json, body)
-    return parse_json(body)
 
 
 @router.post("/", summary="Predict (the original protocol)")
@@ -140,6 +113,8 @@ def model_detail(model: ServedModel) -> dict[str, Any]:
         "signatures": {},
         "default_signature": "",
         "versions": [mv.status() for mv in model.version_list()],
+        # TF Serving's status shape, for its clients (this path is shared with it).
+        "model_version_status": [version_status(mv) for mv in model.version_list()],
     }
     if model.problem:
         detail["problem"] = model.problem

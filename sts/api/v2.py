@@ -1,0 +1,233 @@
+"""KServe v2 / Open Inference Protocol: health, server and model metadata, inference (with
+the binary tensor extension), and the model repository extension (`--enable_model_control`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from sts import __version__
+from sts.api.bodies import parse_body
+from sts.api.deps import RepositoryDep, SettingsDep
+from sts.codecs import parse_json
+from sts.errors import Forbidden, InvalidInput, StsError, UnsupportedMediaType
+from sts.images import ImageDecoding
+from sts.repository import ModelRepository, ModelVersion, ServedModel, VersionState
+from sts.service import Call, InferenceService
+from sts.signature import TensorSpec
+from sts.v2_tensors import decode_inputs, encode_response, parse_request, split_body
+
+router = APIRouter(tags=["kserve v2"])
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+# ---------------------------------------------------------------- server
+
+
+@router.get("/v2", summary="Server metadata")
+async def server_metadata(settings: SettingsDep) -> JSONResponse:
+    extensions = ["binary_tensor_data"]
+    if settings.enable_model_control:
+        extensions.append("model_repository")
+    return JSONResponse({"name": "sts", "version": __version__, "extensions": extensions})
+
+
+@router.get("/v2/health/live", summary="Liveness")
+async def live() -> JSONResponse:
+    return JSONResponse({"live": True})
+
+
+@router.get("/v2/health/ready", summary="Readiness: 200 once every model's first load is done")
+async def ready(repository: RepositoryDep) -> JSONResponse:
+    # The protocol answers "false" with a 4xx (Triton uses 400).
+    is_ready = repository.ready.is_set()
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 400)
+
+
+# ---------------------------------------------------------------- models
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    # v2 has no "unknown rank": a tensor of any shape is shown as one dynamic dimension.
+    shape = list(spec.shape) if spec.shape is not None else [-1]
+    return {"name": spec.name, "datatype": spec.dt.v2, "shape": shape}
+
+
+def _model_metadata(model: ServedModel, mv: ModelVersion) -> dict[str, Any]:
+    _name, signature = mv.signature(None)
+    return {
+        "name": model.name,
+        "versions": [str(v) for v in sorted(model.serving)],
+        "platform": model.config.platform,
+        "inputs": [_tensor_metadata(s) for s in signature.inputs.values()],
+        "outputs": [_tensor_metadata(s) for s in signature.outputs.values()],
+    }
+
+
+@router.get("/v2/models/{model_name}", summary="Model metadata (default signature)")
+async def model_metadata(model_name: str, repository: RepositoryDep) -> JSONResponse:
+    mv = repository.resolve(model_name)
+    return JSONResponse(_model_metadata(repository.model(model_name), mv))
+
+
+@router.get("/v2/models/{model_name}/versions/{model_version}", summary="Model version metadata")
+async def model_version_metadata(
+    model_name: str, model_version: str, repository: RepositoryDep
+) -> JSONResponse:
+    mv = repository.resolve(model_name, model_version)
+    return JSONResponse(_model_metadata(repository.model(model_name), mv))
+
+
+def _model_ready(repository: ModelRepository, model: str, version: str | None) -> JSONResponse:
+    served = repository.model(model)  # 404 for an unknown model
+    try:
+        repository.resolve(model, version)
+    except StsError as exc:
+        if exc.status_code == 404:
+            raise
+        return JSONResponse({"name": served.name, "ready": False}, status_code=400)
+    return JSONResponse({"name": served.name, "ready": True})
+
+
+@router.get("/v2/models/{model_name}/ready", summary="Model readiness (200 ready, 400 not)")
+async def model_ready(model_name: str, repository: RepositoryDep) -> JSONResponse:
+    return _model_ready(repository, model_name, None)
+
+
+@router.get("/v2/models/{model_name}/versions/{model_version}/ready", summary="Version readiness")
+async def model_version_ready(
+    model_name: str, model_version: str, repository: RepositoryDep
+) -> JSONResponse:
+    return _model_ready(repository, model_name, model_version)
+
+
+# ---------------------------------------------------------------- inference
+
+
+@router.post("/v2/models/{model_name}/infer", summary="Inference")
+async def infer(model_name: str, request: Request) -> Response:
+    """JSON tensors (`inputs` with `name`, `datatype`, `shape`, `data`), or a JSON header
+    followed by binary tensors (`Inference-Header-Content-Length`). `parameters.
+    signature_name` picks a signature other than the default."""
+    return await _infer(request, model_name, None)
+
+
+@router.post("/v2/models/{model_name}/versions/{model_version}/infer", summary="Inference")
+async def infer_version(model_name: str, model_version: str, request: Request) -> Response:
+    return await _infer(request, model_name, model_version)
+
+
+async def _infer(request: Request, model: str, version: str | None) -> Response:
+    service: InferenceService = request.app.state.service
+    max_pixels: int = request.app.state.settings.max_image_pixels
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(f"Content-Encoding '{encoding}' is not supported; send it plain")
+    header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    infer_request = await parse_body(header, parse_request)
+    signature = infer_request.signature_name
+
+    def decode(call: Call) -> Mapping[str, np.ndarray]:
+        images = ImageDecoding(call.config.image, max_pixels)
+        return decode_inputs(infer_request, call.signature, binary, images)
+
+    def encode(call: Call, outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+        return encode_response(infer_request, call.version.model, call.version.version, outputs)
+
+    body, header_length = await service.infer(model, version, signature, decode, encode)
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(
+        body,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )
+
+
+# ---------------------------------------------------------------- repository extension
+
+_V2_STATES = {
+    VersionState.START: "LOADING",
+    VersionState.LOADING: "LOADING",
+    VersionState.AVAILABLE: "READY",
+    VersionState.UNLOADING: "UNLOADING",
+    VersionState.END: "UNAVAILABLE",
+}
+
+
+def _require_control(request: Request) -> None:
+    if not request.app.state.settings.enable_model_control:
+        raise Forbidden(
+            "the model repository extension is off; start sts with --enable_model_control"
+        )
+
+
+async def _optional_json(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if not body.strip():
+        return {}
+    document = await parse_body(body, parse_json)
+    if not isinstance(document, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return document
+
+
+def _index_entries(repository: ModelRepository, model: ServedModel) -> list[dict[str, Any]]:
+    unloaded = repository.is_unloaded(model.name)
+    entries = []
+    for mv in model.version_list():
+        state = _V2_STATES[mv.state]
+        reason = mv.error or ("unloaded" if unloaded and state == "UNAVAILABLE" else "")
+        entries.append(
+            {"name": model.name, "version": str(mv.version), "state": state, "reason": reason}
+        )
+    if not entries:
+        reason = "unloaded" if unloaded else model.problem or "no version loaded yet"
+        entries.append({"name": model.name, "state": "UNAVAILABLE", "reason": reason})
+    return entries
+
+
+@router.post("/v2/repository/index", summary="Every model and version, with its state")
+async def repository_index(request: Request, repository: RepositoryDep) -> JSONResponse:
+    """`{"ready": true}` lists only versions that can serve."""
+    _require_control(request)
+    document = await _optional_json(request)
+    only_ready = document.get("ready", False)
+    if not isinstance(only_ready, bool):
+        raise InvalidInput('"ready" must be true or false')
+    entries = [e for m in repository.models() for e in _index_entries(repository, m)]
+    if only_ready:
+        entries = [e for e in entries if e["state"] == "READY"]
+    return JSONResponse(entries)
+
+
+@router.post("/v2/repository/models/{model_name}/load", summary="Load (or reload) a model")
+async def repository_load(
+    model_name: str, request: Request, repository: RepositoryDep
+) -> JSONResponse:
+    """Puts an unloaded model back in service, or re-reads its folder now; answers once
+    the load is done (503 with the reason when no version could be loaded)."""
+    _require_control(request)
+    await _optional_json(request)
+    repository.model(model_name)  # 404 before any work
+    await anyio.to_thread.run_sync(repository.load_model, model_name)
+    return JSONResponse({})
+
+
+@router.post("/v2/repository/models/{model_name}/unload", summary="Unload a model")
+async def repository_unload(
+    model_name: str, request: Request, repository: RepositoryDep
+) -> JSONResponse:
+    """Takes the model out of service; requests already running finish first. It stays
+    unloaded (folder changes are ignored) until loaded again."""
+    _require_control(request)
+    await _optional_json(request)
+    await anyio.to_thread.run_sync(repository.unload_model, model_name)
+    return JSONResponse({})
