@@ -79,3 +79,21 @@ def identity(path: Path, shape: list[int | str | None], dtype: int = TensorProto
         [helper.make_tensor_value_info("out", dtype, shape)],
     )
     return save(graph, path)
+
+
+def transposed(path: Path) -> Path:
+    """`x` float [n, 2] -> `same` [n, 2] and `flipped` [2, n]: outputs that disagree on the
+    batch size (fine in columns, impossible in rows)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["same"]),
+            helper.make_node("Transpose", ["x"], ["flipped"], perm=[1, 0]),
+        ],
+        "transposed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+        [
+            helper.make_tensor_value_info("same", TensorProto.FLOAT, ["n", 2]),
+            helper.make_tensor_value_info("flipped", TensorProto.FLOAT, [2, "n"]),
+        ],
+    )
+    return save(graph, path)
