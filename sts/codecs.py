@@ -271,8 +271,11 @@ def jsonable(value: Any, binary: bool = False) -> Any:
             return value.tolist()
         return np.ascontiguousarray(value)
     if isinstance(value, np.generic):
-        if value.dtype.name in _ORJSON_NUMPY:
-            return value
+        name = value.dtype.name
+        if name in _ORJSON_NUMPY:
+            # The canonical scalar type: orjson refuses aliases like numpy.longlong, which
+            # ONNX Runtime's int64 arrays give when indexed.
+            return np.dtype(name).type(value)
         value = value.item()
     if isinstance(value, list | tuple):
         return [jsonable(v, binary) for v in value]

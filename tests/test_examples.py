@@ -71,3 +71,45 @@ def test_the_originals_request_works_against_the_tf1_example() -> None:
             },
         ).json()
         assert joined == {"joined": ["a b"]}
+
+
+def test_every_protocol_gives_the_same_answer() -> None:
+    """Each example request through the original API, TF Serving's rows and columns, and
+    KServe v2: the same numbers and strings every way."""
+    configs = load_model_config_file(ROOT / "examples" / "models.json")
+    with app_client(configs) as client:
+        for name in ("iris", "digits", "default", "text"):
+            body = request(f"{name}.json")
+            model, data = body.get("model_name", "default"), body["data"]
+            expected = client.post("/", json=body).json()
+            only = next(iter(expected)) if len(expected) == 1 else None
+
+            r = client.post(f"/v1/models/{model}:predict", json={"inputs": data})
+            assert r.status_code == 200, (name, r.text)
+            columns = r.json()["outputs"]
+            assert (columns if only is None else {only: columns}) == expected, name
+
+            count = len(next(iter(data.values())))
+            instances = [{key: value[i] for key, value in data.items()} for i in range(count)]
+            r = client.post(f"/v1/models/{model}:predict", json={"instances": instances})
+            assert r.status_code == 200, (name, r.text)
+            rows = r.json()["predictions"]
+            by_row = {only: rows} if only else {k: [row[k] for row in rows] for k in expected}
+            assert by_row == expected, name
+
+            metadata = client.get(f"/v2/models/{model}").json()
+            inputs = [
+                {
+                    "name": spec["name"],
+                    "datatype": spec["datatype"],
+                    "shape": list(np.shape(data[spec["name"]])),
+                    "data": np.ravel(data[spec["name"]]).tolist(),
+                }
+                for spec in metadata["inputs"]
+            ]
+            r = client.post(f"/v2/models/{model}/infer", json={"inputs": inputs})
+            assert r.status_code == 200, (name, r.text)
+            v2 = {
+                o["name"]: np.reshape(o["data"], o["shape"]).tolist() for o in r.json()["outputs"]
+            }
+            assert v2 == expected, name
