@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import gc
 import logging
 import os
 import threading
@@ -171,6 +172,7 @@ class ModelRepository:
         self._models: dict[str, ServedModel] = {}
         self._pending: dict[str, ServedModel] = {}  # changed configs still loading
         self._unloaded: set[str] = set()  # taken out of service by `unload_model`
+        self._loads = 0
         self._load_pool = ThreadPoolExecutor(
             max_workers=load_workers, thread_name_prefix="sts-load"
         )
@@ -276,8 +278,11 @@ class ModelRepository:
                     for m in [*self._models.values(), *self._pending.values()]
                     if m.name not in self._unloaded
                 ]
+            loads = self._loads
             list(self._load_pool.map(self._reconcile, models))
             self._promote_pending()
+            if self._loads != loads:
+                settle_garbage_collector()
 
     # ------------------------------------------------------------ explicit control
 
@@ -302,8 +307,11 @@ class ModelRepository:
             with self._lock:
                 # A config change made while unloaded is what gets loaded.
                 target = self._pending.get(model.name, model)
+            loads = self._loads
             self._reconcile(target)
             self._promote_pending()
+            if self._loads != loads:
+                settle_garbage_collector()
         model = self.model(model.name)
         if not model.serving:
             raise ModelNotReady(_why_not_ready(model))
@@ -378,6 +386,7 @@ class ModelRepository:
             self._schedule_unload(mv)
 
     def _load_version(self, model: ServedModel, version: int, path: Path) -> ModelVersion:
+        self._loads += 1
         mv = ModelVersion(model.name, version, path)
         mv.state = VersionState.LOADING
         with self._lock:
@@ -443,6 +452,7 @@ class ModelRepository:
             logger.exception("model %r version %d: unload failed", mv.model, mv.version)
         mv.backend = None
         mv.state = VersionState.END
+        settle_garbage_collector()  # collect the model's reference cycles, then re-freeze
         logger.info("model %r: version %d unloaded", mv.model, mv.version)
 
     # ------------------------------------------------------------ config changes
@@ -520,6 +530,20 @@ class ModelRepository:
             pending = list(self._unloads)
         for future in pending:
             future.result()
+
+
+def settle_garbage_collector() -> None:
+    """Collect once, then freeze every object that survives out of the collector's sight.
+
+    A framework leaves hundreds of thousands of long-lived objects (TensorFlow: ~320k), and
+    every full collection walks them all. JSON requests allocate many lists, which triggers
+    such collections: a 4 MB nested-list request measured 220 ms with TensorFlow loaded and
+    45 ms once they were frozen. Called after loads and unloads, so what an unloaded model
+    leaves in cycles is still collected (the one full collection costs ~0.2 s then).
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _version_number(model: ServedModel, version: Any) -> int:

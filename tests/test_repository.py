@@ -232,3 +232,37 @@ def test_close_unloads_everything(base: Path) -> None:
     mv = repo.resolve("m")
     repo.close()
     assert mv.state == VersionState.END
+
+
+def test_loaded_objects_are_frozen_out_of_the_garbage_collector(base: Path) -> None:
+    import gc
+
+    gc.unfreeze()
+    fakes.write_version(base, 1)
+    repo = make_repo(base)
+    assert gc.get_freeze_count() > 0  # the load froze what it left behind
+    gc.unfreeze()
+    fakes.write_version(base, 2)
+    repo.poll()
+    repo.wait_unloads()
+    assert serving(repo) == [2]
+    assert gc.get_freeze_count() > 0  # and so did the reload and the unload
+    repo.close()
+    gc.unfreeze()
+
+
+def test_unload_and_load_a_model(base: Path) -> None:
+    fakes.write_version(base, 1)
+    repo = make_repo(base)
+    repo.unload_model("m")
+    repo.wait_unloads()
+    with pytest.raises(ModelNotReady, match="unloaded through the repository API"):
+        repo.resolve("m")
+    repo.poll()
+    assert serving(repo) == []
+    fakes.write_version(base, 2)
+    assert sorted(repo.load_model("m").serving) == [2]
+    assert repo.resolve("m").version == 2
+    with pytest.raises(ModelNotFound):
+        repo.load_model("nope")
+    repo.close()
