@@ -313,6 +313,41 @@ def test_b64_images_in_json(client: TestClient, alphabet: Any) -> None:
         assert set(response.json()["classes"]) == {8}
 
 
+def test_images_through_tf_serving_and_v2(client: TestClient) -> None:
+    b64 = base64.b64encode(DIGIT).decode()
+    for model in ("digits", "digits_tf"):
+        rows = client.post(f"/v1/models/{model}:predict", json={"instances": [{"b64": b64}]})
+        assert rows.status_code == 200, rows.text
+        assert rows.json()["predictions"][0]["classes"] == 8
+        columns = client.post(f"/v1/models/{model}:predict", json={"inputs": {"b64": b64}})
+        assert columns.json()["outputs"]["classes"] == [8]
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "parameters": {"binary_data_size": len(DIGIT) + 4},
+                    }
+                ],
+                "outputs": [{"name": "classes"}],
+            }
+        ).encode()
+        v2 = client.post(
+            f"/v2/models/{model}/infer",
+            content=header + len(DIGIT).to_bytes(4, "little") + DIGIT,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
+        assert v2.status_code == 200, v2.text
+        assert v2.json()["outputs"][0]["data"] == [8]
+    broken = client.post(
+        "/v1/models/digits:predict", json={"instances": [{"b64": base64.b64encode(b"no").decode()}]}
+    )
+    assert broken.status_code == 400
+    assert "not a supported image" in broken.json()["error"]
+
+
 @pytest.mark.parametrize(
     ("files", "data", "status", "message"),
     [
