@@ -7,13 +7,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from pydantic import ValidationError
 
 from sts import __version__
 from sts.config import ServerSettings
-from sts.errors import ConfigError, describe_errors
+from sts.errors import ConfigError, StsError, describe_errors
 
 logger = logging.getLogger("sts")
 
@@ -64,13 +65,18 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["gen-client"]:
+        return gen_client_command(args[1:])
     try:
-        settings = load_settings(argv)
+        settings = load_settings(args)
         configs = settings.model_configs()  # fail before binding the port
     except ConfigError as exc:
         print(f"sts: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.effective_log_level)
+    if settings.gen_client:  # the original's flag: print a client and exit
+        return write_client(settings, configs, settings.gen_client)
     for config in configs:
         logger.info(
             "model %r: %s at %s (%s)",
@@ -80,6 +86,99 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.version_policy,
         )
     return serve(settings, configs)
+
+
+def gen_client_command(argv: Sequence[str]) -> int:
+    """`sts gen-client [server flags] --language L [--protocol P] [--output FILE] ...`"""
+    parser = build_parser()
+    parser.prog = "sts gen-client"
+    parser.description = "Write a client for a model without starting the server."
+    extra = {
+        "language": ("bash", "bash, python, golang, javascript or json"),
+        "protocol": ("sts", "sts, tfserving or v2"),
+        "model_version": ("", "a version number or label (default: the latest)"),
+        "signature_name": ("", "default: the model's default signature"),
+        "batch_size": ("2", "size of every -1 dimension"),
+        "output": ("-", "file to write (default: standard output)"),
+    }
+    for name, (default, help_text) in extra.items():
+        parser.add_argument(f"--{name}", default=default, help=f"{help_text} (default: {default})")
+    values = vars(parser.parse_args(argv))
+    options = {name: values.pop(name) for name in extra}
+    try:
+        settings = ServerSettings(**values)
+        configs = settings.model_configs()
+        batch_size = int(options["batch_size"])
+    except (ValidationError, ValueError, ConfigError) as exc:
+        message = (
+            describe_errors(exc.errors(), prefix="--") if isinstance(exc, ValidationError) else exc
+        )
+        print(f"sts gen-client: error: {message}", file=sys.stderr)
+        return 2
+    configure_logging("warning" if settings.log_level == "info" else settings.effective_log_level)
+    return write_client(
+        settings,
+        configs,
+        options["language"],
+        protocol=options["protocol"],
+        model_version=options["model_version"] or None,
+        signature_name=options["signature_name"] or None,
+        batch_size=batch_size,
+        output=options["output"],
+    )
+
+
+def write_client(
+    settings: ServerSettings,
+    configs: list[Any],
+    language: str,
+    *,
+    protocol: str = "sts",
+    model_version: str | None = None,
+    signature_name: str | None = None,
+    batch_size: int = 2,
+    output: str = "-",
+) -> int:
+    """Load the model named by `--model_name` (the only one, with a config file of one),
+    render its client for the server these settings describe, and write it."""
+    from sts.codegen.clients import Target, check_protocol, language_of, render
+    from sts.repository import ModelRepository
+
+    try:
+        language, protocol = language_of(language), check_protocol(protocol)
+    except StsError as exc:
+        print(f"sts: error: {exc}", file=sys.stderr)
+        return 2
+    names = [c.name for c in configs]
+    chosen = [c for c in configs if c.name == settings.model_name] or (
+        configs if len(configs) == 1 else []
+    )
+    if not chosen:
+        print(f"sts: error: choose a model with --model_name; models: {names}", file=sys.stderr)
+        return 2
+    scheme = "https" if settings.enable_ssl else "http"
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    base_url = settings.public_url or f"{scheme}://{host}:{settings.port}"
+    repository = ModelRepository(chosen[:1])
+    try:
+        repository.load_all()
+        version = repository.resolve(chosen[0].name, model_version)
+        _name, signature = version.signature(signature_name)
+        target = Target(
+            base_url, chosen[0].name, model_version, signature_name, signature, chosen[0].image
+        )
+        source = render(language, protocol, target, batch_size)
+    except StsError as exc:
+        print(f"sts: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        repository.close()
+    if output == "-":
+        sys.stdout.write(source)
+    else:
+        Path(output).write_text(source)
+        print(f"sts: wrote {output}", file=sys.stderr)
+    return 0
 
 
 def serve(settings: ServerSettings, configs: list[Any]) -> int:
@@ -95,6 +194,9 @@ def serve(settings: ServerSettings, configs: list[Any]) -> int:
         "access_log": settings.effective_log_level == "debug",
         "server_header": False,
         "timeout_graceful_shutdown": 30,
+        # X-Forwarded-For/-Proto are honoured only behind a proxy the operator vouches for.
+        "proxy_headers": settings.trust_forwarded_headers,
+        "forwarded_allow_ips": "*" if settings.trust_forwarded_headers else None,
     }
     if settings.enable_ssl:
         options["ssl_certfile"] = settings.secret_pem

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -161,6 +162,14 @@ class ModelConfig(BaseModel):
     def _policy_text(self, value: VersionPolicy) -> str:
         return str(value)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # It goes into URL paths (TF Serving's `<name>:predict`) and generated code.
+        if any(c in value for c in "/:") or not value.isprintable():
+            raise ValueError(f"model name {value!r} may not contain '/', ':' or control characters")
+        return value
+
     @field_validator("version_labels")
     @classmethod
     def _labels(cls, value: dict[str, int]) -> dict[str, int]:
@@ -235,6 +244,24 @@ class ServerSettings(BaseSettings):
     """Server processes; each loads every model (memory grows with N)."""
     enable_model_control: Bool = False
     """KServe v2 repository extension: list, load and unload models at run time."""
+    public_url: str = ""
+    """The server's URL as clients reach it, written into generated clients (default: the
+    URL each request arrived at)."""
+    trust_forwarded_headers: Bool = False
+    """Behind a proxy: trust its `X-Forwarded-*` headers (client address, scheme, host)."""
+    gen_client: str = ""
+    """Print a client in this language (bash, python, golang, javascript, json) for the
+    model and exit, as the original did; `sts gen-client` has more options."""
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(
+            r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/]*)?", value
+        ):
+            raise ValueError(f"public_url {value!r} must look like http(s)://host[:port][/path]")
+        return value.rstrip("/")
 
     @field_validator("session_config", mode="before")
     @classmethod

@@ -15,8 +15,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from sts import __version__
+from sts.api import codegen, tfserving, v2
 from sts.api import sts as sts_api
-from sts.api import tfserving, v2
 from sts.api.errors import install_error_handlers
 from sts.api.limits import BodySizeLimit
 from sts.config import ModelConfig, ServerSettings
@@ -67,6 +67,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
 
     app.include_router(web.router)
     app.include_router(sts_api.router)
+    app.include_router(codegen.router)
     app.include_router(tfserving.router)
     app.include_router(v2.router)
     app.include_router(tfserving.fallback)  # last: the rest of /v1/ is a malformed request

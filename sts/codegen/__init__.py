@@ -1,0 +1,1 @@
+"""Example requests and ready-to-run clients generated from a model's signature."""
