@@ -12,7 +12,11 @@ PORT   ?= 8500
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 UV_INSTALL = $(UV) pip install --quiet --python $(BIN)/python $(FIND_LINKS)
 
-.PHONY: help serve test lint examples clean
+# What the generated-client tests run: Go (Debian's golang-go), Node 18+ and curl.
+MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl))
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: help serve test lint tools examples clean
 
 help:
 	@echo "make serve     install and serve examples/models on port $(PORT)"
@@ -37,8 +41,14 @@ $(VENV)/.test-installed: pyproject.toml | $(UV)
 serve: $(VENV)/.serve-installed
 	$(BIN)/sts --model_config_file examples/models.json --port $(PORT)
 
-test: lint
+test: lint tools
 	$(BIN)/python -m pytest
+
+tools:
+ifneq ($(MISSING_TOOLS),)
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q --no-install-recommends $(MISSING_TOOLS)
+endif
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check sts tests examples

@@ -12,6 +12,7 @@ import contextlib
 import enum
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -282,7 +283,7 @@ class ModelRepository:
             list(self._load_pool.map(self._reconcile, models))
             self._promote_pending()
             if self._loads != loads:
-                settle_garbage_collector()
+                garbage_settler.request()
 
     # ------------------------------------------------------------ explicit control
 
@@ -311,7 +312,7 @@ class ModelRepository:
             self._reconcile(target)
             self._promote_pending()
             if self._loads != loads:
-                settle_garbage_collector()
+                garbage_settler.request()
         model = self.model(model.name)
         if not model.serving:
             raise ModelNotReady(_why_not_ready(model))
@@ -452,7 +453,7 @@ class ModelRepository:
             logger.exception("model %r version %d: unload failed", mv.model, mv.version)
         mv.backend = None
         mv.state = VersionState.END
-        settle_garbage_collector()  # collect the model's reference cycles, then re-freeze
+        garbage_settler.request()  # collect the model's reference cycles, then re-freeze
         logger.info("model %r: version %d unloaded", mv.model, mv.version)
 
     # ------------------------------------------------------------ config changes
@@ -532,18 +533,50 @@ class ModelRepository:
             future.result()
 
 
-def settle_garbage_collector() -> None:
-    """Collect once, then freeze every object that survives out of the collector's sight.
+class _GarbageSettler:
+    """Collects once, then freezes every object that survives out of the collector's sight.
 
-    A framework leaves hundreds of thousands of long-lived objects (TensorFlow: ~320k), and
+    A framework leaves hundreds of thousands of long-lived objects (TensorFlow: ~340k), and
     every full collection walks them all. JSON requests allocate many lists, which triggers
     such collections: a 4 MB nested-list request measured 220 ms with TensorFlow loaded and
-    45 ms once they were frozen. Called after loads and unloads, so what an unloaded model
-    leaves in cycles is still collected (the one full collection costs ~0.2 s then).
+    45 ms once they were frozen. Loads and unloads ask for a settle, so what an unloaded
+    model leaves in reference cycles is still collected; the full collection holds the GIL
+    (~0.2 s with TensorFlow), so it runs at most once per `interval`, later ones coalesced.
     """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
+
+    interval = 10.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = -math.inf
+        self._timer: threading.Timer | None = None
+
+    def request(self) -> None:
+        with self._lock:
+            wait = self._last + self.interval - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._deferred)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+            self._last = time.monotonic()
+        self._settle()
+
+    def _deferred(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._last = time.monotonic()
+        self._settle()
+
+    @staticmethod
+    def _settle() -> None:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
+
+garbage_settler = _GarbageSettler()
 
 
 def _version_number(model: ServedModel, version: Any) -> int:
