@@ -569,8 +569,7 @@ class _GarbageSettler:
             self._last = time.monotonic()
         self._settle()
 
-    @staticmethod
-    def _settle() -> None:
+    def _settle(self) -> None:
         gc.unfreeze()
         gc.collect()
         gc.freeze()

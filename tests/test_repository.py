@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -249,21 +250,26 @@ def test_loaded_objects_are_frozen_out_of_the_garbage_collector(base: Path) -> N
 
 
 def test_settles_are_coalesced() -> None:
-    import gc
-
     from sts.repository import _GarbageSettler
 
-    settler = _GarbageSettler()
-    settler.interval = 0.3
-    gc.unfreeze()
+    runs: list[float] = []
+
+    class Counting(_GarbageSettler):
+        interval = 0.3
+
+        def _settle(self) -> None:
+            runs.append(time.monotonic())
+
+    settler = Counting()
     settler.request()
-    assert gc.get_freeze_count() > 0  # the first runs at once
-    gc.unfreeze()
+    assert len(runs) == 1  # the first runs at once
     settler.request()
     settler.request()
-    assert gc.get_freeze_count() == 0  # later ones wait for the interval, as one
-    wait_for(lambda: gc.get_freeze_count() > 0, timeout=5, what="the deferred settle")
-    gc.unfreeze()
+    assert len(runs) == 1  # later ones wait for the interval, as one
+    wait_for(lambda: len(runs) == 2, timeout=5, what="the deferred settle")
+    time.sleep(0.5)
+    assert len(runs) == 2
+    assert runs[1] - runs[0] >= 0.25
 
 
 def test_unload_and_load_a_model(base: Path) -> None:
