@@ -68,9 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["gen-client"]:
         return gen_client_command(args[1:])
+    if args[:1] == ["hash-password"]:
+        return hash_password_command(args[1:])
     try:
         settings = load_settings(args)
         configs = settings.model_configs()  # fail before binding the port
+        if settings.enable_auth:
+            settings.authenticator()
     except ConfigError as exc:
         print(f"sts: error: {exc}", file=sys.stderr)
         return 2
@@ -86,6 +90,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.version_policy,
         )
     return serve(settings, configs)
+
+
+def hash_password_command(argv: Sequence[str]) -> int:
+    """`sts hash-password [--scheme S] [--user NAME]`: prints a hash for --auth_password_hash
+    (or, with --user, an htpasswd line). The password is read without echo, or from stdin."""
+    import getpass
+
+    from sts.auth.passwords import SCHEMES, hash_password
+
+    parser = argparse.ArgumentParser(
+        prog="sts hash-password",
+        description="Print a password hash for --auth_password_hash or an htpasswd file. "
+        "The password is asked for twice on a terminal, or read from standard input.",
+    )
+    parser.add_argument("--scheme", choices=SCHEMES, default="argon2")
+    parser.add_argument("--user", help="print an htpasswd line, user:hash")
+    options = parser.parse_args(argv)
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("sts hash-password: the passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("sts hash-password: the password is empty", file=sys.stderr)
+        return 2
+    hashed = hash_password(password, options.scheme)
+    print(f"{options.user}:{hashed}" if options.user else hashed)
+    return 0
 
 
 def gen_client_command(argv: Sequence[str]) -> int:

@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -24,6 +24,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sts.errors import ConfigError, describe_errors
+
+if TYPE_CHECKING:
+    from sts.auth.passwords import Authenticator
 from sts.images import DEFAULT_MAX_PIXELS, ImageOptions
 
 logger = logging.getLogger("sts.config")
@@ -150,6 +153,8 @@ class ModelConfig(BaseModel):
     """Backend options; each backend's typed options refuse unknown keys."""
     max_concurrency: int | None = Field(default=None, ge=1)
     """Predictions of this model run at once in worker threads (default: CPU count)."""
+    max_queue: int | None = Field(default=None, ge=0)
+    """Requests that may wait for a worker; more get 503 (default: --max_queued_requests)."""
     image: ImageOptions = ImageOptions()
     """How uploaded images are scaled and sized for this model's numeric image input."""
 
@@ -213,13 +218,21 @@ class ServerSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     """Log level."""
     enable_auth: Bool = False
-    """HTTP basic auth on every route."""
+    """HTTP basic auth on every route (health probes: see `auth_exempt_health`)."""
     auth_username: str = "admin"
     """Basic auth user name."""
     auth_password: str = "admin"  # noqa: S105 - the original's default
-    """Basic auth password."""
+    """Basic auth password (the original's default `admin` only works on loopback)."""
+    auth_password_hash: str = ""
+    """A hash of the password (argon2, bcrypt or SHA-512 crypt; `sts hash-password`)."""
+    auth_htpasswd_file: str = ""
+    """An htpasswd file of several users (bcrypt, argon2, SHA-512 crypt); re-read on change."""
+    auth_exempt_health: Bool = True
+    """Leave `/health`, `/health/ready` and `/v2/health/*` open for orchestrators' probes."""
     enable_cors: Bool = True
-    """Answer cross-origin requests from any origin."""
+    """Answer cross-origin requests (from `cors_origins`)."""
+    cors_origins: PathList = ["*"]
+    """Origins allowed cross-origin, comma-separated (`*`: any, without credentials)."""
     enable_b64_autoconvert: Bool = Field(
         default=False,
         validation_alias=AliasChoices("STFS_B64_AUTOCONVERT", "STFS_ENABLE_B64_AUTOCONVERT"),
@@ -240,6 +253,10 @@ class ServerSettings(BaseSettings):
     """Default version policy: latest, latest:N, all, specific:1,3."""
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413."""
+    request_timeout_seconds: float = Field(default=60.0, ge=0)
+    """A prediction not done in this time (queueing included) answers 504; 0: no limit."""
+    max_queued_requests: int = Field(default=1000, ge=0)
+    """Per model: requests waiting for a worker beyond this get 503 with Retry-After."""
     workers: int = Field(default=1, ge=1, le=64)
     """Server processes; each loads every model (memory grows with N)."""
     enable_model_control: Bool = False
@@ -293,10 +310,8 @@ class ServerSettings(BaseSettings):
     def _refuse_unbuilt_features(self) -> ServerSettings:
         # Flags of the original whose features are not built yet fail loudly instead
         # of being ignored.
-        unbuilt = {"enable_auth": self.enable_auth}
-        used = [f"--{name}" for name, on in unbuilt.items() if on]
-        if used:
-            raise ValueError(f"{', '.join(used)}: not supported by this version of sts yet")
+        if self.enable_auth:
+            self._check_auth()
         if self.enable_ssl:
             for flag in ("secret_pem", "secret_key"):
                 if not Path(getattr(self, flag)).is_file():
@@ -307,6 +322,39 @@ class ServerSettings(BaseSettings):
             # Each worker process has its own repository: a load or unload would reach one.
             raise ValueError("--enable_model_control needs --workers 1")
         return self
+
+    def _check_auth(self) -> None:
+        explicit = "auth_password" in self.model_fields_set
+        sources = [
+            flag
+            for flag, given in (
+                ("--auth_password", explicit),
+                ("--auth_password_hash", bool(self.auth_password_hash)),
+                ("--auth_htpasswd_file", bool(self.auth_htpasswd_file)),
+            )
+            if given
+        ]
+        if len(sources) > 1:
+            raise ValueError(f"give one of {', '.join(sources)}, not several")
+        if self.auth_htpasswd_file and not Path(self.auth_htpasswd_file).is_file():
+            raise ValueError(f"--auth_htpasswd_file: no file at {self.auth_htpasswd_file!r}")
+        loopback = self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+        if not sources and not loopback:
+            raise ValueError(
+                f"--enable_auth with the default password 'admin' on --host {self.host}: "
+                "anyone could log in. Set --auth_password, --auth_password_hash (make one "
+                "with `sts hash-password`) or --auth_htpasswd_file, or listen on 127.0.0.1"
+            )
+
+    def authenticator(self) -> Authenticator:
+        """The credentials checker these settings describe (ConfigError if unusable)."""
+        from sts.auth.passwords import Authenticator
+
+        if self.auth_htpasswd_file:
+            return Authenticator(htpasswd_file=Path(self.auth_htpasswd_file))
+        if self.auth_password_hash:
+            return Authenticator(username=self.auth_username, password_hash=self.auth_password_hash)
+        return Authenticator(username=self.auth_username, password=self.auth_password)
 
     @property
     def effective_log_level(self) -> str:

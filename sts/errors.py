@@ -14,6 +14,7 @@ class StsError(Exception):
     """Base of every error sts raises on purpose."""
 
     status_code: int = 500
+    headers: dict[str, str] = {}  # added to the HTTP response
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -69,6 +70,19 @@ class ModelNotReady(StsError):
     """The model exists but no version can serve yet (loading, or every load failed)."""
 
     status_code = 503
+
+
+class QueueFull(StsError):
+    """Too many requests are waiting for the model; the client should retry shortly."""
+
+    status_code = 503
+    headers = {"Retry-After": "1"}
+
+
+class GatewayTimeout(StsError):
+    """The prediction took longer than the request timeout."""
+
+    status_code = 504
 
 
 class BackendError(StsError):

@@ -8,6 +8,7 @@ costs one thread hop and the event loop never does per-element work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from sts.config import ModelConfig
-from sts.errors import BackendError, InvalidInput
+from sts.errors import BackendError, GatewayTimeout, InvalidInput, QueueFull
 from sts.repository import ModelRepository, ModelVersion
 from sts.signature import Signature
 
@@ -39,17 +40,28 @@ Encode = Callable[[Call, dict[str, np.ndarray]], T]
 
 
 class InferenceService:
-    """Runs predictions in a thread pool, with a per-model limit on how many run at once.
+    """Runs predictions in a thread pool, with per-model limits on how many run at once and
+    how many may wait, and a deadline per request.
 
     A plain executor and an asyncio semaphore cost measurably less per request than
     anyio's thread hop; the event loop is the bottleneck for small models.
     """
 
-    def __init__(self, repository: ModelRepository, default_concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        default_concurrency: int | None = None,
+        timeout: float = 0.0,
+        max_queue: int = 1000,
+    ) -> None:
         self.repository = repository
         self.default_concurrency = default_concurrency or os.cpu_count() or 1
+        self.timeout = timeout
+        self.max_queue = max_queue
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sts-infer")
         self._limits: dict[str, asyncio.Semaphore] = {}
+        self._waiting: dict[str, int] = {}
+        self._orphans: set[asyncio.Task[None]] = set()
 
     def _limit(self, version: ModelVersion) -> asyncio.Semaphore:
         limit = self._limits.get(version.model)
@@ -58,6 +70,29 @@ class InferenceService:
             tokens = model.config.max_concurrency or self.default_concurrency
             limit = self._limits.setdefault(version.model, asyncio.Semaphore(tokens))
         return limit
+
+    async def _acquire(
+        self, limit: asyncio.Semaphore, version: ModelVersion, wait: float | None
+    ) -> None:
+        name = version.model
+        waiting = self._waiting.get(name, 0)
+        if limit.locked():
+            config = self.repository.model(name).config
+            queue = config.max_queue if config.max_queue is not None else self.max_queue
+            if waiting >= queue:
+                raise QueueFull(
+                    f"model '{name}' has {waiting} requests waiting, its limit; retry shortly"
+                )
+        self._waiting[name] = waiting + 1
+        try:
+            await asyncio.wait_for(limit.acquire(), wait)
+        except TimeoutError:
+            raise GatewayTimeout(
+                f"no worker for model '{name}' became free within {self.timeout:g} s "
+                "(--request_timeout_seconds)"
+            ) from None
+        finally:
+            self._waiting[name] -= 1
 
     async def infer(
         self,
@@ -70,7 +105,11 @@ class InferenceService:
         """Lease the version, then decode, predict and encode in a worker thread."""
         if signature_name is not None and not isinstance(signature_name, str):
             raise InvalidInput("signature_name must be a string")
-        with self.repository.lease(model, version) as leased:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout if self.timeout else None
+        held = contextlib.ExitStack()  # the lease and the worker slot
+        try:
+            leased = held.enter_context(self.repository.lease(model, version))
             name, signature = leased.signature(signature_name or None)
             backend = leased.backend
             if backend is None:  # cannot happen while leased; keeps the types honest
@@ -82,14 +121,44 @@ class InferenceService:
                 outputs = backend.predict(inputs, name)
                 return encode(call, outputs)
 
-            async with self._limit(leased):
-                future = asyncio.get_running_loop().run_in_executor(self._executor, work)
-                try:
-                    return await asyncio.shield(future)
-                except asyncio.CancelledError:
-                    # The thread cannot be stopped: keep the lease until it is done.
-                    await asyncio.wait([future])
-                    raise
+            limit = self._limit(leased)
+            await self._acquire(limit, leased, _left(loop, deadline))
+            held.callback(limit.release)
+            future = loop.run_in_executor(self._executor, work)
+        except BaseException:
+            held.close()
+            raise
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), _left(loop, deadline))
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            # The thread cannot be stopped: the lease and the slot are held until it ends.
+            self._release_when_done(future, held)
+            if isinstance(exc, TimeoutError):
+                raise GatewayTimeout(
+                    f"model '{leased.model}' did not answer within {self.timeout:g} s "
+                    "(--request_timeout_seconds)"
+                ) from None
+            raise
+        except BaseException:
+            held.close()
+            raise
+        held.close()
+        return result
+
+    def _release_when_done(self, future: asyncio.Future[Any], held: contextlib.ExitStack) -> None:
+        async def release() -> None:
+            await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # retrieved: its error went nowhere else
+            held.close()
+
+        task = asyncio.ensure_future(release())
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _left(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - loop.time())

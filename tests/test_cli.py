@@ -82,9 +82,9 @@ def test_bad_flags_exit_with_a_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "entry 0 ('x')" in result.stderr
     assert "bogus" in result.stderr
-    result = run(str(BIN / "sts"), "--enable_auth")
+    result = run(str(BIN / "sts"), "--enable_auth")  # the default password on 0.0.0.0
     assert result.returncode == 2
-    assert "not supported by this version" in result.stderr
+    assert "--enable_auth with the default password 'admin' on --host 0.0.0.0" in result.stderr
 
 
 def test_workers(tmp_path: Path) -> None:

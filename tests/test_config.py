@@ -147,12 +147,6 @@ def test_session_config_and_custom_op_paths_parse() -> None:
     assert s.custom_op_paths == ["a.so", "b.so"]
 
 
-@pytest.mark.parametrize("argv", [["--enable_auth"]])
-def test_unbuilt_features_fail_loudly(argv: list[str]) -> None:
-    with pytest.raises(ConfigError, match="not supported by this version of sts yet"):
-        load_settings(argv)
-
-
 def test_original_b64_env_name_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STFS_B64_AUTOCONVERT", "true")
     assert load_settings([]).enable_b64_autoconvert is True

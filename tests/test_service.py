@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from sts.codecs import decode_named_inputs
+from sts.errors import GatewayTimeout, QueueFull
 from sts.repository import ModelRepository
 from sts.service import Call, InferenceService
 from tests import fakes
@@ -83,11 +85,64 @@ def test_cancelled_request_keeps_its_lease_until_the_thread_ends(tmp_path: Path)
         await asyncio.sleep(0.1)
         assert version.inflight == 1
         task.cancel()
-        await asyncio.sleep(0.1)
-        assert version.inflight == 1  # the thread is still predicting: still leased
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await task  # the caller is free at once...
+        assert version.inflight == 1  # ...but the thread is still predicting: still leased
+        await asyncio.sleep(0.6)
         assert version.inflight == 0
+
+    asyncio.run(main())
+    service.close()
+    repo.close()
+
+
+def test_a_slow_prediction_times_out_and_keeps_its_slot(tmp_path: Path) -> None:
+    repo, _ = _service(tmp_path, delay=0.6)
+    service = InferenceService(repo, timeout=0.2)
+    version = repo.resolve("m")
+
+    async def main() -> None:
+        started = time.monotonic()
+        with pytest.raises(GatewayTimeout, match=r"did not answer within 0\.2 s"):
+            await service.infer("m", None, None, _decode, lambda c, o: None)
+        assert time.monotonic() - started < 0.5
+        assert version.inflight == 1  # released only when the thread ends
+        await asyncio.sleep(0.6)
+        assert version.inflight == 0
+        # Waiting for a free worker counts against the deadline too.
+        slow = [
+            asyncio.create_task(service.infer("m", None, None, _decode, lambda c, o: None))
+            for _ in range(2)  # max_concurrency=2
+        ]
+        await asyncio.sleep(0.05)
+        with pytest.raises(GatewayTimeout, match="no worker for model 'm' became free"):
+            await service.infer("m", None, None, _decode, lambda c, o: None)
+        for task in slow:
+            with contextlib.suppress(GatewayTimeout):
+                await task
+        await asyncio.sleep(0.7)
+
+    asyncio.run(main())
+    service.close()
+    repo.close()
+
+
+def test_a_full_queue_answers_at_once(tmp_path: Path) -> None:
+    fakes.write_version(tmp_path / "m", 1, delay=0.3)
+    repo = ModelRepository([fake_config("m", tmp_path / "m", max_concurrency=1, max_queue=2)])
+    repo.load_all()
+    service = InferenceService(repo)
+
+    async def main() -> None:
+        running = [
+            asyncio.create_task(service.infer("m", None, None, _decode, lambda c, o: None))
+            for _ in range(3)  # one runs, two wait
+        ]
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFull, match="has 2 requests waiting") as caught:
+            await service.infer("m", None, None, _decode, lambda c, o: None)
+        assert caught.value.headers == {"Retry-After": "1"}
+        await asyncio.gather(*running)
 
     asyncio.run(main())
     service.close()

@@ -19,6 +19,7 @@ from sts.api import codegen, tfserving, v2
 from sts.api import sts as sts_api
 from sts.api.errors import install_error_handlers
 from sts.api.limits import BodySizeLimit
+from sts.auth.guard import HEALTH_PATHS, BasicAuth
 from sts.config import ModelConfig, ServerSettings
 from sts.repository import ModelRepository
 from sts.resources import resource_dir
@@ -37,7 +38,11 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     if configs is None:
         configs = settings.model_configs()
     repository = ModelRepository(configs)
-    service = InferenceService(repository)
+    service = InferenceService(
+        repository,
+        timeout=settings.request_timeout_seconds,
+        max_queue=settings.max_queued_requests,
+    )
     config_file = Path(settings.model_config_file) if settings.model_config_file else None
     watcher = Watcher(repository, settings.poll_seconds, config_file, settings.model_configs)
 
@@ -73,9 +78,21 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     app.include_router(tfserving.fallback)  # last: the rest of /v1/ is a malformed request
     app.mount("/static", StaticFiles(directory=resource_dir("static")), name="static")
 
+    # Added innermost first: BodySizeLimit(CORS(BasicAuth(app))). CORS answers preflights
+    # (which carry no credentials) and adds its headers to 401s, so browsers can read them.
+    if settings.enable_auth:
+        exempt = HEALTH_PATHS if settings.auth_exempt_health else frozenset()
+        app.add_middleware(BasicAuth, authenticator=settings.authenticator(), exempt=exempt)
     if settings.enable_cors:
+        origins = settings.cors_origins or ["*"]
         app.add_middleware(
-            CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Inference-Header-Content-Length", "Retry-After"],
+            # Browsers never send credentials to "*"; named origins may send basic auth.
+            allow_credentials="*" not in origins,
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

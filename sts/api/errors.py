@@ -25,7 +25,7 @@ async def _sts_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StsError)
     if exc.status_code >= 500:
         logger.error("%s: %s", type(exc).__name__, exc.message)
-    return error_response(exc.status_code, exc.message)
+    return error_response(exc.status_code, exc.message, headers=exc.headers or None)
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -1,0 +1,1 @@
+"""HTTP basic auth: password hashes, htpasswd files, and one middleware guarding every route."""
