@@ -227,6 +227,8 @@ class ServerSettings(BaseSettings):
     """A hash of the password (argon2, bcrypt or SHA-512 crypt; `sts hash-password`)."""
     auth_htpasswd_file: str = ""
     """An htpasswd file of several users (bcrypt, argon2, SHA-512 crypt); re-read on change."""
+    auth_max_failures: int = Field(default=10, ge=0)
+    """Failed logins from one client address within a minute before it gets 429; 0: no limit."""
     auth_exempt_health: Bool = True
     """Leave `/health`, `/health/ready` and `/v2/health/*` open for orchestrators' probes."""
     enable_cors: Bool = True

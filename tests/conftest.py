@@ -125,7 +125,9 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def running(*args: str, cwd: Path | str = "/") -> Iterator[str]:
+def running(
+    *args: str, cwd: Path | str = "/", scheme: str = "http", verify: Any = True
+) -> Iterator[str]:
     """Start the CLI on a free port, wait until ready, stop it with SIGINT (as Ctrl-C)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
@@ -138,13 +140,13 @@ def running(*args: str, cwd: Path | str = "/") -> Iterator[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{scheme}://127.0.0.1:{port}"
 
     def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(proc.communicate()[0])
         try:
-            return httpx.get(f"{url}/health/ready").status_code == 200
+            return httpx.get(f"{url}/health/ready", verify=verify).status_code == 200
         except httpx.TransportError:
             return False
 

@@ -19,7 +19,7 @@ from sts.api import codegen, tfserving, v2
 from sts.api import sts as sts_api
 from sts.api.errors import install_error_handlers
 from sts.api.limits import BodySizeLimit
-from sts.auth.guard import HEALTH_PATHS, BasicAuth
+from sts.auth.guard import HEALTH_PATHS, BasicAuth, FailureLimiter
 from sts.config import ModelConfig, ServerSettings
 from sts.repository import ModelRepository
 from sts.resources import resource_dir
@@ -82,7 +82,10 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     # (which carry no credentials) and adds its headers to 401s, so browsers can read them.
     if settings.enable_auth:
         exempt = HEALTH_PATHS if settings.auth_exempt_health else frozenset()
-        app.add_middleware(BasicAuth, authenticator=settings.authenticator(), exempt=exempt)
+        limiter = FailureLimiter(settings.auth_max_failures or 2**31)
+        app.add_middleware(
+            BasicAuth, authenticator=settings.authenticator(), exempt=exempt, limiter=limiter
+        )
     if settings.enable_cors:
         origins = settings.cors_origins or ["*"]
         app.add_middleware(

@@ -1,4 +1,5 @@
-"""ASGI middleware that refuses request bodies over `max_request_bytes` with 413."""
+"""ASGI middleware that refuses request bodies over `max_request_bytes` (413) and header
+sections over `MAX_HEADER_BYTES` (431)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sts.errors import PayloadTooLarge
+
+# The HTTP parser uvicorn uses by default (httptools) takes headers of any size.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class BodySizeLimit:
@@ -18,6 +22,9 @@ class BodySizeLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            await _reject(send, 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes")
             return
         for key, value in scope["headers"]:
             if key == b"content-length":

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from sts.api.bodies import media_type, read_json_body
 from sts.api.deps import RepositoryDep
+from sts.api.schemas import STS_PREDICT
 from sts.api.tfserving import version_status
 from sts.api.uploads import image_inputs, is_image_upload, read_image_upload
 from sts.codecs import decode_named_inputs, dumps
@@ -24,7 +25,7 @@ from sts.signature import Signature, TensorSpec
 router = APIRouter(tags=["sts"])
 
 
-@router.post("/", summary="Predict (the original protocol)")
+@router.post("/", summary="Predict (the original protocol)", openapi_extra=STS_PREDICT)
 async def predict(request: Request) -> Response:
     """`{"model_name", "model_version", "signature_name", "base64_decode", "data": {input:
     values}}` -> `{output: values}`.

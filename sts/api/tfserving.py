@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from sts.api.bodies import parse_body
 from sts.api.deps import RepositoryDep
+from sts.api.schemas import TFSERVING_INFER
 from sts.codecs import parse_json, short
 from sts.errors import (
     InvalidInput,
@@ -99,7 +100,11 @@ def _parse(body: bytes) -> Any:
 # ---------------------------------------------------------------- predict / classify / regress
 
 
-@router.post("/v1/models/{model_name}:{method}", summary="Predict, classify or regress")
+@router.post(
+    "/v1/models/{model_name}:{method}",
+    summary="Predict, classify or regress",
+    openapi_extra=TFSERVING_INFER,
+)
 async def infer_latest(model_name: str, method: str, request: Request) -> Response:
     """`{"instances": [...]}` or `{"inputs": ...}` (predict), `{"examples": [...],
     "context": {...}}` (classify, regress); optional `"signature_name"`."""
@@ -109,6 +114,7 @@ async def infer_latest(model_name: str, method: str, request: Request) -> Respon
 @router.post(
     "/v1/models/{model_name}/versions/{version}:{method}",
     summary="Predict, classify or regress with one version",
+    openapi_extra=TFSERVING_INFER,
 )
 async def infer_version(model_name: str, version: str, method: str, request: Request) -> Response:
     return await _infer(request, model_name, method, _version_number(version, request))
@@ -117,6 +123,7 @@ async def infer_version(model_name: str, version: str, method: str, request: Req
 @router.post(
     "/v1/models/{model_name}/labels/{label}:{method}",
     summary="Predict, classify or regress with a labelled version",
+    openapi_extra=TFSERVING_INFER,
 )
 async def infer_label(model_name: str, label: str, method: str, request: Request) -> Response:
     service: InferenceService = request.app.state.service

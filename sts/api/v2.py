@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sts import __version__
 from sts.api.bodies import parse_body
 from sts.api.deps import RepositoryDep, SettingsDep
+from sts.api.schemas import V2_INDEX, V2_INFER
 from sts.codecs import parse_json
 from sts.errors import Forbidden, InvalidInput, StsError, UnsupportedMediaType
 from sts.images import ImageDecoding
@@ -111,7 +112,7 @@ async def model_version_ready(
 # ---------------------------------------------------------------- inference
 
 
-@router.post("/v2/models/{model_name}/infer", summary="Inference")
+@router.post("/v2/models/{model_name}/infer", summary="Inference", openapi_extra=V2_INFER)
 async def infer(model_name: str, request: Request) -> Response:
     """JSON tensors (`inputs` with `name`, `datatype`, `shape`, `data`), or a JSON header
     followed by binary tensors (`Inference-Header-Content-Length`). `parameters.
@@ -119,7 +120,11 @@ async def infer(model_name: str, request: Request) -> Response:
     return await _infer(request, model_name, None)
 
 
-@router.post("/v2/models/{model_name}/versions/{model_version}/infer", summary="Inference")
+@router.post(
+    "/v2/models/{model_name}/versions/{model_version}/infer",
+    summary="Inference",
+    openapi_extra=V2_INFER,
+)
 async def infer_version(model_name: str, model_version: str, request: Request) -> Response:
     return await _infer(request, model_name, model_version)
 
@@ -194,7 +199,11 @@ def _index_entries(repository: ModelRepository, model: ServedModel) -> list[dict
     return entries
 
 
-@router.post("/v2/repository/index", summary="Every model and version, with its state")
+@router.post(
+    "/v2/repository/index",
+    summary="Every model and version, with its state",
+    openapi_extra=V2_INDEX,
+)
 async def repository_index(request: Request, repository: RepositoryDep) -> JSONResponse:
     """`{"ready": true}` lists only versions that can serve."""
     _require_control(request)

@@ -34,7 +34,7 @@ CACHE_SIZE = 1024
 def hash_password(password: str, scheme: str = "argon2") -> str:
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; schemes: {', '.join(SCHEMES)}")
-    return str(CONTEXT.hash(password, scheme=scheme))
+    return str(CONTEXT.handler(scheme).hash(password))
 
 
 def check_hash(value: str, what: str) -> str:
