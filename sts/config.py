@@ -27,6 +27,7 @@ from sts.errors import ConfigError, describe_errors
 
 if TYPE_CHECKING:
     from sts.auth.passwords import Authenticator
+from sts.batching import BatchingOptions, read_batching_parameters
 from sts.images import DEFAULT_MAX_PIXELS, ImageOptions
 
 logger = logging.getLogger("sts.config")
@@ -157,6 +158,8 @@ class ModelConfig(BaseModel):
     """Requests that may wait for a worker; more get 503 (default: --max_queued_requests)."""
     image: ImageOptions = ImageOptions()
     """How uploaded images are scaled and sized for this model's numeric image input."""
+    batching: BatchingOptions | None = None
+    """Dynamic batching (TF Serving's parameter names); off when absent."""
 
     @field_validator("version_policy", mode="before")
     @classmethod
@@ -261,6 +264,10 @@ class ServerSettings(BaseSettings):
     """Per model: requests waiting for a worker beyond this get 503 with Retry-After."""
     workers: int = Field(default=1, ge=1, le=64)
     """Server processes; each loads every model (memory grows with N)."""
+    enable_batching: Bool = False
+    """Dynamic batching for every model without its own `batching` config (TF Serving's flag)."""
+    batching_parameters_file: str = ""
+    """TF Serving's batching parameters (text proto or JSON) for `enable_batching`."""
     enable_model_control: Bool = False
     """KServe v2 repository extension: list, load and unload models at run time."""
     public_url: str = ""
@@ -381,25 +388,36 @@ class ServerSettings(BaseSettings):
                 "custom_op_paths": self.custom_op_paths,
                 "session_config": self.session_config,
             }
-            return load_model_config_file(
+            configs = load_model_config_file(
                 Path(self.model_config_file),
                 default_policy=self.model_version_policy,
                 tensorflow_defaults={k: v for k, v in tensorflow_defaults.items() if v},
             )
-        configs = [
-            _build_entry(
-                {
-                    "name": self.model_name,
-                    "base_path": self.model_base_path,
-                    "platform": self.model_platform,
-                    "custom_op_paths": self.custom_op_paths,
-                    "session_config": self.session_config,
-                    "version_policy": self.model_version_policy,
-                },
-                where="the command line",
+        else:
+            configs = [
+                _build_entry(
+                    {
+                        "name": self.model_name,
+                        "base_path": self.model_base_path,
+                        "platform": self.model_platform,
+                        "custom_op_paths": self.custom_op_paths,
+                        "session_config": self.session_config,
+                        "version_policy": self.model_version_policy,
+                    },
+                    where="the command line",
+                )
+            ]
+            _validate_together(configs)
+        if self.enable_batching:
+            batching = (
+                read_batching_parameters(Path(self.batching_parameters_file))
+                if self.batching_parameters_file
+                else BatchingOptions()
             )
-        ]
-        _validate_together(configs)
+            configs = [
+                c if c.batching is not None else c.model_copy(update={"batching": batching})
+                for c in configs
+            ]
         return configs
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from sts.batching import Batcher, BatchingOptions
 from sts.config import ModelConfig
-from sts.errors import BackendError, GatewayTimeout, InvalidInput, QueueFull
+from sts.errors import BackendError, GatewayTimeout, InvalidInput, QueueFull, StsError
+from sts.metrics import UNKNOWN_MODEL, Metrics
 from sts.repository import ModelRepository, ModelVersion
 from sts.signature import Signature
 
@@ -41,7 +44,7 @@ Encode = Callable[[Call, dict[str, np.ndarray]], T]
 
 class InferenceService:
     """Runs predictions in a thread pool, with per-model limits on how many run at once and
-    how many may wait, and a deadline per request.
+    how many may wait, a deadline per request, optional dynamic batching, and metrics.
 
     A plain executor and an asyncio semaphore cost measurably less per request than
     anyio's thread hop; the event loop is the bottleneck for small models.
@@ -53,14 +56,17 @@ class InferenceService:
         default_concurrency: int | None = None,
         timeout: float = 0.0,
         max_queue: int = 1000,
+        metrics: Metrics | None = None,
     ) -> None:
         self.repository = repository
         self.default_concurrency = default_concurrency or os.cpu_count() or 1
         self.timeout = timeout
         self.max_queue = max_queue
+        self.metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sts-infer")
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._waiting: dict[str, int] = {}
+        self._batchers: dict[str, tuple[BatchingOptions, Batcher]] = {}
         self._orphans: set[asyncio.Task[None]] = set()
 
     def _limit(self, version: ModelVersion) -> asyncio.Semaphore:
@@ -70,6 +76,23 @@ class InferenceService:
             tokens = model.config.max_concurrency or self.default_concurrency
             limit = self._limits.setdefault(version.model, asyncio.Semaphore(tokens))
         return limit
+
+    def _batcher(self, name: str, options: BatchingOptions) -> Batcher:
+        found = self._batchers.get(name)
+        if found is None or found[0] != options:  # new, or the model's config changed
+            metrics = self.metrics
+
+            def observe(rows: int, waits: list[float], computing: float) -> None:
+                if metrics is not None:
+                    metrics.batch_size.labels(name).observe(rows)
+                    metrics.compute.labels(name).observe(computing)
+                    queue = metrics.queue.labels(name)
+                    for wait in waits:
+                        queue.observe(wait)
+
+            found = (options, Batcher(name, options, self._executor, observe))
+            self._batchers[name] = found
+        return found[1]
 
     async def _acquire(
         self, limit: asyncio.Semaphore, version: ModelVersion, wait: float | None
@@ -101,35 +124,88 @@ class InferenceService:
         signature_name: Any,
         decode: Decode,
         encode: Encode[T],
+        protocol: str = "sts",
     ) -> T:
-        """Lease the version, then decode, predict and encode in a worker thread."""
+        """Lease the version, then decode, predict and encode in a worker thread (with a
+        batch of other requests when the model batches)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        labels = [UNKNOWN_MODEL, ""]  # model and version, once known
+        status = 200
+        try:
+            return await self._infer(model, version, signature_name, decode, encode, labels)
+        except StsError as exc:
+            status = exc.status_code
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        except BaseException:
+            status = 500
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe(labels[0], labels[1], protocol, status, loop.time() - started)
+
+    async def _infer(
+        self,
+        model: Any,
+        version: Any,
+        signature_name: Any,
+        decode: Decode,
+        encode: Encode[T],
+        labels: list[str],
+    ) -> T:
         if signature_name is not None and not isinstance(signature_name, str):
             raise InvalidInput("signature_name must be a string")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout if self.timeout else None
-        held = contextlib.ExitStack()  # the lease and the worker slot
+        held = contextlib.ExitStack()  # the lease, the worker slot, the in-flight gauge
         try:
             leased = held.enter_context(self.repository.lease(model, version))
+            labels[:] = [leased.model, str(leased.version)]
+            if self.metrics is not None:
+                gauge = self.metrics.inflight.labels(leased.model)
+                gauge.inc()
+                held.callback(gauge.dec)
             name, signature = leased.signature(signature_name or None)
             backend = leased.backend
             if backend is None:  # cannot happen while leased; keeps the types honest
                 raise BackendError(f"model '{leased.model}' version {leased.version} is not loaded")
-            call = Call(leased, name, signature, self.repository.model(leased.model).config)
+            config = self.repository.model(leased.model).config
+            call = Call(leased, name, signature, config)
+            queued = loop.time()
+            if config.batching is not None:
+                inputs = await loop.run_in_executor(self._executor, decode, call)
+                batcher = self._batcher(leased.model, config.batching)
+                future = batcher.submit(
+                    leased, name, dict(inputs), lambda outputs: encode(call, outputs)
+                )
+            else:
+                metrics = self.metrics
 
-            def work() -> T:
-                inputs = decode(call)
-                outputs = backend.predict(inputs, name)
-                return encode(call, outputs)
+                def work() -> T:
+                    began = time.perf_counter()
+                    inputs = decode(call)
+                    outputs = backend.predict(inputs, name)
+                    result = encode(call, outputs)
+                    if metrics is not None:
+                        metrics.compute.labels(call.version.model).observe(
+                            time.perf_counter() - began
+                        )
+                    return result
 
-            limit = self._limit(leased)
-            await self._acquire(limit, leased, _left(loop, deadline))
-            held.callback(limit.release)
-            future = loop.run_in_executor(self._executor, work)
+                limit = self._limit(leased)
+                await self._acquire(limit, leased, _left(loop, deadline))
+                held.callback(limit.release)
+                if self.metrics is not None:
+                    self.metrics.queue.labels(leased.model).observe(loop.time() - queued)
+                future = loop.run_in_executor(self._executor, work)
         except BaseException:
             held.close()
             raise
         try:
-            result = await asyncio.wait_for(asyncio.shield(future), _left(loop, deadline))
+            result: T = await asyncio.wait_for(asyncio.shield(future), _left(loop, deadline))
         except (TimeoutError, asyncio.CancelledError) as exc:
             # The thread cannot be stopped: the lease and the slot are held until it ends.
             self._release_when_done(future, held)

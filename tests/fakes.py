@@ -46,6 +46,7 @@ class FakeBackend(Backend):
     options_class = FakeOptions
     loads: list[Path] = []
     unloads: list[Path] = []
+    batches: list[int] = []  # rows of every predict call (what batching made of requests)
 
     def load(self) -> None:
         spec_file = self.path if self.path.is_file() else self.path / "model.json"
@@ -74,6 +75,7 @@ class FakeBackend(Backend):
         time.sleep(self.spec.get("delay", 0.0))
         sig = self._signatures[signature or "serving_default"]
         first = next(iter(inputs.values()))
+        FakeBackend.batches.append(first.shape[0] if first.ndim else 0)
         assert isinstance(self.options, FakeOptions)
         out: dict[str, np.ndarray] = {}
         for name, spec in sig.outputs.items():

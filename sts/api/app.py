@@ -16,11 +16,13 @@ from fastapi.staticfiles import StaticFiles
 
 from sts import __version__
 from sts.api import codegen, tfserving, v2
+from sts.api import metrics as metrics_api
 from sts.api import sts as sts_api
 from sts.api.errors import install_error_handlers
 from sts.api.limits import BodySizeLimit
 from sts.auth.guard import HEALTH_PATHS, BasicAuth, FailureLimiter
 from sts.config import ModelConfig, ServerSettings
+from sts.metrics import Metrics
 from sts.repository import ModelRepository
 from sts.resources import resource_dir
 from sts.service import InferenceService
@@ -38,10 +40,12 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     if configs is None:
         configs = settings.model_configs()
     repository = ModelRepository(configs)
+    metrics = Metrics(repository)
     service = InferenceService(
         repository,
         timeout=settings.request_timeout_seconds,
         max_queue=settings.max_queued_requests,
+        metrics=metrics,
     )
     config_file = Path(settings.model_config_file) if settings.model_config_file else None
     watcher = Watcher(repository, settings.poll_seconds, config_file, settings.model_configs)
@@ -68,11 +72,13 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     app.state.settings = settings
     app.state.repository = repository
     app.state.service = service
+    app.state.metrics = metrics
     install_error_handlers(app)
 
     app.include_router(web.router)
     app.include_router(sts_api.router)
     app.include_router(codegen.router)
+    app.include_router(metrics_api.router)
     app.include_router(tfserving.router)
     app.include_router(v2.router)
     app.include_router(tfserving.fallback)  # last: the rest of /v1/ is a malformed request

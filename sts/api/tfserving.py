@@ -165,7 +165,7 @@ async def _infer(request: Request, model: str, method: str, version: int | None)
             return regress_results(outputs, count)
 
     try:
-        body = await service.infer(model, version, signature, decode, encode)
+        body = await service.infer(model, version, signature, decode, encode, "tfserving")
     except StsError as exc:
         raise _in_tf_words(exc, model, version, signature) from None
     return Response(body, media_type="application/json")

@@ -146,7 +146,7 @@ async def _infer(request: Request, model: str, version: str | None) -> Response:
     def encode(call: Call, outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
         return encode_response(infer_request, call.version.model, call.version.version, outputs)
 
-    body, header_length = await service.infer(model, version, signature, decode, encode)
+    body, header_length = await service.infer(model, version, signature, decode, encode, "v2")
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(

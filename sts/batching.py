@@ -1,0 +1,280 @@
+"""Dynamic batching: concurrent requests for one model version and signature, with inputs
+that differ only in their batch dimension, are concatenated, run once and split back.
+
+Options keep TF Serving's names. A batch is put together when a batch thread is free,
+so under load batches fill up by themselves; `batch_timeout_micros` makes the first
+request of a quiet period wait for company. A request larger than `max_batch_size` runs
+alone; more than `max_enqueued_batches` batches' worth of waiting rows answer 503 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sts.errors import BackendError, ConfigError, QueueFull
+
+if TYPE_CHECKING:
+    from sts.repository import ModelVersion
+
+logger = logging.getLogger("sts.batching")
+
+
+class BatchingOptions(BaseModel):
+    """TF Serving's `BatchingParameters`, as a model config's `batching` entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(default=32, ge=1)
+    """Most rows run at once."""
+    batch_timeout_micros: int = Field(default=1000, ge=0)
+    """How long the first waiting request waits for more before its batch runs anyway."""
+    max_enqueued_batches: int = Field(default=100, ge=1)
+    """Waiting rows beyond this many full batches get 503 at once."""
+    num_batch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    """Batches of this model that run at the same time."""
+    allowed_batch_sizes: tuple[int, ...] = ()
+    """Batches are padded up to the next of these (increasing; the last = max_batch_size)."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> BatchingOptions:
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
+                raise ValueError("allowed_batch_sizes must be increasing positive numbers")
+            if sizes[-1] != self.max_batch_size:
+                raise ValueError(
+                    f"the last of allowed_batch_sizes ({sizes[-1]}) must equal "
+                    f"max_batch_size ({self.max_batch_size})"
+                )
+        return self
+
+
+_TEXT_FIELD = re.compile(r"(\w+)\s*\{\s*value\s*:\s*(-?\d+)\s*\}")
+_TEXT_LIST = re.compile(r"(\w+)\s*:\s*(-?\d+)")
+
+
+def read_batching_parameters(path: Path) -> BatchingOptions:
+    """TF Serving's `--batching_parameters_file` (protobuf text format), or JSON."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the batching parameters file {path}: {exc}") from None
+    values: dict[str, Any] = {}
+    if text.lstrip().startswith("{"):
+        try:
+            values = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+    else:
+        # TF Serving pads inputs of variable length; sts batches equal shapes only.
+        text = re.sub(r"pad_variable_length_inputs\s*:\s*(true|false)", "", text)
+        for name, number in _TEXT_FIELD.findall(text):
+            values[name] = int(number)
+        rest = _TEXT_FIELD.sub("", text)
+        for name, number in _TEXT_LIST.findall(rest):
+            values.setdefault(name, []).append(int(number))
+        leftover = _TEXT_LIST.sub("", rest).strip()
+        if leftover:
+            raise ConfigError(f"{path}: cannot read {leftover[:60]!r}")
+    try:
+        return BatchingOptions.model_validate(values)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+@dataclass
+class _Waiting:
+    version: ModelVersion
+    signature: str
+    inputs: dict[str, np.ndarray]
+    rows: int
+    finish: Callable[[dict[str, np.ndarray]], Any]  # encodes this request's outputs
+    future: asyncio.Future[Any]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+Key = tuple[int, str, tuple[tuple[str, str, tuple[int, ...]], ...]]
+
+
+class Batcher:
+    """One model's batching. Lives on the event loop; batches run in `executor`."""
+
+    def __init__(
+        self,
+        model: str,
+        options: BatchingOptions,
+        executor: Executor,
+        observe: Callable[[int, list[float], float], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.options = options
+        self._executor = executor
+        self._observe = observe  # (rows, seconds each request waited, seconds computing)
+        self._threads = asyncio.Semaphore(options.num_batch_threads)
+        self._queues: dict[Key, list[_Waiting]] = {}
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._waiting_rows = 0
+
+    def submit(
+        self,
+        version: ModelVersion,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        finish: Callable[[dict[str, np.ndarray]], Any],
+    ) -> asyncio.Future[Any]:
+        """Queue one request; the future gets `finish(its outputs)` (or the error)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        rows = _rows(inputs)
+        if rows is None or rows == 0 or rows > self.options.max_batch_size:
+            key: Key = (id(version), signature, (("", "alone", (id(future),)),))
+        else:
+            key = (
+                id(version),
+                signature,
+                tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(inputs.items())),
+            )
+            limit = self.options.max_enqueued_batches * self.options.max_batch_size
+            if self._waiting_rows + rows > limit:
+                raise QueueFull(
+                    f"model '{self.model}' has {self._waiting_rows} rows waiting to be "
+                    "batched, its limit (max_enqueued_batches); retry shortly"
+                )
+        self._waiting_rows += rows or 0
+        queue = self._queues.setdefault(key, [])
+        queue.append(_Waiting(version, signature, inputs, rows or 0, finish, future))
+        full = sum(w.rows for w in queue) >= self.options.max_batch_size
+        if full or key[2][0][1] == "alone" or not self.options.batch_timeout_micros:
+            self._start(key)
+        elif key not in self._timers:
+            delay = self.options.batch_timeout_micros / 1e6
+            self._timers[key] = loop.call_later(delay, self._start, key)
+        return future
+
+    def _start(self, key: Key) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        task = asyncio.ensure_future(self._run(key))
+        task.add_done_callback(_log_crash)
+
+    async def _run(self, key: Key) -> None:
+        async with self._threads:
+            batch = self._take(key)
+            if key in self._queues and key not in self._timers:
+                self._start(key)  # more than one batch was waiting
+            if not batch:
+                return
+            version = batch[0].version
+            loop = asyncio.get_running_loop()
+            started = time.perf_counter()
+            waits = [started - w.enqueued for w in batch]
+            # The batch holds the version itself: its requests may give up (time out)
+            # while it runs, and the version must not be unloaded under it.
+            version._enter()
+            try:
+                results = await loop.run_in_executor(self._executor, _execute, batch, self.options)
+            finally:
+                version._exit()
+            if self._observe is not None:
+                rows = sum(w.rows for w in batch)
+                self._observe(rows, waits, time.perf_counter() - started)
+        for waiting, result in zip(batch, results, strict=True):
+            if waiting.future.done():
+                continue
+            if isinstance(result, BaseException):
+                waiting.future.set_exception(result)
+            else:
+                waiting.future.set_result(result)
+
+    def _take(self, key: Key) -> list[_Waiting]:
+        queue = self._queues.get(key, [])
+        batch: list[_Waiting] = []
+        rows = 0
+        while queue:
+            waiting = queue[0]
+            if waiting.future.done():  # given up (cancelled or timed out)
+                queue.pop(0)
+                self._waiting_rows -= waiting.rows
+                continue
+            if batch and rows + waiting.rows > self.options.max_batch_size:
+                break
+            queue.pop(0)
+            self._waiting_rows -= waiting.rows
+            batch.append(waiting)
+            rows += waiting.rows
+        if not queue:
+            self._queues.pop(key, None)
+        return batch
+
+
+def _rows(inputs: dict[str, np.ndarray]) -> int | None:
+    """The batch size all inputs share, or None when they do not share one."""
+    sizes = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
+    if len(sizes) != 1:
+        return None
+    (size,) = sizes
+    return size if size >= 0 else None
+
+
+def _execute(batch: list[_Waiting], options: BatchingOptions) -> list[Any]:
+    """Run a batch in a worker thread: concatenate, pad, predict, split, encode each."""
+    version, signature = batch[0].version, batch[0].signature
+    backend = version.backend
+    if backend is None:
+        error = BackendError(f"model '{version.model}' version {version.version} is not loaded")
+        return [error] * len(batch)
+    try:
+        if len(batch) == 1:
+            outputs = backend.predict(batch[0].inputs, signature)
+            return [_finish(batch[0], outputs)]
+        rows = sum(w.rows for w in batch)
+        size = next((s for s in options.allowed_batch_sizes if s >= rows), rows)
+        inputs = {}
+        for name in batch[0].inputs:
+            parts = [w.inputs[name] for w in batch]
+            if size > rows:  # pad by repeating the last row
+                parts.append(np.repeat(parts[-1][-1:], size - rows, axis=0))
+            inputs[name] = np.concatenate(parts)
+        outputs = backend.predict(inputs, signature)
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != size:
+                raise BackendError(
+                    f"model '{version.model}': output '{name}' of shape {list(value.shape)} "
+                    f"does not follow the batch of {size} rows, so it cannot be split; "
+                    "turn batching off for this model"
+                )
+    except Exception as exc:  # the whole batch failed: every request gets the error
+        return [exc] * len(batch)
+    results = []
+    offset = 0
+    for waiting in batch:
+        part = {n: v[offset : offset + waiting.rows] for n, v in outputs.items()}
+        offset += waiting.rows
+        results.append(_finish(waiting, part))
+    return results
+
+
+def _finish(waiting: _Waiting, outputs: dict[str, np.ndarray]) -> Any:
+    try:
+        return waiting.finish(outputs)
+    except Exception as exc:
+        return exc
+
+
+def _log_crash(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("batch runner failed", exc_info=task.exception())

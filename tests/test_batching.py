@@ -1,0 +1,192 @@
+"""Dynamic batching over the fake backend: requests merge, outputs split back to the right
+caller, padding, lone big requests, incompatible shapes, a full queue, parameter files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sts.batching import BatchingOptions, read_batching_parameters
+from sts.codecs import decode_named_inputs
+from sts.config import ModelConfig
+from sts.errors import BackendError, ConfigError, QueueFull
+from sts.repository import ModelRepository
+from sts.service import Call, InferenceService
+from tests import fakes, onnx_models
+from tests.conftest import app_client, fake_config, settings
+
+SIGNATURES = {
+    **fakes.DEFAULT_SIGNATURES,
+    "wide": {"inputs": {"x": ["float32", [-1, -1]]}, "outputs": {"y": ["float32", [-1, -1]]}},
+}
+
+
+def service(tmp_path: Path, delay: float = 0.05, **batching: Any) -> InferenceService:
+    fakes.write_version(tmp_path / "m", 1, add=1.0, delay=delay, signatures=SIGNATURES)
+    options = BatchingOptions(**{"batch_timeout_micros": 20_000, **batching})
+    repo = ModelRepository([fake_config("m", tmp_path / "m", batching=options)])
+    repo.load_all()
+    return InferenceService(repo)
+
+
+async def ask(
+    service: InferenceService,
+    rows: list[list[float]],
+    signature: str | None = None,
+    output: str = "y",
+) -> Any:
+    def decode(call: Call) -> Any:
+        return decode_named_inputs({"x": rows}, call.signature)
+
+    def encode(call: Call, outputs: dict[str, np.ndarray]) -> Any:
+        return outputs[output].tolist()
+
+    return await service.infer("m", None, signature, decode, encode)
+
+
+def test_concurrent_requests_are_batched_and_split_back(tmp_path: Path) -> None:
+    svc = service(tmp_path, max_batch_size=8)
+    fakes.FakeBackend.batches.clear()
+    requests = [[[float(i), float(i)]] * (1 + i % 3) for i in range(8)]  # 1-3 rows each
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(ask(svc, rows) for rows in requests))
+
+    answers = asyncio.run(main())
+    for rows, answer in zip(requests, answers, strict=True):
+        assert answer == [[2 * v + 1 for v in row] for row in rows]  # its own rows, in order
+    assert len(fakes.FakeBackend.batches) < len(requests)  # merged
+    assert max(fakes.FakeBackend.batches) <= 8
+    assert sum(fakes.FakeBackend.batches) == sum(len(r) for r in requests)
+    svc.close()
+    svc.repository.close()
+
+
+def test_padding_to_allowed_sizes(tmp_path: Path) -> None:
+    svc = service(tmp_path, max_batch_size=4, allowed_batch_sizes=(2, 4))
+    fakes.FakeBackend.batches.clear()
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(ask(svc, [[1.0, 1.0]] * 2), ask(svc, [[2.0, 2.0]]))
+
+    first, second = asyncio.run(main())
+    assert first == [[3.0, 3.0], [3.0, 3.0]]
+    assert second == [[5.0, 5.0]]
+    assert fakes.FakeBackend.batches == [4]  # 3 rows padded to 4, then cut back
+    svc.close()
+    svc.repository.close()
+
+
+def test_big_requests_run_alone_and_shapes_do_not_mix(tmp_path: Path) -> None:
+    svc = service(tmp_path, max_batch_size=2)
+    fakes.FakeBackend.batches.clear()
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            ask(svc, [[1.0, 1.0]] * 5),  # more than max_batch_size: alone
+            ask(svc, [[1.0, 2.0, 3.0]], "wide"),  # other width: never with width 2
+            ask(svc, [[1.0, 2.0]], "wide"),
+        )
+
+    big, three, two = asyncio.run(main())
+    assert big == [[3.0, 3.0]] * 5
+    assert three == [[3.0, 5.0, 7.0]]
+    assert two == [[3.0, 5.0]]
+    assert sorted(fakes.FakeBackend.batches) == [1, 1, 5]
+    svc.close()
+    svc.repository.close()
+
+
+def test_a_full_queue_answers_at_once(tmp_path: Path) -> None:
+    svc = service(
+        tmp_path,
+        delay=0.3,
+        max_batch_size=2,
+        max_enqueued_batches=1,
+        num_batch_threads=1,
+        batch_timeout_micros=0,
+    )
+
+    async def main() -> None:
+        running = asyncio.ensure_future(ask(svc, [[1.0, 1.0]] * 2))
+        await asyncio.sleep(0.05)  # it runs; the next two rows wait; then the queue is full
+        waiting = asyncio.ensure_future(ask(svc, [[1.0, 1.0]] * 2))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull, match="rows waiting to be batched") as caught:
+            await ask(svc, [[1.0, 1.0]])
+        assert caught.value.headers == {"Retry-After": "1"}
+        await asyncio.gather(running, waiting)
+
+    asyncio.run(main())
+    svc.close()
+    svc.repository.close()
+
+
+def test_outputs_without_a_batch_dimension_cannot_be_split(tmp_path: Path) -> None:
+    onnx_models.transposed(tmp_path / "t" / "1" / "model.onnx")
+    config = ModelConfig(
+        name="m",
+        base_path=str(tmp_path / "t"),
+        platform="onnx",
+        batching=BatchingOptions(batch_timeout_micros=50_000),
+    )
+    repo = ModelRepository([config])
+    repo.load_all()
+    svc = InferenceService(repo)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(ask(svc, [[1.0, 2.0]], output="same") for _ in range(3)), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, BackendError) for r in results), results
+    assert "output 'flipped' of shape [2, 3] does not follow the batch" in str(results[0])
+    assert asyncio.run(ask(svc, [[1.0, 2.0]], output="same")) == [[1.0, 2.0]]  # alone: fine
+    svc.close()
+    repo.close()
+
+
+def test_batching_over_http_and_metrics(tmp_path: Path) -> None:
+    fakes.write_version(tmp_path / "m", 1, add=1.0, delay=0.05)
+    config = fake_config("m", tmp_path / "m", batching={"max_batch_size": 4})
+    with app_client([config]) as client:
+        r = client.post("/", json={"model_name": "m", "data": {"x": [[1, 2]]}})
+        assert r.json() == {"y": [[3.0, 5.0]]}
+        text = client.get("/metrics").text
+        assert 'sts_batch_size_count{model="m"} 1.0' in text
+
+
+def test_batching_parameters_files(tmp_path: Path) -> None:
+    text = tmp_path / "batching.txt"
+    text.write_text(
+        "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 500 }\n"
+        "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 10 }\n"
+        "allowed_batch_sizes: 4\nallowed_batch_sizes: 16\npad_variable_length_inputs: true\n"
+    )
+    options = read_batching_parameters(text)
+    assert options == BatchingOptions(
+        max_batch_size=16,
+        batch_timeout_micros=500,
+        num_batch_threads=2,
+        max_enqueued_batches=10,
+        allowed_batch_sizes=(4, 16),
+    )
+    as_json = tmp_path / "batching.json"
+    as_json.write_text(json.dumps({"max_batch_size": 8}))
+    assert read_batching_parameters(as_json).max_batch_size == 8
+    text.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
+    with pytest.raises(ConfigError, match="must equal max_batch_size"):
+        read_batching_parameters(text)
+    text.write_text("max_batch_size { value: 8 }\nbogus_thing { value: 1 }\n")
+    with pytest.raises(ConfigError, match="bogus_thing"):
+        read_batching_parameters(text)
+    text.write_text("max_batch_size { value: 8 }\n")
+    configured = settings(enable_batching=True, batching_parameters_file=str(text))
+    configured = configured.model_copy(update={"model_base_path": str(tmp_path)})
+    assert configured.model_configs()[0].batching == BatchingOptions(max_batch_size=8)
