@@ -35,6 +35,7 @@ from sts.errors import (
     VersionNotFound,
 )
 from sts.signature import Signature
+from sts.warmup import warm_up
 
 logger = logging.getLogger("sts.repository")
 
@@ -87,6 +88,7 @@ class ModelVersion:
         self.fingerprint: Fingerprint | None = None
         self.loaded_at: float | None = None
         self.load_seconds: float | None = None
+        self.warmup_requests = 0
         self._inflight = 0
         self._idle = threading.Condition()
 
@@ -128,6 +130,7 @@ class ModelVersion:
             "path": str(self.path),
             "loaded_at": self.loaded_at,
             "load_seconds": self.load_seconds,
+            "warmup_requests": self.warmup_requests,
             "runtime": backend.runtime_info() if backend is not None else {},
         }
 
@@ -402,6 +405,8 @@ class ModelRepository:
             backend.load()
             signatures = backend.signatures()
             default = backend.default_signature()
+            # Before the version serves: a version that cannot answer never does.
+            mv.warmup_requests = warm_up(backend, path, signatures, default, model.config.image)
             if fingerprint(path) != before:
                 changed_while_loading = True
                 raise ModelLoadError(
