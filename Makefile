@@ -16,12 +16,14 @@ UV_INSTALL = $(UV) pip install --quiet --python $(BIN)/python $(FIND_LINKS)
 MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help serve test lint tools examples clean
+.PHONY: help serve test lint tools bench soak examples clean
 
 help:
 	@echo "make serve     install and serve examples/models on port $(PORT)"
 	@echo "make test      install everything, lint, and run the whole test suite"
 	@echo "make lint      ruff and mypy"
+	@echo "make bench     throughput and latency against the runtime in-process (a few minutes)"
+	@echo "make soak      the bench, then 10 minutes of load with a reload every 30 s"
 	@echo "make examples  retrain the example models (outputs are committed)"
 
 $(BIN)/python:
@@ -54,6 +56,18 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff check sts tests examples
 	$(BIN)/ruff format --check sts tests examples
 	$(BIN)/mypy
+
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
+	$(UV_INSTALL) -e '.[onnx,tensorflow,test,dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
+	$(BIN)/python benchmarks/bench.py
+
+soak: $(VENV)/.bench-installed
+	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
+	$(BIN)/python benchmarks/bench.py --seconds 2 --long 5 --soak 600
 
 examples: $(VENV)/.test-installed
 	$(BIN)/python examples/build_models.py

@@ -1,0 +1,34 @@
+"""The naive baseline: a plain FastAPI endpoint that parses JSON and calls ONNX Runtime
+synchronously on the event loop, with none of sts's features."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from fastapi import FastAPI, Request
+
+options = ort.SessionOptions()
+options.intra_op_num_threads = options.inter_op_num_threads = 1  # one CPU, like sts here
+session = ort.InferenceSession(
+    os.environ["NAIVE_MODEL"], options, providers=["CPUExecutionProvider"]
+)
+name = session.get_inputs()[0].name
+outputs = [o.name for o in session.get_outputs()]
+app = FastAPI()
+
+
+@app.post("/")
+async def predict(request: Request) -> dict[str, Any]:
+    document = json.loads(await request.body())
+    values = np.asarray(document["data"][name], dtype=np.float32)
+    results = session.run(None, {name: values})
+    return {n: r.tolist() for n, r in zip(outputs, results, strict=True)}
+
+
+@app.get("/health/ready")
+async def ready() -> dict[str, bool]:
+    return {"ready": True}
