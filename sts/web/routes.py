@@ -1,16 +1,26 @@
-"""The dashboard's overview page: every model and version with its state."""
+"""The dashboard: overview, a page per model, and live metrics.
+
+Pages are rendered here from the repository (never by calling the server over HTTP);
+their scripts then talk to the server's own JSON API from the browser, with the same
+credentials the browser already sent for the page.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from sts import __version__
 from sts.api.deps import RepositoryDep
 from sts.api.sts import model_detail
+from sts.codegen.clients import LANGUAGES, PROTOCOLS
+from sts.codegen.examples import example_data, image_inputs
+from sts.errors import StsError
 from sts.resources import resource_dir
 
 router = APIRouter(include_in_schema=False)
@@ -21,14 +31,67 @@ _env = Environment(
 )
 
 
-@router.get("/", response_class=HTMLResponse)
-async def overview(request: Request, repository: RepositoryDep) -> HTMLResponse:
-    models = [model_detail(m) for m in repository.models()]
-    page = _env.get_template("index.html").render(
-        models=models,
+def _page(request: Request, template: str, **values: Any) -> HTMLResponse:
+    repository = request.app.state.repository
+    page = _env.get_template(template).render(
         ready=repository.ready.is_set(),
         uptime_seconds=int(time.time() - repository.started_at),
         version=__version__,
         root=request.scope.get("root_path", ""),
+        **values,
     )
     return HTMLResponse(page)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def overview(request: Request, repository: RepositoryDep) -> HTMLResponse:
+    models = [model_detail(m) for m in repository.models()]
+    for detail in models:
+        labels: dict[int, list[str]] = {}
+        for label, number in detail["version_labels"].items():
+            labels.setdefault(number, []).append(label)
+        for version in detail["versions"]:
+            version["labels"] = labels.get(version["version"], [])
+    return _page(request, "index.html", models=models)
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+async def dashboard() -> RedirectResponse:
+    return RedirectResponse("./")
+
+
+@router.get("/dashboard/models/{model_name}", response_class=HTMLResponse)
+async def model_page(model_name: str, request: Request, repository: RepositoryDep) -> HTMLResponse:
+    model = repository.model(model_name)  # 404 (JSON) for an unknown model
+    detail = model_detail(model)
+    examples: dict[str, str] = {}
+    images: dict[str, list[str]] = {}
+    latest = model.latest()
+    if latest is not None:
+        for name, signature in latest.signatures.items():
+            try:
+                data = example_data(signature, model.config.image, batch_size=1)
+            except StsError:
+                data = {}
+            examples[name] = json.dumps(
+                {"model_name": model.name, "signature_name": name, "data": data}, indent=2
+            )
+            found = image_inputs(signature, model.config.image)
+            # An upload fills one input: offered when that is all the signature takes.
+            single = len(signature.inputs) == 1 or model.config.image.input is not None
+            images[name] = found if single else []
+    return _page(
+        request,
+        "model.html",
+        model=detail,
+        examples=examples,
+        images=images,
+        languages=[name for name in LANGUAGES],
+        filenames={name: spec[1] for name, spec in LANGUAGES.items()},
+        protocols=PROTOCOLS,
+    )
+
+
+@router.get("/dashboard/metrics", response_class=HTMLResponse)
+async def metrics_page(request: Request, repository: RepositoryDep) -> HTMLResponse:
+    return _page(request, "metrics.html", models=[m.name for m in repository.models()])
