@@ -12,8 +12,9 @@ PORT   ?= 8500
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 UV_INSTALL = $(UV) pip install --quiet --python $(BIN)/python $(FIND_LINKS)
 
-# What the generated-client tests run: Go (Debian's golang-go), Node 18+ and curl.
-MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl))
+# What the tests run: Go (Debian's golang-go), Node 18+ and curl for the generated
+# clients, Debian's chromium for the dashboard (driven by Playwright, never its download).
+MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/chromium),,chromium))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help serve test lint tools bench soak examples clean

@@ -1,0 +1,200 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright) against a
+live server with the example models: every page, a JSON inference, an image upload,
+client tabs, copy and download, metrics charts, basic auth, and a phone-sized screen."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
+
+from sts.config import load_model_config_file
+from tests import fakes
+from tests.conftest import ROOT, LiveServer, fake_config, settings
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+DIGIT = ROOT / "examples" / "images" / "digit.png"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    configs = load_model_config_file(ROOT / "examples" / "models.json")
+    with LiveServer(settings(), configs) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), "Debian's chromium is not installed (make test installs it)"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    problems: list[str] = []
+    opened.on("pageerror", lambda error: problems.append(str(error)))
+    # A 400 is an answer the page shows (the test sends bad input on purpose); anything
+    # else logged as an error (a missing asset, a script error) fails the test.
+    opened.on(
+        "console",
+        lambda m: (
+            problems.append(m.text) if m.type == "error" and "status of 400" not in m.text else None
+        ),
+    )
+    yield opened
+    context.close()
+    assert not problems, problems  # no script errors, no failed loads
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_overview_lists_every_model_and_version(server: LiveServer, page: Page) -> None:
+    page.goto(server.url + "/")
+    for name in ("default", "digits", "digits_tf", "iris", "colours", "text"):
+        section = page.locator(f"section.model[data-model='{name}']")
+        assert section.count() == 1, name
+        assert "AVAILABLE" in section.inner_text(), name
+    assert "stable" in page.locator("section.model[data-model='digits']").inner_text()
+    assert page.locator("#server-state").inner_text() == "ready"
+    shot(page, "overview")
+    page.click("section.model[data-model='iris'] h2 a")
+    page.wait_for_url("**/dashboard/models/iris")
+    assert page.locator("h1").inner_text().startswith("iris")
+
+
+def test_json_inference_from_the_try_it_form(server: LiveServer, page: Page) -> None:
+    page.goto(server.url + "/dashboard/models/iris")
+    assert '"features"' in page.locator("#request").input_value()  # prefilled from gen_json
+    page.fill("#request", '{"model_name": "iris", "data": {"features": [[5.1, 3.5, 1.4, 0.2]]}}')
+    page.click("#send")
+    page.wait_for_selector("#response:not(:empty)")
+    assert '"classes": [\n    0\n  ]' in page.locator("#response").inner_text()
+    assert page.locator("#request-status").inner_text().startswith("200 OK · ")
+    page.fill("#request", '{"model_name": "iris", "data": {}}')
+    page.click("#send")
+    page.wait_for_function(
+        "document.querySelector('#request-status').textContent.startsWith('400')"
+    )
+    assert "missing input(s) ['features']" in page.locator("#response").inner_text()
+    assert page.locator("#upload").is_hidden()  # iris takes no images
+
+
+def test_image_upload_with_preview(server: LiveServer, page: Page) -> None:
+    page.goto(server.url + "/dashboard/models/digits")
+    assert page.locator("#upload").is_visible()
+    assert page.locator("#send-image").is_disabled()
+    page.set_input_files("#image-file", str(DIGIT))
+    page.wait_for_selector("#preview:not([hidden])")
+    page.click("#send-image")
+    page.wait_for_selector("#image-response:not(:empty)")
+    assert '"classes": [\n    8\n  ]' in page.locator("#image-response").inner_text()
+    shot(page, "model")
+
+
+def test_client_tabs_copy_and_download(server: LiveServer, browser: Browser) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page = context.new_page()
+    page.goto(server.url + "/dashboard/models/text")
+    code = page.locator("#client-code")
+    page.wait_for_function("document.querySelector('#client-code').textContent.length > 0")
+    assert code.inner_text().startswith("#!/usr/bin/env bash")
+    for language, marker in (("python", "urllib.request"), ("golang", "package main"),
+                             ("javascript", "await fetch("), ("json", '"model_name"')):  # fmt: skip
+        page.click(f".tab[data-language='{language}']")
+        page.wait_for_function(
+            "m => document.querySelector('#client-code').textContent.includes(m)", arg=marker
+        )
+    page.click(".tab[data-language='golang']")
+    page.select_option("#protocol", "v2")
+    page.wait_for_function(
+        "document.querySelector('#client-code').textContent.includes('/v2/models/text/infer')"
+    )
+    curl = page.locator("#curl-line").inner_text()
+    assert "language=golang" in curl
+    assert curl.endswith("> client.go && go run client.go")
+    page.select_option("#signature", "join")
+    page.wait_for_function(
+        "document.querySelector('#client-code').textContent.includes('signature \\\"join\\\"')"
+    )
+    with page.expect_download() as download:
+        page.click("#download")
+    assert download.value.suggested_filename == "client.go"
+    assert Path(download.value.path()).read_text() == code.inner_text()
+    page.click("#copy")
+    page.wait_for_selector("#copy-status:text('copied')")
+    assert page.evaluate("navigator.clipboard.readText()") == code.inner_text()
+    context.close()
+
+
+def test_metrics_page_draws_what_the_server_counted(server: LiveServer, page: Page) -> None:
+    for _ in range(4):
+        httpx.post(server.url, json={"model_name": "iris", "data": {"features": [[1, 2, 3, 4]]}})
+    httpx.post(server.url, json={"model_name": "iris", "data": {}})
+    page.goto(server.url + "/dashboard/metrics")
+    totals = page.locator(".chart-block[data-model='iris'] .totals")
+    page.wait_for_function(
+        "document.querySelector(\".chart-block[data-model='iris'] .totals\").textContent"
+        ".includes('requests')"
+    )
+    words = totals.inner_text().split()  # "<n> requests, <m> errors in the last 300 s"
+    assert int(words[0]) >= 5  # earlier tests asked iris too
+    assert int(words[2]) >= 1
+    blank = page.evaluate("document.createElement('canvas').toDataURL()")
+    drawn = page.evaluate(
+        "document.querySelector(\".chart-block[data-model='iris'] canvas.rate\").toDataURL()"
+    )
+    assert drawn != blank
+    shot(page, "metrics")
+
+
+def test_a_phone_sized_screen(server: LiveServer, browser: Browser) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    for path, name in (("/", "overview-phone"), ("/dashboard/models/digits", "model-phone"),
+                       ("/dashboard/metrics", "metrics-phone")):  # fmt: skip
+        page.goto(server.url + path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)  # nothing wider than the screen
+        shot(page, name)
+    context.close()
+
+
+def test_everything_works_under_basic_auth(tmp_path: Path, browser: Browser) -> None:
+    fakes.write_version(tmp_path / "m", 1)
+    secured = settings(enable_auth=True, host="127.0.0.1", auth_password="s3cret")
+    with LiveServer(secured, [fake_config("m", tmp_path / "m")]) as live:
+        anonymous = browser.new_context()
+        page = anonymous.new_page()
+        # Headless Chromium cannot answer the login prompt: navigation fails on the 401.
+        with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
+            page.goto(live.url + "/")
+        response: Any = anonymous.request.get(live.url + "/")
+        assert response.status == 401
+        assert response.headers["www-authenticate"].startswith('Basic realm="sts"')
+        anonymous.close()
+        logged_in = browser.new_context(
+            http_credentials={"username": "admin", "password": "s3cret"}
+        )
+        page = logged_in.new_page()
+        assert page.goto(live.url + "/").status == 200
+        page.goto(live.url + "/dashboard/models/m")
+        page.click("#send")  # the page's own API calls carry the credentials too
+        page.wait_for_selector("#response:not(:empty)")
+        assert page.locator("#request-status").inner_text().startswith("200")
+        assert page.goto(live.url + "/static/sts.css").status == 200
+        logged_in.close()
