@@ -34,11 +34,11 @@ $(UV): | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
 $(VENV)/.serve-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch]'
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow,test,dev]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev]'
 	touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed
@@ -59,7 +59,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy
 
 $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
-	$(UV_INSTALL) -e '.[onnx,tensorflow,test,dev,bench]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev,bench]'
 	touch $@
 
 bench: $(VENV)/.bench-installed

@@ -289,6 +289,11 @@ def main() -> int:
             },
         ]
     }
+    # The soak reloads a copy of the CNN of its own, so the other runs keep theirs.
+    shutil.copytree(cnn.parent.parent, work / "soak")
+    config["model_config_list"].append(
+        {"name": "soak", "base_path": str(work / "soak"), "platform": "onnx", "options": ONE}
+    )
     (work / "models.json").write_text(json.dumps(config))
 
     floors = {
@@ -331,6 +336,8 @@ def main() -> int:
                      "floor": "iris", "concurrency": 64, "long": True, **long})  # fmt: skip
         print_row(rows[-1], floors)
         soak = run_soak(url, pid, work, options.soak, bodies["iris"]) if options.soak else None
+        if soak:
+            print(f"soak: {json.dumps(soak)}", flush=True)
 
     for floor, model in (("iris", next(iris.glob("*/*.onnx"))), ("cnn", cnn)):
         port = free_port()
@@ -388,8 +395,6 @@ def report(rows: list[dict[str, Any]], floors: dict[str, Any], soak: dict[str, A
             f"p50 {floor['single']['p50_ms']:.3f} ms; best batch {floor['best_batch']['batch']}: "
             f"{floor['best_batch']['rows_per_s']:.1f} rows/s"
         )
-    if soak:
-        print(f"soak: {json.dumps(soak)}")
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     document = {"rows": rows, "floors": floors, "soak": soak, "cpus": os.cpu_count()}
@@ -429,9 +434,9 @@ def rss_kib(pid: int) -> int:
 
 
 def run_soak(url: str, pid: int, work: Path, seconds: float, body: bytes) -> dict[str, Any]:
-    """Load at c=8 while a new version of the CNN appears (and the old goes) every 30 s;
+    """Load at c=8 while a new version of a CNN appears (and the old goes) every 30 s;
     resident memory after warm-up against the end."""
-    base = work / "cnn"
+    base = work / "soak"
     samples = []
     started = time.monotonic()
     version = 1

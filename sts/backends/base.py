@@ -129,11 +129,12 @@ PLATFORMS: dict[str, str] = {
     "tensorflow": "sts.backends.tensorflow:TensorflowBackend",
     "onnx": "sts.backends.onnx:OnnxBackend",
     "pytorch_onnx": "sts.backends.onnx:OnnxBackend",
+    "pytorch": "sts.backends.pytorch:TorchBackend",
 }
 """Platform name -> `module:Class`, imported only when a model of that platform loads."""
 
 # Platforms of the original that later sts versions implement; named in errors.
-PLANNED_PLATFORMS = ("pytorch", "mxnet")
+PLANNED_PLATFORMS = ("mxnet",)
 
 
 def backend_class(platform: str) -> type[Backend]:

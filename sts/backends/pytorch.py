@@ -1,0 +1,330 @@
+"""PyTorch adapter: TorchScript (`model.pt`) and `torch.export` programs (`model.pt2`).
+
+Only formats that carry no Python code load: a pickled `nn.Module` or a bare state_dict
+(`torch.save`) would run arbitrary code on load or need the model's class, and is refused
+with a message saying how to export instead. The signature comes from `signature.json`
+beside the model when present, else from the program (an export knows dtypes and
+dynamic shapes; a TorchScript schema only names its inputs, taken as float32).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sts.backends.base import Backend, BackendOptions
+from sts.errors import BackendError, ConfigError, InvalidInput, ModelLoadError
+from sts.signature import DEFAULT_SIGNATURE, DTYPES, Signature, TensorSpec
+
+SIGNATURE_FILE = "signature.json"
+SUFFIXES = (".pt2", ".pt", ".pth", ".torchscript")
+
+_TORCH_DTYPES = {
+    "float16": "float16", "float32": "float32", "float64": "float64", "int8": "int8",
+    "int16": "int16", "int32": "int32", "int64": "int64", "uint8": "uint8",
+    "uint16": "uint16", "uint32": "uint32", "uint64": "uint64", "bool": "bool",
+}  # fmt: skip
+
+
+class TorchOptions(BackendOptions):
+    """Device and threads for PyTorch models."""
+
+    device: str = "cpu"
+    """`cpu`, `cuda` or `cuda:N`."""
+    num_threads: int = 0
+    """Threads for one operation (torch.set_num_threads, for the whole process); 0: torch's."""
+
+
+class _Process:
+    """Thread count and loaded op libraries are per process in PyTorch."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.threads = 0
+        self.libraries: set[str] = set()
+
+    def plan(self, options: Sequence[TorchOptions], names: Sequence[str]) -> None:
+        wanted = {(o.num_threads, n) for o, n in zip(options, names, strict=True) if o.num_threads}
+        if len({threads for threads, _ in wanted}) > 1:
+            pairs = ", ".join(f"{n}: {t}" for t, n in sorted(wanted))
+            raise ConfigError(
+                f"PyTorch models ask for different num_threads ({pairs}); it is one setting "
+                "per process: give them the same, or serve them from separate processes"
+            )
+
+    def apply(self, torch: Any, opts: TorchOptions) -> None:
+        with self.lock:
+            if opts.num_threads and opts.num_threads != self.threads:
+                torch.set_num_threads(opts.num_threads)
+                self.threads = opts.num_threads
+            for library in opts.custom_op_libraries:
+                resolved = str(Path(library).resolve())
+                if resolved in self.libraries:
+                    continue
+                if not Path(resolved).is_file():
+                    raise ModelLoadError(f"custom op library not found: {library}")
+                try:
+                    torch.ops.load_library(resolved)
+                except (OSError, RuntimeError) as exc:
+                    raise ModelLoadError(
+                        f"cannot load custom op library {library}: {exc}"
+                    ) from None
+                self.libraries.add(resolved)
+
+
+_PROCESS = _Process()
+
+
+class TorchBackend(Backend):
+    platform = "pytorch"
+    options_class = TorchOptions
+    session_config_keys = {"intra_op_parallelism_threads": "num_threads"}
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        super().__init__(path, options)
+        assert isinstance(options, TorchOptions)
+        self.opts: TorchOptions = options
+        self._module: Any = None
+        self._signatures: dict[str, Signature] = {}
+        self._outputs: dict[str, list[str]] = {}
+
+    @classmethod
+    def plan_process(cls, options: Sequence[BackendOptions], names: Sequence[str]) -> None:
+        _PROCESS.plan([o for o in options if isinstance(o, TorchOptions)], names)
+
+    def model_file(self) -> Path:
+        if self.path.is_file():
+            return self.path
+        for name in ("model.pt2", "model.pt"):
+            if (self.path / name).is_file():
+                return self.path / name
+        found = sorted(p for p in self.path.iterdir() if p.suffix in SUFFIXES)
+        if len(found) != 1:
+            raise ModelLoadError(
+                f"expected model.pt (TorchScript) or model.pt2 (torch.export) in {self.path}; "
+                f"found {[p.name for p in found] or 'none'}"
+            )
+        return found[0]
+
+    def load(self) -> None:
+        import torch
+
+        _PROCESS.apply(torch, self.opts)
+        try:
+            self._device = torch.device(self.opts.device)
+            if self._device.type == "cuda" and not torch.cuda.is_available():
+                raise ModelLoadError(f"device {self.opts.device!r}: torch sees no CUDA device")
+        except RuntimeError as exc:
+            raise ModelLoadError(f"device {self.opts.device!r}: {exc}") from None
+        file = self.model_file()
+        kind = _archive_kind(file)
+        try:
+            if kind == "export":
+                program = torch.export.load(str(file))
+                self._module = program.module().to(self._device)
+                derived = _export_signature(program)
+            elif kind == "torchscript":
+                loaded = torch.jit.load(str(file), map_location=self._device)  # type: ignore[no-untyped-call]
+                self._module = loaded.eval()
+                derived = _script_signature(self._module)
+            else:
+                raise ModelLoadError(
+                    f"{file.name} is a pickled module or state_dict (torch.save): loading it "
+                    "would run code from the file and needs the model's Python class. Export "
+                    "it instead: torch.jit.script(model).save('model.pt') or "
+                    "torch.export.save(torch.export.export(model, example), 'model.pt2')"
+                )
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # torch raises many kinds on a bad archive
+            raise ModelLoadError(f"cannot load {file.name}: {_first_line(exc)}") from None
+        self._signatures, self._outputs = _read_signature_file(file.parent, derived)
+        missing = [
+            n for n in self._signatures if n != DEFAULT_SIGNATURE and not hasattr(self._module, n)
+        ]
+        if missing:
+            raise ModelLoadError(f"{SIGNATURE_FILE} names methods the model lacks: {missing}")
+
+    def runtime_info(self) -> dict[str, Any]:
+        import torch
+
+        return {
+            "torch": torch.__version__,
+            "device": str(getattr(self, "_device", self.opts.device)),
+            "threads": torch.get_num_threads(),
+        }
+
+    def signatures(self) -> dict[str, Signature]:
+        return self._signatures
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], signature: str | None = None
+    ) -> dict[str, np.ndarray]:
+        import torch
+
+        name = signature or DEFAULT_SIGNATURE
+        spec = self._signatures[name]
+        method = self._module if name == DEFAULT_SIGNATURE else getattr(self._module, name)
+        args = []
+        for key in spec.inputs:
+            array = inputs[key]
+            if array.dtype == object:
+                raise InvalidInput(f"input '{key}': PyTorch models take numbers, not strings")
+            if not array.flags.writeable or not array.flags.c_contiguous:
+                array = np.ascontiguousarray(array).copy()
+            args.append(torch.from_numpy(array).to(self._device))
+        try:
+            with torch.inference_mode():
+                result = method(*args)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            # Inputs passed sts's checks; what torch still refuses is the input's shape or
+            # values for this model (a wrong width, an index out of range).
+            raise InvalidInput(f"torch: {_first_line(exc)}") from None
+        except Exception as exc:
+            raise BackendError(f"torch: {_first_line(exc)}") from None
+        return _outputs(result, self._outputs[name])
+
+    def unload(self) -> None:
+        self._module = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
+def _archive_kind(file: Path) -> str:
+    """`export`, `torchscript` or `pickle`, from the archive's members (nothing unpickled)."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelLoadError(f"{file.name} is not a PyTorch archive: {exc}") from None
+    if any("/serialized_exported_program" in n or n.endswith("/models/model.json") for n in names):
+        return "export"
+    if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+        return "torchscript"
+    return "pickle"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.splitlines()[0].split())[:500]
+
+
+def _export_signature(program: Any) -> Signature:
+    """Inputs and outputs (dtypes, dynamic dims as -1) from an ExportedProgram's graph;
+    outputs are named output_0, output_1, ... in order."""
+    by_name = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    inputs = {
+        name: _traced_spec(name, by_name[name]) for name in program.graph_signature.user_inputs
+    }
+    returned = next(node for node in program.graph.nodes if node.op == "output").args[0]
+    returned = returned if isinstance(returned, tuple | list) else [returned]
+    outputs = {}
+    for i, node in enumerate(returned[: len(program.graph_signature.user_outputs)]):
+        outputs[f"output_{i}"] = _traced_spec(f"output_{i}", node)
+    return Signature(inputs, outputs)
+
+
+def _traced_spec(name: str, node: Any) -> TensorSpec:
+    value = getattr(node, "meta", {}).get("val")
+    dtype = str(getattr(value, "dtype", "torch.float32")).removeprefix("torch.")
+    if dtype not in _TORCH_DTYPES:
+        raise ModelLoadError(f"{name!r} has dtype {dtype}, which sts cannot serve")
+    shape = getattr(value, "shape", None)
+    dims = tuple(d if isinstance(d, int) else -1 for d in shape) if shape is not None else None
+    return TensorSpec(name, _TORCH_DTYPES[dtype], dims)
+
+
+def _script_signature(module: Any) -> Signature:
+    """TorchScript's schema names the inputs; their dtypes and shapes are not in it."""
+    arguments = [a.name for a in module.forward.schema.arguments if a.name != "self"]
+    inputs = {name: TensorSpec(name, "float32", None) for name in arguments}
+    return Signature(inputs, {"output_0": TensorSpec("output_0", "float32", None)})
+
+
+def _read_signature_file(
+    folder: Path, derived: Signature
+) -> tuple[dict[str, Signature], dict[str, list[str]]]:
+    """`signature.json`: {"inputs": {name: {"dtype", "shape"}}, "outputs": [names] or
+    {name: {...}}} for forward, or {"signatures": {method: {...}}} for several."""
+    file = folder / SIGNATURE_FILE
+    if not file.is_file():
+        return {DEFAULT_SIGNATURE: derived}, {DEFAULT_SIGNATURE: list(derived.outputs)}
+    try:
+        document = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{SIGNATURE_FILE}: {exc}") from None
+    entries = document.get("signatures") if isinstance(document, dict) else None
+    if entries is None:
+        entries = {"forward": document}
+    signatures: dict[str, Signature] = {}
+    outputs: dict[str, list[str]] = {}
+    for method, entry in entries.items():
+        name = DEFAULT_SIGNATURE if method in ("forward", DEFAULT_SIGNATURE) else method
+        signature = _signature_entry(entry, f"{SIGNATURE_FILE} {method!r}")
+        signatures[name] = signature
+        outputs[name] = list(signature.outputs)
+    return signatures, outputs
+
+
+def _signature_entry(entry: Any, where: str) -> Signature:
+    if not isinstance(entry, dict) or "inputs" not in entry:
+        raise ModelLoadError(f'{where}: expected {{"inputs": {{...}}, "outputs": [...]}}')
+
+    def spec(name: str, value: Any) -> TensorSpec:
+        if isinstance(value, dict):
+            dtype, shape = value.get("dtype", "float32"), value.get("shape")
+        elif isinstance(value, list) and len(value) == 2:
+            dtype, shape = value
+        else:
+            dtype, shape = "float32", None
+        if dtype not in DTYPES or dtype == "string":
+            raise ModelLoadError(f"{where}: {name!r} has dtype {dtype!r}")
+        if shape is not None and not (
+            isinstance(shape, list) and all(isinstance(d, int) and d >= -1 for d in shape)
+        ):
+            raise ModelLoadError(f"{where}: {name!r} shape must be a list of ints (-1: any)")
+        return TensorSpec(name, dtype, tuple(shape) if shape is not None else None)
+
+    raw_inputs, raw_outputs = entry["inputs"], entry.get("outputs", ["output_0"])
+    if isinstance(raw_inputs, list):
+        raw_inputs = dict.fromkeys(raw_inputs)
+    if isinstance(raw_outputs, list):
+        raw_outputs = dict.fromkeys(raw_outputs)
+    return Signature(
+        {n: spec(n, v) for n, v in raw_inputs.items()},
+        {n: spec(n, v) for n, v in raw_outputs.items()},
+    )
+
+
+def _outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
+    """A tensor, a tuple/list of tensors or a dict of them -> named arrays."""
+    if isinstance(result, dict):
+        values = {str(k): v for k, v in result.items()}
+        missing = [n for n in names if n not in values]
+        if missing and names != ["output_0"]:
+            raise BackendError(f"the model's outputs {sorted(values)} lack {missing}")
+        chosen = values if missing else {n: values[n] for n in names}
+    else:
+        items = list(result) if isinstance(result, tuple | list) else [result]
+        if len(names) == 1 and names == ["output_0"] and len(items) > 1:
+            names = [f"output_{i}" for i in range(len(items))]
+        if len(items) != len(names):
+            raise BackendError(f"the model gave {len(items)} outputs; the signature names {names}")
+        chosen = dict(zip(names, items, strict=True))
+    arrays = {}
+    for name, value in chosen.items():
+        if not hasattr(value, "detach"):
+            raise BackendError(f"output {name!r} is a {type(value).__name__}, not a tensor")
+        arrays[name] = value.detach().cpu().numpy()
+    return arrays
