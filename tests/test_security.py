@@ -354,9 +354,13 @@ def test_oversized_headers_and_bodies(model: list[ModelConfig]) -> None:
 def test_no_model_artefact_is_ever_unpickled() -> None:
     """The original executed marshalled functions from model folders; sts loads only
     formats that carry no code (SavedModel, ONNX, TorchScript/export programs, MXNet JSON)."""
+    modules = r"(pickle|cPickle|_pickle|marshal|dill|cloudpickle|joblib|shelve)"
     forbidden = re.compile(
-        r"\b(pickle|cPickle|marshal|dill|cloudpickle|joblib|shelve)\b"
-        r"|allow_pickle\s*=\s*True|weights_only\s*=\s*False|\beval\(|\bexec\("
+        rf"^\s*(import|from)\s+{modules}\b"  # importing an unpickler at all
+        rf"|\b{modules}\.loads?\("
+        r"|\btorch\.load\("  # torch.load unpickles (weights_only or not)
+        r"|allow_pickle\s*=\s*True"
+        r"|(?<![.\w])(eval|exec)\("  # the builtins, not methods like module.eval()
     )
     offenders = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
