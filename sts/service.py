@@ -136,6 +136,10 @@ class InferenceService:
             return await self._infer(model, version, signature_name, decode, encode, labels)
         except StsError as exc:
             status = exc.status_code
+            if labels[0] == UNKNOWN_MODEL and isinstance(model, str):
+                # A known model whose version is missing or not ready still counts as itself.
+                with contextlib.suppress(StsError):
+                    labels[0] = self.repository.model(model).name
             raise
         except asyncio.CancelledError:
             status = 499  # the client went away

@@ -45,6 +45,7 @@ def test_request_metrics_move(tmp_path: Path) -> None:
             json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]},
         )
         client.post("/", json={"model_name": "no-such-model", "data": {}})  # 404
+        client.post("/", json={"model_name": "m", "model_version": 9, "data": {}})  # 404
         after = client.get("/metrics").text
         labels = {"model": "m", "version": "1"}
         assert value(after, "sts_requests_total", **labels, protocol="sts", status="200") == 3
@@ -64,7 +65,11 @@ def test_request_metrics_move(tmp_path: Path) -> None:
             == 1
         )
         assert "no-such-model" not in after
-        assert value(after, "sts_request_duration_seconds_count", model="m", protocol="sts") == 4
+        assert (
+            value(after, "sts_requests_total", model="m", version="", protocol="sts", status="404")
+            == 1
+        )
+        assert value(after, "sts_request_duration_seconds_count", model="m", protocol="sts") == 5
         assert (
             value(after, "sts_compute_duration_seconds_count", model="m") == 5
         )  # a failed decode is not compute
