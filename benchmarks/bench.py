@@ -420,6 +420,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
         axis.set_xlabel("concurrent connections")
         axis.set_title(title)
         axis.grid(alpha=0.3)
+    left.set_yscale("log")  # a tiny model and a CNN differ 10x
     right.set_yscale("log")
     left.legend(fontsize=7)
     figure.tight_layout()
