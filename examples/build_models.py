@@ -1,7 +1,7 @@
 """Train the bundled example models on data that ships with scikit-learn and write them
 under examples/models/. The outputs are committed, so `make serve` needs no training.
 
-    python examples/build_models.py   # needs sts[test,tensorflow] (scikit-learn, onnx, TF)
+    python examples/build_models.py   # needs sts[test,tensorflow,torch] (sklearn, onnx, TF)
 """
 
 from __future__ import annotations
@@ -128,6 +128,48 @@ def digits_savedmodel() -> float:
 
     module = Digits()
     _save_tf(module, {"serving_default": module.serve}, MODELS / "digits_tf" / "1")
+    return accuracy
+
+
+def digits_torch() -> float:
+    """The digits v1 MLP for PyTorch: version 1 TorchScript (`model.pt`), version 2 a
+    `torch.export` program (`model.pt2`); both name their outputs in `signature.json`."""
+    import torch
+
+    clf, accuracy = train_digits(16, seed=1)
+
+    class Digits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden = torch.nn.Linear(64, 16)
+            self.out = torch.nn.Linear(16, 10)
+            with torch.no_grad():
+                self.hidden.weight.copy_(torch.tensor(clf.coefs_[0].T))
+                self.hidden.bias.copy_(torch.tensor(clf.intercepts_[0]))
+                self.out.weight.copy_(torch.tensor(clf.coefs_[1].T))
+                self.out.bias.copy_(torch.tensor(clf.intercepts_[1]))
+
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.out(torch.relu(self.hidden(images.reshape(-1, 64))))
+            return torch.softmax(logits, dim=1), torch.argmax(logits, dim=1)
+
+    model = Digits().eval()
+    signature = {
+        "inputs": {"images": ["float32", [-1, 8, 8, 1]]},
+        "outputs": {"probabilities": ["float32", [-1, 10]], "classes": ["int64", [-1]]},
+    }
+    for version, name in ((1, "model.pt"), (2, "model.pt2")):
+        folder = MODELS / "digits_torch" / str(version)
+        folder.mkdir(parents=True, exist_ok=True)
+        if name == "model.pt":
+            torch.jit.script(model).save(str(folder / name))
+        else:
+            batch = torch.export.Dim("batch")
+            example = (torch.zeros(2, 8, 8, 1),)
+            program = torch.export.export(model, example, dynamic_shapes=({0: batch},))
+            torch.export.save(program, str(folder / name))
+        (folder / "signature.json").write_text(json.dumps(signature, indent=2) + "\n")
+        print(f"wrote {folder.relative_to(HERE.parent)}/{name}")
     return accuracy
 
 
@@ -302,6 +344,7 @@ if __name__ == "__main__":
     print(f"digits v2 held-out accuracy: {digits_mlp(48, 2):.3f}")
     print(f"iris training accuracy: {iris_logreg():.3f}")
     print(f"digits SavedModel held-out accuracy: {digits_savedmodel():.3f}")
+    print(f"digits PyTorch held-out accuracy: {digits_torch():.3f}")
     print(f"cancer v1 training accuracy: {cancer_tf1(1):.3f}")
     print(f"cancer v2 training accuracy: {cancer_tf1(2):.3f}")
     text_signatures()

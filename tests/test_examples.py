@@ -25,6 +25,8 @@ def test_examples_are_accurate() -> None:
             ("digits", "canary"),
             ("digits", None),
             ("digits_tf", None),
+            ("digits_torch", 1),  # TorchScript
+            ("digits_torch", 2),  # torch.export
         ):
             r = client.post(
                 "/",

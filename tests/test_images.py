@@ -234,7 +234,9 @@ def configs(image_models: Path) -> list[ModelConfig]:
         for n in ("nchw", "nhwc_u8")
     ]
     ours.append(ModelConfig(name="encoded", base_path=str(image_models / "encoded")))
-    return [c for c in examples if c.platform == "onnx" or c.name == "digits_tf"] + ours
+    return [
+        c for c in examples if c.platform == "onnx" or c.name in ("digits_tf", "digits_torch")
+    ] + ours
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +248,7 @@ def client(image_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 DIGIT = (EXAMPLES / "images" / "digit.png").read_bytes()
 
 
-@pytest.mark.parametrize("model", ["digits", "digits_tf"])
+@pytest.mark.parametrize("model", ["digits", "digits_tf", "digits_torch"])
 def test_an_uploaded_digit_is_classified(client: TestClient, model: str) -> None:
     # The original's form: curl -F image=@digit.png -F model_name=... http://host:8500/
     response = client.post(
