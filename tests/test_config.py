@@ -321,3 +321,16 @@ def test_settings_round_trip_for_workers() -> None:
     s = load_settings(["--port", "9001", "--model_version_policy", "latest:3", "--workers", "2"])
     again = ServerSettings.model_validate_json(s.model_dump_json(exclude_unset=True))
     assert again == s
+
+
+def test_unused_session_config_keys_are_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    from sts.backends.base import validate_model_configs
+    from sts.backends.onnx import OnnxBackend
+
+    config = ModelConfig(
+        name="warned-once", base_path="/m", platform="onnx", session_config={"allow_growth": True}
+    )
+    with caplog.at_level("WARNING", "sts.backends"):
+        validate_model_configs([config])
+        OnnxBackend.build_options(config)
+    assert caplog.text.count("session_config keys ['allow_growth'] mean nothing") == 1

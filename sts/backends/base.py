@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sts.config import ModelConfig
 
 logger = logging.getLogger("sts.backends")
+_WARNED: set[tuple[str, str, tuple[str, ...]]] = set()
 
 
 class BackendOptions(BaseModel):
@@ -109,7 +110,10 @@ class Backend(ABC):
                 values[cls.session_config_keys[key]] = value
             else:
                 unknown.append(key)
-        if unknown:
+        warning = (config.name, config.platform, tuple(sorted(unknown)))
+        if unknown and warning not in _WARNED:
+            # Options are built at validation and again for the repository: say it once.
+            _WARNED.add(warning)
             logger.warning(
                 "model %r: session_config keys %s mean nothing to platform %s and are not used",
                 config.name,
