@@ -191,8 +191,7 @@ def write_client(
         print(f"sts: error: choose a model with --model_name; models: {names}", file=sys.stderr)
         return 2
     scheme = "https" if settings.enable_ssl else "http"
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    base_url = settings.public_url or f"{scheme}://{host}:{settings.port}"
+    base_url = settings.public_url or f"{scheme}://{settings.local_host}:{settings.port}"
     repository = ModelRepository(chosen[:1])
     try:
         repository.load_all()

@@ -60,7 +60,7 @@ def to_array(
     """
     if spec.dtype == "string":
         array = _string_array(value, what, base64_strings)
-    elif images is not None and _has_b64(value) and layout_of(spec) is not None:
+    elif images is not None and has_b64(value) and layout_of(spec) is not None:
         array = images.tensor(_b64_images(value, what), spec)
     else:
         array = numeric_array(value, spec, what)
@@ -91,7 +91,7 @@ def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
         ) from None
     kind = array.dtype.kind
     if kind == "O":
-        if _has_b64(value):
+        if has_b64(value):
             raise InvalidInput(
                 f'{what}: {{"b64": ...}} values need a string or image input; this one is '
                 f"{spec.dtype} {spec.describe_shape()}"
@@ -155,7 +155,8 @@ def is_b64_object(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
-def _has_b64(value: Any) -> bool:
+def has_b64(value: Any) -> bool:
+    """Whether a (nested list) value holds `{"b64": ...}` objects (its first leaf does)."""
     while isinstance(value, list) and value:
         value = value[0]
     return isinstance(value, dict) and "b64" in value

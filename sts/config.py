@@ -366,6 +366,11 @@ class ServerSettings(BaseSettings):
         return Authenticator(username=self.auth_username, password=self.auth_password)
 
     @property
+    def local_host(self) -> str:
+        """The address a client on this machine reaches the server at."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
     def effective_log_level(self) -> str:
         return "debug" if self.debug else self.log_level
 

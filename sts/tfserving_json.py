@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sts.codecs import decode_b64, dumps, is_b64_object, jsonable, short, to_array
+from sts.codecs import decode_b64, dumps, has_b64, is_b64_object, jsonable, short, to_array
 from sts.errors import InvalidInput
 from sts.images import ImageDecoding
 from sts.signature import CLASSIFY, REGRESS, Signature, TensorSpec
@@ -169,7 +169,7 @@ def _tensor(
     try:
         return to_array(value, spec, f"input '{spec.name}'", images=images)
     except InvalidInput as exc:
-        if images is not None and _has_b64(value):
+        if images is not None and has_b64(value):
             raise  # an image problem, already worded for images
         if columnar:
             problem = explain(value, spec)
@@ -180,12 +180,6 @@ def _tensor(
         if not problem:
             raise
         raise InvalidInput(problem) from exc
-
-
-def _has_b64(value: Any) -> bool:
-    while isinstance(value, list) and value:
-        value = value[0]
-    return is_b64_object(value)
 
 
 # ---------------------------------------------------------------- predict

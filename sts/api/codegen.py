@@ -38,8 +38,7 @@ def client_base_url(request: Request, settings: ServerSettings) -> str:
     if scheme not in ("http", "https"):
         scheme = "http"
     if not _HOST.match(host):
-        listen = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        host = f"{listen}:{settings.port}"
+        host = f"{settings.local_host}:{settings.port}"
     return f"{scheme}://{host}{prefix}"
 
 

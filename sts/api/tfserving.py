@@ -126,18 +126,18 @@ async def infer_version(model_name: str, version: str, method: str, request: Req
     openapi_extra=TFSERVING_INFER,
 )
 async def infer_label(model_name: str, label: str, method: str, request: Request) -> Response:
-    service: InferenceService = request.app.state.service
-    if method.lower() not in METHODS:
-        raise _malformed(request)
-    version = _label_version(service.repository, model_name, label)
-    return await _infer(request, model_name, method, version)
+    return await _infer(request, model_name, method, None, label)
 
 
-async def _infer(request: Request, model: str, method: str, version: int | None) -> Response:
+async def _infer(
+    request: Request, model: str, method: str, version: int | None, label: str | None = None
+) -> Response:
     method = method.lower()
     if method not in METHODS:
         raise _malformed(request)
     service: InferenceService = request.app.state.service
+    if label is not None:
+        version = _label_version(service.repository, model, label)
     max_pixels: int = request.app.state.settings.max_image_pixels
     document = await parse_body(await request.body(), _parse)
     signature = signature_name(document)

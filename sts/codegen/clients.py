@@ -32,8 +32,14 @@ LANGUAGES: dict[str, tuple[str, str, str]] = {
     "javascript": ("client.js.j2", "client.js", "text/javascript"),
     "json": ("", "request.json", "application/json"),
 }
-ALIASES = {"sh": "bash", "shell": "bash", "py": "python", "go": "golang", "js": "javascript"}
-ALIASES.update({"node": "javascript"})
+ALIASES = {
+    "sh": "bash",
+    "shell": "bash",
+    "py": "python",
+    "go": "golang",
+    "js": "javascript",
+    "node": "javascript",
+}
 PROTOCOLS = ("sts", "tfserving", "v2")
 
 # Stands for the image's base64 while the body is serialised, then splits it.

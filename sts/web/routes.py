@@ -86,7 +86,7 @@ async def model_page(model_name: str, request: Request, repository: RepositoryDe
         model=detail,
         examples=examples,
         images=images,
-        languages=[name for name in LANGUAGES],
+        languages=list(LANGUAGES),
         filenames={name: spec[1] for name, spec in LANGUAGES.items()},
         protocols=PROTOCOLS,
     )
