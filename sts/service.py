@@ -164,9 +164,11 @@ class InferenceService:
             raise InvalidInput("signature_name must be a string")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout if self.timeout else None
-        held = contextlib.ExitStack()  # the lease, the worker slot, the in-flight gauge
+        held = contextlib.ExitStack()  # the in-flight gauge and the worker slot
+        lease = contextlib.ExitStack()  # the version, handed to the thread once it is scheduled
+        handed_over = False
         try:
-            leased = held.enter_context(self.repository.lease(model, version))
+            leased = lease.enter_context(self.repository.lease(model, version))
             labels[:] = [leased.model, str(leased.version)]
             if self.metrics is not None:
                 gauge = self.metrics.inflight.labels(leased.model)
@@ -189,15 +191,21 @@ class InferenceService:
                 metrics = self.metrics
 
                 def work() -> T:
-                    began = time.perf_counter()
-                    inputs = decode(call)
-                    outputs = backend.predict(inputs, name)
-                    result = encode(call, outputs)
-                    if metrics is not None:
-                        metrics.compute.labels(call.version.model).observe(
-                            time.perf_counter() - began
-                        )
-                    return result
+                    # The thread lets go of the version itself: a caller that gives up
+                    # (times out, disconnects) cannot get it unloaded under the thread, even
+                    # when the event loop is gone by the time the thread ends.
+                    try:
+                        began = time.perf_counter()
+                        inputs = decode(call)
+                        outputs = backend.predict(inputs, name)
+                        result = encode(call, outputs)
+                        if metrics is not None:
+                            metrics.compute.labels(call.version.model).observe(
+                                time.perf_counter() - began
+                            )
+                        return result
+                    finally:
+                        lease.close()
 
                 limit = self._limit(leased)
                 await self._acquire(limit, leased, _left(loop, deadline))
@@ -205,13 +213,18 @@ class InferenceService:
                 if self.metrics is not None:
                     self.metrics.queue.labels(leased.model).observe(loop.time() - queued)
                 future = loop.run_in_executor(self._executor, work)
+                handed_over = True
         except BaseException:
             held.close()
+            lease.close()
             raise
         try:
             result: T = await asyncio.wait_for(asyncio.shield(future), _left(loop, deadline))
         except (TimeoutError, asyncio.CancelledError) as exc:
-            # The thread cannot be stopped: the lease and the slot are held until it ends.
+            # The thread cannot be stopped: its slot stays taken until it ends, and it (or,
+            # batched, the batch) holds the version itself.
+            if not handed_over:
+                lease.close()
             self._release_when_done(future, held)
             if isinstance(exc, TimeoutError):
                 raise GatewayTimeout(
@@ -221,16 +234,22 @@ class InferenceService:
             raise
         except BaseException:
             held.close()
+            if not handed_over:
+                lease.close()
             raise
         held.close()
+        if not handed_over:
+            lease.close()
         return result
 
     def _release_when_done(self, future: asyncio.Future[Any], held: contextlib.ExitStack) -> None:
         async def release() -> None:
-            await asyncio.wait([future])
-            if not future.cancelled():
-                future.exception()  # retrieved: its error went nowhere else
-            held.close()
+            try:
+                await asyncio.wait([future])
+                if not future.cancelled():
+                    future.exception()  # retrieved: its error went nowhere else
+            finally:
+                held.close()  # also when the loop shuts down first
 
         task = asyncio.ensure_future(release())
         self._orphans.add(task)

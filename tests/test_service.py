@@ -147,3 +147,26 @@ def test_a_full_queue_answers_at_once(tmp_path: Path) -> None:
     asyncio.run(main())
     service.close()
     repo.close()
+
+
+def test_a_loop_that_ends_before_the_thread_leaks_no_lease(tmp_path: Path) -> None:
+    """The server shutting down right after a timeout: the thread still finishes and lets
+    go of the version, so unloading it does not wait for a request nobody holds."""
+    repo, _ = _service(tmp_path, delay=0.4)
+    service = InferenceService(repo, timeout=0.1)
+    version = repo.resolve("m")
+
+    async def main() -> None:
+        with pytest.raises(GatewayTimeout):
+            await service.infer("m", None, None, _decode, lambda c, o: None)
+
+    asyncio.run(main())  # ends (cancelling what waits on the thread) while it predicts
+    assert version.inflight == 1
+    deadline = time.monotonic() + 5
+    while version.inflight and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert version.inflight == 0
+    started = time.monotonic()
+    repo.close()
+    assert time.monotonic() - started < 5  # not the 300 s drain timeout
+    service.close()
