@@ -32,6 +32,14 @@ def _decode(call: Call) -> Any:
     return decode_named_inputs({"x": [[1, 2]]}, call.signature)
 
 
+async def until(condition: Callable[[], bool], within: float) -> None:
+    """Wait for `condition`, polling: robust where a fixed sleep races a loaded machine."""
+    ends = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < ends, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
 def test_predict_runs_off_the_event_loop(tmp_path: Path) -> None:
     repo, service = _service(tmp_path)
     threads: list[str] = []
@@ -78,19 +86,17 @@ def test_per_model_concurrency_limit(tmp_path: Path) -> None:
 
 
 def test_cancelled_request_keeps_its_lease_until_the_thread_ends(tmp_path: Path) -> None:
-    repo, service = _service(tmp_path, delay=0.5)
+    repo, service = _service(tmp_path, delay=1.5)
     version = repo.resolve("m")
 
     async def main() -> None:
         task = asyncio.create_task(service.infer("m", None, None, _decode, lambda c, o: None))
-        await asyncio.sleep(0.1)
-        assert version.inflight == 1
+        await until(lambda: version.inflight == 1, within=1)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task  # the caller is free at once...
         assert version.inflight == 1  # ...but the thread is still predicting: still leased
-        await asyncio.sleep(0.6)
-        assert version.inflight == 0
+        await until(lambda: version.inflight == 0, within=10)
 
     asyncio.run(main())
     service.close()
@@ -105,12 +111,6 @@ def test_a_slow_prediction_times_out_and_keeps_its_slot(tmp_path: Path) -> None:
     service = InferenceService(repo, timeout=0.2)
     version = repo.resolve("m")
     limit = service._limit(version)
-
-    async def until(condition: Callable[[], bool], within: float) -> None:
-        ends = time.monotonic() + within
-        while not condition():
-            assert time.monotonic() < ends, "condition not reached in time"
-            await asyncio.sleep(0.01)
 
     async def main() -> None:
         started = time.monotonic()
@@ -138,7 +138,7 @@ def test_a_slow_prediction_times_out_and_keeps_its_slot(tmp_path: Path) -> None:
 
 
 def test_a_full_queue_answers_at_once(tmp_path: Path) -> None:
-    fakes.write_version(tmp_path / "m", 1, delay=0.3)
+    fakes.write_version(tmp_path / "m", 1, delay=1.5)
     repo = ModelRepository([fake_config("m", tmp_path / "m", max_concurrency=1, max_queue=2)])
     repo.load_all()
     service = InferenceService(repo)
@@ -148,7 +148,7 @@ def test_a_full_queue_answers_at_once(tmp_path: Path) -> None:
             asyncio.create_task(service.infer("m", None, None, _decode, lambda c, o: None))
             for _ in range(3)  # one runs, two wait
         ]
-        await asyncio.sleep(0.05)
+        await until(lambda: service._waiting.get("m") == 2, within=1)
         with pytest.raises(QueueFull, match="has 2 requests waiting") as caught:
             await service.infer("m", None, None, _decode, lambda c, o: None)
         assert caught.value.headers == {"Retry-After": "1"}
@@ -162,7 +162,7 @@ def test_a_full_queue_answers_at_once(tmp_path: Path) -> None:
 def test_a_loop_that_ends_before_the_thread_leaks_no_lease(tmp_path: Path) -> None:
     """The server shutting down right after a timeout: the thread still finishes and lets
     go of the version, so unloading it does not wait for a request nobody holds."""
-    repo, _ = _service(tmp_path, delay=0.4)
+    repo, _ = _service(tmp_path, delay=1.5)
     service = InferenceService(repo, timeout=0.1)
     version = repo.resolve("m")
 
