@@ -75,6 +75,11 @@ def check_shape(array: np.ndarray, spec: TensorSpec, what: str) -> None:
         )
 
 
+# numpy < 1.24 (the MXNet environment) warns about ragged lists instead of refusing them:
+# an error where warnings are errors, otherwise an object array of lists.
+_RaggedWarning: type[Warning] = getattr(np, "VisibleDeprecationWarning", DeprecationWarning)
+
+
 def string_array(value: Any, what: str) -> np.ndarray:
     """Nested lists of strings (or `{"b64"}`) -> an object array of bytes."""
     return _string_array(value, what, base64_strings=False)
@@ -83,14 +88,15 @@ def string_array(value: Any, what: str) -> np.ndarray:
 def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
     """Nested lists of numbers (or booleans) -> an array of `spec`'s dtype, any shape."""
     target = spec.dt.numpy
+    ragged = InvalidInput(f"{what}: nested lists are ragged; every row must have the same length")
     try:
         array = np.asarray(value)
-    except (ValueError, TypeError):
-        raise InvalidInput(
-            f"{what}: nested lists are ragged; every row must have the same length"
-        ) from None
+    except (ValueError, TypeError, _RaggedWarning):
+        raise ragged from None
     kind = array.dtype.kind
     if kind == "O":
+        if any(isinstance(item, list) for item in array.flat):
+            raise ragged  # numpy < 1.24 builds an object array of the rows instead
         if has_b64(value):
             raise InvalidInput(
                 f'{what}: {{"b64": ...}} values need a string or image input; this one is '
@@ -125,7 +131,8 @@ def _to_int(
         return array.astype(target)
     info = np.iinfo(target)
     if array.dtype.kind in "iu":
-        low, high = array.min(), array.max()
+        # Python ints compare exactly; numpy < 2 compares uint64 with int64 as floats.
+        low, high = int(array.min()), int(array.max())
         if low < info.min or high > info.max:
             bad = high if high > info.max else low
             raise InvalidInput(f"{what}: value {bad} is out of range for {spec.dtype}")
