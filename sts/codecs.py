@@ -132,9 +132,9 @@ def _to_int(
     info = np.iinfo(target)
     if array.dtype.kind in "iu":
         # Python ints compare exactly; numpy < 2 compares uint64 with int64 as floats.
-        low, high = int(array.min()), int(array.max())
-        if low < info.min or high > info.max:
-            bad = high if high > info.max else low
+        smallest, largest = int(array.min()), int(array.max())
+        if smallest < info.min or largest > info.max:
+            bad = largest if largest > info.max else smallest
             raise InvalidInput(f"{what}: value {bad} is out of range for {spec.dtype}")
         return array.astype(target)
     # Floats: integral ones like 1.0 are what many clients send for ints; 1.5 is not an int.
