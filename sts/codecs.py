@@ -134,8 +134,8 @@ def _to_int(
         # Python ints compare exactly; numpy < 2 compares uint64 with int64 as floats.
         smallest, largest = int(array.min()), int(array.max())
         if smallest < info.min or largest > info.max:
-            bad = largest if largest > info.max else smallest
-            raise InvalidInput(f"{what}: value {bad} is out of range for {spec.dtype}")
+            outside = largest if largest > info.max else smallest
+            raise InvalidInput(f"{what}: value {outside} is out of range for {spec.dtype}")
         return array.astype(target)
     # Floats: integral ones like 1.0 are what many clients send for ints; 1.5 is not an int.
     if not np.isfinite(array).all() or not (array == np.floor(array)).all():
