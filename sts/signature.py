@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from sts.errors import ModelLoadError
+
 
 @dataclass(frozen=True)
 class DType:
@@ -107,3 +109,36 @@ def default_signature_name(signatures: dict[str, Signature]) -> str:
     if not signatures:
         raise ValueError("the model has no signatures")
     return next(iter(signatures))
+
+
+def signature_from_json(entry: Any, where: str) -> Signature:
+    """A numeric model's signature file entry: `{"inputs": {name: {"dtype", "shape"}} or
+    [names], "outputs": [names] or {name: {...}}}`; dtype defaults to float32, shape to
+    any (-1: any size). Raises ModelLoadError naming `where`."""
+    if not isinstance(entry, dict) or "inputs" not in entry:
+        raise ModelLoadError(f'{where}: expected {{"inputs": {{...}}, "outputs": [...]}}')
+
+    def spec(name: str, value: Any) -> TensorSpec:
+        if isinstance(value, dict):
+            dtype, shape = value.get("dtype", "float32"), value.get("shape")
+        elif isinstance(value, list) and len(value) == 2:
+            dtype, shape = value
+        else:
+            dtype, shape = "float32", None
+        if dtype not in DTYPES or dtype == "string":
+            raise ModelLoadError(f"{where}: {name!r} has dtype {dtype!r}")
+        if shape is not None and not (
+            isinstance(shape, list) and all(isinstance(d, int) and d >= -1 for d in shape)
+        ):
+            raise ModelLoadError(f"{where}: {name!r} shape must be a list of ints (-1: any)")
+        return TensorSpec(name, dtype, tuple(shape) if shape is not None else None)
+
+    raw_inputs, raw_outputs = entry["inputs"], entry.get("outputs", ["output_0"])
+    if isinstance(raw_inputs, list):
+        raw_inputs = dict.fromkeys(raw_inputs)
+    if isinstance(raw_outputs, list):
+        raw_outputs = dict.fromkeys(raw_outputs)
+    return Signature(
+        {n: spec(n, v) for n, v in raw_inputs.items()},
+        {n: spec(n, v) for n, v in raw_outputs.items()},
+    )

@@ -20,7 +20,7 @@ import numpy as np
 
 from sts.backends.base import Backend, BackendOptions
 from sts.errors import BackendError, ConfigError, InvalidInput, ModelLoadError
-from sts.signature import DEFAULT_SIGNATURE, DTYPES, Signature, TensorSpec
+from sts.signature import DEFAULT_SIGNATURE, Signature, TensorSpec, signature_from_json
 
 SIGNATURE_FILE = "signature.json"
 SUFFIXES = (".pt2", ".pt", ".pth", ".torchscript")
@@ -271,40 +271,10 @@ def _read_signature_file(
     outputs: dict[str, list[str]] = {}
     for method, entry in entries.items():
         name = DEFAULT_SIGNATURE if method in ("forward", DEFAULT_SIGNATURE) else method
-        signature = _signature_entry(entry, f"{SIGNATURE_FILE} {method!r}")
+        signature = signature_from_json(entry, f"{SIGNATURE_FILE} {method!r}")
         signatures[name] = signature
         outputs[name] = list(signature.outputs)
     return signatures, outputs
-
-
-def _signature_entry(entry: Any, where: str) -> Signature:
-    if not isinstance(entry, dict) or "inputs" not in entry:
-        raise ModelLoadError(f'{where}: expected {{"inputs": {{...}}, "outputs": [...]}}')
-
-    def spec(name: str, value: Any) -> TensorSpec:
-        if isinstance(value, dict):
-            dtype, shape = value.get("dtype", "float32"), value.get("shape")
-        elif isinstance(value, list) and len(value) == 2:
-            dtype, shape = value
-        else:
-            dtype, shape = "float32", None
-        if dtype not in DTYPES or dtype == "string":
-            raise ModelLoadError(f"{where}: {name!r} has dtype {dtype!r}")
-        if shape is not None and not (
-            isinstance(shape, list) and all(isinstance(d, int) and d >= -1 for d in shape)
-        ):
-            raise ModelLoadError(f"{where}: {name!r} shape must be a list of ints (-1: any)")
-        return TensorSpec(name, dtype, tuple(shape) if shape is not None else None)
-
-    raw_inputs, raw_outputs = entry["inputs"], entry.get("outputs", ["output_0"])
-    if isinstance(raw_inputs, list):
-        raw_inputs = dict.fromkeys(raw_inputs)
-    if isinstance(raw_outputs, list):
-        raw_outputs = dict.fromkeys(raw_outputs)
-    return Signature(
-        {n: spec(n, v) for n, v in raw_inputs.items()},
-        {n: spec(n, v) for n, v in raw_outputs.items()},
-    )
 
 
 def _outputs(result: Any, names: list[str]) -> dict[str, np.ndarray]:
