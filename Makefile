@@ -12,16 +12,29 @@ PORT   ?= 8500
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 UV_INSTALL = $(UV) pip install --quiet --python $(BIN)/python $(FIND_LINKS)
 
+# MXNet 1.9.1 needs numpy < 1.24, which TensorFlow cannot share: a second environment
+# with sts[mxnet] only. `make test` runs the MXNet tests there, and the API and core tests
+# again, under numpy 1.23.
+MX_VENV := .venv-mx
+MX_BIN  := $(MX_VENV)/bin
+MX_INSTALL = $(UV) pip install --quiet --python $(MX_BIN)/python $(FIND_LINKS)
+MX_TESTS := tests/test_mxnet_backend.py tests/test_mxnet_environment.py \
+	tests/test_api_sts.py tests/test_api_v2.py tests/test_api_tfserving.py \
+	tests/test_codecs.py tests/test_config.py tests/test_repository.py tests/test_service.py \
+	tests/test_batching.py tests/test_hot_reload.py tests/test_metrics.py \
+	tests/test_security.py tests/test_onnx_backend.py
+
 # What the tests run: Go (Debian's golang-go), Node 18+ and curl for the generated
 # clients, Debian's chromium for the dashboard (driven by Playwright, never its download).
 MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/chromium),,chromium))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help serve test lint tools bench soak examples clean
+.PHONY: help serve serve-mxnet test test-main test-mxnet lint tools bench soak examples clean
 
 help:
 	@echo "make serve     install and serve examples/models on port $(PORT)"
-	@echo "make test      install everything, lint, and run the whole test suite"
+	@echo "make serve-mxnet  the same in the MXNet environment (.venv-mx, numpy < 1.24)"
+	@echo "make test      install everything, lint, and run the whole test suite (both environments)"
 	@echo "make lint      ruff and mypy"
 	@echo "make bench     throughput and latency against the runtime in-process (a few minutes)"
 	@echo "make soak      the bench, then 10 minutes of load with a reload every 30 s"
@@ -41,11 +54,30 @@ $(VENV)/.test-installed: pyproject.toml | $(UV)
 	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev]'
 	touch $@ $(VENV)/.serve-installed
 
+$(MX_BIN)/python:
+	$(PYTHON) -m venv $(MX_VENV)
+
+$(MX_VENV)/.serve-installed: pyproject.toml | $(MX_BIN)/python $(UV)
+	$(MX_INSTALL) -e '.[mxnet,onnx]'
+	touch $@
+
+$(MX_VENV)/.test-installed: pyproject.toml | $(MX_BIN)/python $(UV)
+	$(MX_INSTALL) -e '.[mxnet-convert,onnx,test]'
+	touch $@ $(MX_VENV)/.serve-installed
+
 serve: $(VENV)/.serve-installed
 	$(BIN)/sts --model_config_file examples/models.json --port $(PORT)
 
-test: lint tools
+serve-mxnet: $(MX_VENV)/.serve-installed
+	$(MX_BIN)/sts --model_config_file examples/models-mxnet.json --port $(PORT)
+
+test: test-main test-mxnet
+
+test-main: lint tools
 	$(BIN)/python -m pytest
+
+test-mxnet: $(MX_VENV)/.test-installed | $(VENV)/.test-installed
+	STS_MAIN_PYTHON=$(abspath $(BIN)/python) $(MX_BIN)/python -m pytest $(MX_TESTS)
 
 tools:
 ifneq ($(MISSING_TOOLS),)
@@ -70,8 +102,9 @@ soak: $(VENV)/.bench-installed
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
 	$(BIN)/python benchmarks/bench.py --seconds 2 --long 5 --soak 600
 
-examples: $(VENV)/.test-installed
+examples: $(VENV)/.test-installed $(MX_VENV)/.test-installed
 	$(BIN)/python examples/build_models.py
+	$(MX_BIN)/python examples/build_mxnet_models.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache dist build
+	rm -rf $(VENV) $(MX_VENV) .pytest_cache .ruff_cache .mypy_cache dist build

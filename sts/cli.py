@@ -70,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return gen_client_command(args[1:])
     if args[:1] == ["hash-password"]:
         return hash_password_command(args[1:])
+    if args[:1] == ["convert"]:
+        return convert_command(args[1:])
     try:
         settings = load_settings(args)
         configs = settings.model_configs()  # fail before binding the port
@@ -119,6 +121,63 @@ def hash_password_command(argv: Sequence[str]) -> int:
         return 2
     hashed = hash_password(password, options.scheme)
     print(f"{options.user}:{hashed}" if options.user else hashed)
+    return 0
+
+
+def convert_command(argv: Sequence[str]) -> int:
+    """`sts convert mxnet-to-onnx --model_base_path P --output F [--input_shape N=D,...]`"""
+    parser = argparse.ArgumentParser(
+        prog="sts convert",
+        description="Convert a model to ONNX, which every sts environment serves. Run it "
+        "where the source framework is installed (MXNet: sts[mxnet-convert]).",
+    )
+    parser.add_argument("conversion", choices=["mxnet-to-onnx"])
+    parser.add_argument(
+        "--model_base_path",
+        required=True,
+        help="numbered version folders, or the original's checkpoint prefix",
+    )
+    parser.add_argument("--model_version", type=int, help="default: the latest version")
+    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument(
+        "--input_shape",
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="an input's shape where signature.json does not give it (-1: dynamic)",
+    )
+    parser.add_argument(
+        "--check",
+        choices=["true", "false"],
+        default="true",
+        help="compare ONNX Runtime's outputs with MXNet's on a sample batch (default: true)",
+    )
+    options = parser.parse_args(argv)
+    configure_logging("warning")
+    from sts.convert import mxnet_to_onnx, parse_shapes
+
+    try:
+        done = mxnet_to_onnx(
+            Path(options.model_base_path),
+            Path(options.output),
+            version=options.model_version,
+            shapes=parse_shapes(options.input_shape),
+            check=options.check == "true",
+        )
+    except StsError as exc:
+        print(f"sts convert: error: {exc}", file=sys.stderr)
+        return 2
+    inputs = ", ".join(
+        f"{s.name} {s.dtype} {s.describe_shape()}" for s in done.signature.inputs.values()
+    )
+    outputs = ", ".join(done.signature.outputs)
+    print(f"wrote {done.output} from version {done.version}: inputs {inputs}; outputs {outputs}")
+    if done.max_abs_diff is None:
+        print("not checked: onnxruntime is not installed here")
+    else:
+        print(
+            f"checked against MXNet on a sample batch: max abs difference {done.max_abs_diff:.2e}"
+        )
     return 0
 
 

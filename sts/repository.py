@@ -333,11 +333,7 @@ class ModelRepository:
         base = model.base_path
         on_disk = model.backend_cls.discover_versions(base)
         if not on_disk:
-            model.problem = (
-                f"base path {base} does not exist"
-                if not base.exists()
-                else f"no version folders (numbered sub-folders) under {base}"
-            )
+            model.problem = model.backend_cls.describe_missing(base)
             if model.problem and not model.serving:
                 logger.warning("model %r: %s", model.name, model.problem)
         else:

@@ -31,9 +31,11 @@ def test_serves_the_examples(server: str) -> None:
     assert r.json()["classes"] == [8, 4]
     assert httpx.get(f"{server}/health").text == "healthy"
     names = [m["model_name"] for m in httpx.get(f"{server}/v1/models").json()]
-    assert names == ["default", "colours", "digits", "digits_tf", "digits_torch", "iris", "text"]
+    assert names == [
+        "default", "colours", "digits", "digits_tf", "digits_mxnet", "digits_torch", "iris", "text"
+    ]  # fmt: skip
     digit = (ROOT / "examples" / "images" / "digit.png").read_bytes()
-    for model in ("digits", "digits_tf", "digits_torch"):  # curl -F image=@digit.png ...
+    for model in ("digits", "digits_tf", "digits_mxnet", "digits_torch"):  # curl -F image=@...
         upload = httpx.post(
             server, files={"image": ("digit.png", digit)}, data={"model_name": model}
         )

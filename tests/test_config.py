@@ -286,11 +286,6 @@ def test_config_file_not_json(tmp_path: Path) -> None:
         load_model_config_file(tmp_path / "missing.json")
 
 
-def test_planned_platform_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="'mxnet' is not available in this version"):
-        ServerSettings(model_base_path="/m", model_platform="mxnet").model_configs()
-
-
 def test_tensorflow_is_the_default_platform() -> None:
     (config,) = ServerSettings(model_base_path="/m").model_configs()
     assert config.platform == "tensorflow"

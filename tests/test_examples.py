@@ -25,6 +25,7 @@ def test_examples_are_accurate() -> None:
             ("digits", "canary"),
             ("digits", None),
             ("digits_tf", None),
+            ("digits_mxnet", None),  # MXNet, converted to ONNX
             ("digits_torch", 1),  # TorchScript
             ("digits_torch", 2),  # torch.export
         ):

@@ -95,6 +95,13 @@ class Backend(ABC):
         return versions
 
     @classmethod
+    def describe_missing(cls, base_path: Path) -> str:
+        """Why `discover_versions` found nothing, for the model's status."""
+        if not base_path.exists():
+            return f"base path {base_path} does not exist"
+        return f"no version folders (numbered sub-folders) under {base_path}"
+
+    @classmethod
     def plan_process(cls, options: Sequence[BackendOptions], names: Sequence[str]) -> None:
         """Check settings the framework holds once per process across every model of this
         platform (`names[i]` owns `options[i]`); raise ConfigError when they conflict."""
@@ -134,11 +141,9 @@ PLATFORMS: dict[str, str] = {
     "onnx": "sts.backends.onnx:OnnxBackend",
     "pytorch_onnx": "sts.backends.onnx:OnnxBackend",
     "pytorch": "sts.backends.pytorch:TorchBackend",
+    "mxnet": "sts.backends.mxnet:MxnetBackend",
 }
 """Platform name -> `module:Class`, imported only when a model of that platform loads."""
-
-# Platforms of the original that later sts versions implement; named in errors.
-PLANNED_PLATFORMS = ("mxnet",)
 
 
 def backend_class(platform: str) -> type[Backend]:
@@ -146,10 +151,6 @@ def backend_class(platform: str) -> type[Backend]:
     target = PLATFORMS.get(platform.lower()) if ":" not in platform else platform
     if target is None:
         known = ", ".join(sorted(PLATFORMS))
-        if platform.lower() in PLANNED_PLATFORMS:
-            raise ConfigError(
-                f"platform {platform!r} is not available in this version of sts; available: {known}"
-            )
         raise ConfigError(f"unknown platform {platform!r}; available: {known} (or module:Class)")
     module_name, _, class_name = target.partition(":")
     try:
