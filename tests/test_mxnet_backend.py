@@ -62,6 +62,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client(root: Path) -> Iterator[TestClient]:
     configs = [
         config("original", root / "original" / "mx_mlp", version_policy="all"),
+        config("folder", root / "original"),  # the prefix's folder, given directly
         config("described", root / "described"),
         config("bare", root / "bare"),
         config("broken", root / "broken"),
@@ -78,6 +79,7 @@ def test_the_originals_prefix_layout_serves_each_epoch_as_a_version(client: Test
          "shape": [-1, 2]},
     ]  # fmt: skip
     assert [o["name"] for o in body["model_signature"]["outputs"]] == ["softmax"]
+    assert client.get("/v1/models/folder").json()["model_version_list"] == ["2"]  # latest
     for version, scale in ((1, 1.0), (2, 2.0)):
         # the original's request: {"data": {"data": ...}}; SoftmaxOutput needs no label
         r = predict(client, "original", {"data": X}, model_version=version)

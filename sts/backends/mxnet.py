@@ -140,11 +140,9 @@ class MxnetBackend(Backend):
     @classmethod
     def discover_versions(cls, base_path: Path) -> dict[int, Path]:
         """Numbered folders; or, for the prefix layout, each epoch's params file."""
-        if base_path.is_dir():
-            return super().discover_versions(base_path)
         prefix = _prefix_of(base_path)
-        if not (prefix.parent / (prefix.name + SYMBOL_SUFFIX)).is_file():
-            return {}
+        if prefix is None:
+            return super().discover_versions(base_path)
         versions: dict[int, Path] = {}
         try:
             entries = list(prefix.parent.iterdir())
@@ -158,12 +156,15 @@ class MxnetBackend(Backend):
 
     @classmethod
     def describe_missing(cls, base_path: Path) -> str:
-        if base_path.is_dir():
-            return super().describe_missing(base_path)
         prefix = _prefix_of(base_path)
-        symbol = prefix.parent / (prefix.name + SYMBOL_SUFFIX)
-        if symbol.is_file():
-            return f"no {prefix.name}-NNNN.params beside {symbol}"
+        if prefix is not None:
+            return f"no {prefix.name}-NNNN.params beside {prefix.name}{SYMBOL_SUFFIX}"
+        if base_path.is_dir():
+            return (
+                f"no version folders (numbered sub-folders) and no single "
+                f"<prefix>{SYMBOL_SUFFIX} in {base_path}"
+            )
+        symbol = base_path.with_name(base_path.name.removesuffix(SYMBOL_SUFFIX) + SYMBOL_SUFFIX)
         return (
             f"{base_path} is neither a folder of numbered versions nor an MXNet prefix "
             f"({symbol} does not exist)"
@@ -367,10 +368,22 @@ def inference_symbol(mx: Any, symbol: Any) -> Any:
     return heads[0] if len(heads) == 1 else mx.sym.Group(heads)
 
 
-def _prefix_of(base_path: Path) -> Path:
-    """The checkpoint prefix for a base path given as the prefix or its symbol file."""
-    name = base_path.name
-    return base_path.with_name(name.removesuffix(SYMBOL_SUFFIX)) if name else base_path
+def _prefix_of(base_path: Path) -> Path | None:
+    """The checkpoint prefix of the original's layout: `base_path` itself (or its symbol
+    file), or a folder without numbered versions holding one `<prefix>-symbol.json`.
+    None for version folders, or when there is no such symbol file."""
+    if base_path.is_dir():
+        try:
+            if any(e.name.isdigit() and e.is_dir() for e in base_path.iterdir()):
+                return None
+        except OSError:
+            return None
+        symbols = list(base_path.glob("*" + SYMBOL_SUFFIX))
+        if len(symbols) != 1:
+            return None
+        return base_path / symbols[0].name.removesuffix(SYMBOL_SUFFIX)
+    prefix = base_path.with_name(base_path.name.removesuffix(SYMBOL_SUFFIX))
+    return prefix if (prefix.parent / (prefix.name + SYMBOL_SUFFIX)).is_file() else None
 
 
 def _context(mx: Any, text: str) -> Any:
