@@ -21,8 +21,7 @@ MX_INSTALL = $(UV) pip install --quiet --python $(MX_BIN)/python $(FIND_LINKS)
 MX_TESTS := tests/test_mxnet_backend.py tests/test_mxnet_environment.py \
 	tests/test_api_sts.py tests/test_api_v2.py tests/test_api_tfserving.py \
 	tests/test_codecs.py tests/test_images.py tests/test_config.py tests/test_repository.py \
-	tests/test_service.py \
-	tests/test_batching.py tests/test_hot_reload.py tests/test_metrics.py \
+	tests/test_service.py tests/test_batching.py tests/test_hot_reload.py tests/test_metrics.py \
 	tests/test_security.py tests/test_onnx_backend.py
 
 # What the tests run: Go (Debian's golang-go), Node 18+ and curl for the generated
