@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sts.backends.base import OpLibraries
 from sts.cli import load_settings
 from sts.config import (
     ModelConfig,
@@ -15,7 +16,7 @@ from sts.config import (
     load_model_config_file,
     parse_bool,
 )
-from sts.errors import ConfigError
+from sts.errors import ConfigError, ModelLoadError
 from tests import fakes
 
 
@@ -329,3 +330,29 @@ def test_unused_session_config_keys_are_warned_about_once(caplog: pytest.LogCapt
         validate_model_configs([config])
         OnnxBackend.build_options(config)
     assert caplog.text.count("session_config keys ['allow_growth'] mean nothing") == 1
+
+
+def test_op_libraries_load_each_file_once_and_expand_folders(tmp_path: Path) -> None:
+    folder = tmp_path / "ops"
+    folder.mkdir()
+    for name in ("a.so", "b.so", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    loaded: list[str] = []
+    libraries = OpLibraries()
+    libraries.load([str(folder)], loaded.append, (OSError,))
+    libraries.load([str(folder / "a.so")], loaded.append, (OSError,))  # already loaded
+    assert [Path(p).name for p in loaded] == ["a.so", "b.so"]
+    with pytest.raises(ModelLoadError, match=r"custom op library not found: .*missing\.so"):
+        libraries.load([str(tmp_path / "missing.so")], loaded.append, (OSError,))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match=r"holds no \.so files"):
+        libraries.load([str(tmp_path / "empty")], loaded.append, (OSError,))
+
+    def refuse(path: str) -> None:
+        raise OSError("undefined symbol: foo")
+
+    (tmp_path / "c.so").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"cannot load custom op library .*c\.so: undefined"):
+        libraries.load([str(tmp_path / "c.so")], refuse, (OSError,))
+    libraries.load([str(tmp_path / "c.so")], loaded.append, (OSError,))  # retried after failing
+    assert Path(loaded[-1]).name == "c.so"

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sts.errors import ConfigError, InvalidInput, describe_errors
+from sts.errors import ConfigError, InvalidInput, ModelLoadError, describe_errors
 from sts.signature import Signature, default_signature_name
 
 if TYPE_CHECKING:
@@ -134,6 +135,50 @@ class Backend(ABC):
                 *config.custom_op_paths,
             ]
         return cls.options_class.model_validate(values)
+
+
+class OpLibraries:
+    """Custom-op libraries, which a framework registers for the whole process: each file
+    is loaded once, however many models name it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: set[str] = set()
+
+    def load(
+        self,
+        libraries: Sequence[str],
+        loader: Callable[[str], object],
+        errors: tuple[type[BaseException], ...],
+        describe: Callable[[BaseException], str] = str,
+    ) -> None:
+        """`loader(absolute path)` for each library (a folder: each `.so` in it) not loaded
+        yet; `errors` it raises become a ModelLoadError worded by `describe`."""
+        files: list[Path] = []
+        for entry in libraries:
+            path = Path(entry)
+            if path.is_dir():
+                found = sorted(path.glob("*.so"))
+                if not found:
+                    raise ModelLoadError(f"custom op folder {entry} holds no .so files")
+                files.extend(found)
+            elif path.is_file():
+                files.append(path)
+            else:
+                raise ModelLoadError(f"custom op library not found: {entry}")
+        with self._lock:
+            for file in files:
+                resolved = str(file.resolve())
+                if resolved in self._loaded:
+                    continue
+                try:
+                    loader(resolved)
+                except errors as exc:
+                    raise ModelLoadError(
+                        f"cannot load custom op library {file}: {describe(exc)}"
+                    ) from None
+                self._loaded.add(resolved)
+                logger.info("loaded custom op library %s", file)
 
 
 PLATFORMS: dict[str, str] = {

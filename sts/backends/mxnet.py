@@ -24,14 +24,14 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import field_validator
 
-from sts.backends.base import Backend, BackendOptions
+from sts.backends.base import Backend, BackendOptions, OpLibraries
 from sts.errors import BackendError, InvalidInput, ModelLoadError
 from sts.signature import DEFAULT_SIGNATURE, DTYPES, Signature, TensorSpec, signature_from_json
 
@@ -74,31 +74,7 @@ class MxnetOptions(BackendOptions):
         return value.strip().lower()
 
 
-class _Process:
-    """Extension libraries register operators for the whole process: load each once."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.libraries: set[str] = set()
-
-    def load_libraries(self, mx: Any, libraries: Sequence[str]) -> None:
-        with self.lock:
-            for library in libraries:
-                resolved = str(Path(library).resolve())
-                if resolved in self.libraries:
-                    continue
-                if not Path(resolved).is_file():
-                    raise ModelLoadError(f"custom op library not found: {library}")
-                try:
-                    mx.library.load(resolved, verbose=False)
-                except mx.base.MXNetError as exc:
-                    raise ModelLoadError(
-                        f"cannot load custom op library {library}: {_clean(exc)}"
-                    ) from None
-                self.libraries.add(resolved)
-
-
-_PROCESS = _Process()
+_LIBRARIES = OpLibraries()  # operators register process-wide
 
 
 def import_mxnet() -> Any:
@@ -200,7 +176,12 @@ class MxnetBackend(Backend):
 
     def load(self) -> None:
         mx = import_mxnet()
-        _PROCESS.load_libraries(mx, self.opts.custom_op_libraries)
+        _LIBRARIES.load(
+            self.opts.custom_op_libraries,
+            lambda path: mx.library.load(path, verbose=False),
+            (mx.base.MXNetError,),
+            _clean,
+        )
         self._context = _context(mx, self.opts.context)
         symbol_file, params_file, signature_files = self.files()
         try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions
+from sts.backends.base import Backend, BackendOptions, OpLibraries
 from sts.errors import BackendError, ConfigError, InvalidInput, ModelLoadError
 from sts.signature import DEFAULT_SIGNATURE, Signature, TensorSpec, signature_from_json
 
@@ -47,7 +47,7 @@ class _Process:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.threads = 0
-        self.libraries: set[str] = set()
+        self.libraries = OpLibraries()
 
     def plan(self, options: Sequence[TorchOptions], names: Sequence[str]) -> None:
         wanted = {(o.num_threads, n) for o, n in zip(options, names, strict=True) if o.num_threads}
@@ -63,19 +63,9 @@ class _Process:
             if opts.num_threads and opts.num_threads != self.threads:
                 torch.set_num_threads(opts.num_threads)
                 self.threads = opts.num_threads
-            for library in opts.custom_op_libraries:
-                resolved = str(Path(library).resolve())
-                if resolved in self.libraries:
-                    continue
-                if not Path(resolved).is_file():
-                    raise ModelLoadError(f"custom op library not found: {library}")
-                try:
-                    torch.ops.load_library(resolved)
-                except (OSError, RuntimeError) as exc:
-                    raise ModelLoadError(
-                        f"cannot load custom op library {library}: {exc}"
-                    ) from None
-                self.libraries.add(resolved)
+        self.libraries.load(
+            opts.custom_op_libraries, torch.ops.load_library, (OSError, RuntimeError)
+        )
 
 
 _PROCESS = _Process()

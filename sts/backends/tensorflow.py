@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from sts.backends.base import Backend, BackendOptions, check_batch_size
+from sts.backends.base import Backend, BackendOptions, OpLibraries, check_batch_size
 from sts.errors import BackendError, ConfigError, InvalidInput, ModelLoadError
 from sts.signature import DTYPES, DType, Signature, TensorSpec
 
@@ -123,8 +123,7 @@ class _ProcessSettings:
 
 
 _PROCESS = _ProcessSettings()
-_LOADED_LIBRARIES: set[str] = set()
-_LIBRARY_LOCK = threading.Lock()
+_LIBRARIES = OpLibraries()  # tf.load_op_library registers ops for the whole process
 
 
 def _import_tensorflow() -> Any:
@@ -212,35 +211,6 @@ def _device_name(device: str | None) -> str | None:
         raise ModelLoadError(f"device {device!r}: use cpu, gpu, gpu:N")
     kind, index = match.group(1).upper(), match.group(2) or "0"
     return f"/device:{kind}:{index}"
-
-
-def _load_libraries(tf: Any, libraries: Sequence[str]) -> None:
-    """`tf.load_op_library` for each `.so` (directories: every `.so` inside), once each."""
-    files: list[Path] = []
-    for entry in libraries:
-        path = Path(entry)
-        if path.is_dir():
-            found = sorted(path.glob("*.so"))
-            if not found:
-                raise ModelLoadError(f"custom op folder {entry} holds no .so files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ModelLoadError(f"custom op library not found: {entry}")
-    with _LIBRARY_LOCK:
-        for file in files:
-            key = str(file.resolve())
-            if key in _LOADED_LIBRARIES:
-                continue
-            try:
-                tf.load_op_library(key)
-            except Exception as exc:  # NotFoundError, AlreadyExistsError, ...
-                raise ModelLoadError(
-                    f"cannot load custom op library {file}: {_clean_message(exc)}"
-                ) from None
-            _LOADED_LIBRARIES.add(key)
-            logger.info("loaded custom op library %s", file)
 
 
 def _clean_message(exc: BaseException) -> str:
@@ -342,7 +312,10 @@ class TensorflowBackend(Backend):
             _PROCESS.apply(self.opts)
         except ConfigError as exc:
             raise ModelLoadError(str(exc)) from None
-        _load_libraries(tf, self.opts.custom_op_libraries)
+        # NotFoundError, AlreadyExistsError, ...
+        _LIBRARIES.load(
+            self.opts.custom_op_libraries, tf.load_op_library, (Exception,), _clean_message
+        )
         self._device = _device_name(self.opts.device)
         if self._device is not None and not tf.config.list_logical_devices(
             self._device.split(":")[1]
