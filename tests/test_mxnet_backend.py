@@ -55,6 +55,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "broken" / "1").mkdir(parents=True)
     (root / "broken" / "1" / "net-symbol.json").write_text("{not json")
     (root / "broken" / "1" / "net-0000.params").write_bytes(b"nope")
+    # good graph, truncated weights
+    truncated = mx_models.classifier(root / "truncated" / "1")
+    params = truncated / "net-0000.params"
+    params.write_bytes(params.read_bytes()[:40])
     return root
 
 
@@ -66,6 +70,7 @@ def client(root: Path) -> Iterator[TestClient]:
         config("described", root / "described"),
         config("bare", root / "bare"),
         config("broken", root / "broken"),
+        config("truncated", root / "truncated"),
     ]
     with app_client(configs) as c:
         yield c
@@ -151,6 +156,9 @@ def test_unknown_versions_and_broken_models(client: TestClient) -> None:
     r = predict(client, "broken", {"x": X})
     assert r.status_code == 503
     assert "cannot load net-symbol.json" in r.json()["error"]
+    r = predict(client, "truncated", {"x": X})
+    assert r.status_code == 503
+    assert "cannot load net-0000.params" in r.json()["error"]
 
 
 def test_missing_prefix_says_what_it_looked_for(root: Path) -> None:

@@ -186,14 +186,17 @@ class MxnetBackend(Backend):
         symbol_file, params_file, signature_files = self.files()
         try:
             symbol = inference_symbol(mx, mx.sym.load(str(symbol_file)))
-            saved = mx.nd.load(str(params_file))
         except mx.base.MXNetError as exc:
             raise ModelLoadError(f"cannot load {symbol_file.name}: {_clean(exc)}") from None
+        try:
+            saved = mx.nd.load(str(params_file))
+        except mx.base.MXNetError as exc:
+            raise ModelLoadError(f"cannot load {params_file.name}: {_clean(exc)}") from None
         if isinstance(saved, list) and not saved:
             saved = {}  # a graph without weights: MXNet reads an empty file as a list
         if not isinstance(saved, dict):
             raise ModelLoadError(f"{params_file.name} holds unnamed arrays, not parameters")
-        weights = {key.split(":", 1)[-1] for key in saved}
+        weights = {key.split(":", 1)[-1] for key in saved}  # "arg:fc_weight" -> "fc_weight"
         free = [a for a in symbol.list_arguments() if a not in weights]
         declared = _read_signature(signature_files)
         if declared is None:
@@ -227,11 +230,16 @@ class MxnetBackend(Backend):
         if missing:
             raise ModelLoadError(f"{params_file.name} lacks auxiliary states {missing}")
         self._symbol = symbol
-        self._params, self._aux = {}, {}
-        for key, value in saved.items():
-            kind, _, name = key.rpartition(":")
-            target = self._aux if kind == "aux" else self._params
-            target[name] = value.as_in_context(self._context)
+        by_name = {key.split(":", 1)[-1]: value for key, value in saved.items()}
+        # Only what the graph takes: a checkpoint may hold more (optimizer state, heads).
+        self._params = {
+            a: by_name[a].as_in_context(self._context)
+            for a in symbol.list_arguments()
+            if a in by_name
+        }
+        self._aux = {
+            a: by_name[a].as_in_context(self._context) for a in symbol.list_auxiliary_states()
+        }
         self._signature = Signature(inputs, _output_specs(symbol, inputs, output_names))
         if all(spec.shape is not None for spec in inputs.values()):
             # Bind and run a batch of zeros now, so that a graph MXNet cannot run fails
