@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -124,7 +125,8 @@ class Batcher:
         self._executor = executor
         self._observe = observe  # (rows, seconds each request waited, seconds computing)
         self._threads = asyncio.Semaphore(options.num_batch_threads)
-        self._queues: dict[Key, list[_Waiting]] = {}
+        self._queues: dict[Key, deque[_Waiting]] = {}
+        self._queued_rows: dict[Key, int] = {}  # rows in each queue, kept as they come and go
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._waiting_rows = 0
 
@@ -154,9 +156,11 @@ class Batcher:
                     "batched, its limit (max_enqueued_batches); retry shortly"
                 )
         self._waiting_rows += rows or 0
-        queue = self._queues.setdefault(key, [])
-        queue.append(_Waiting(version, signature, inputs, rows or 0, finish, future))
-        full = sum(w.rows for w in queue) >= self.options.max_batch_size
+        self._queues.setdefault(key, deque()).append(
+            _Waiting(version, signature, inputs, rows or 0, finish, future)
+        )
+        self._queued_rows[key] = self._queued_rows.get(key, 0) + (rows or 0)
+        full = self._queued_rows[key] >= self.options.max_batch_size
         if full or key[2][0][1] == "alone" or not self.options.batch_timeout_micros:
             self._start(key)
         elif key not in self._timers:
@@ -201,23 +205,23 @@ class Batcher:
                 waiting.future.set_result(result)
 
     def _take(self, key: Key) -> list[_Waiting]:
-        queue = self._queues.get(key, [])
+        queue = self._queues.get(key, deque())
         batch: list[_Waiting] = []
         rows = 0
         while queue:
             waiting = queue[0]
-            if waiting.future.done():  # given up (cancelled or timed out)
-                queue.pop(0)
-                self._waiting_rows -= waiting.rows
-                continue
-            if batch and rows + waiting.rows > self.options.max_batch_size:
+            given_up = waiting.future.done()  # cancelled or timed out
+            if not given_up and batch and rows + waiting.rows > self.options.max_batch_size:
                 break
-            queue.pop(0)
+            queue.popleft()
             self._waiting_rows -= waiting.rows
-            batch.append(waiting)
-            rows += waiting.rows
+            self._queued_rows[key] -= waiting.rows
+            if not given_up:
+                batch.append(waiting)
+                rows += waiting.rows
         if not queue:
             self._queues.pop(key, None)
+            self._queued_rows.pop(key, None)
         return batch
 
 

@@ -222,8 +222,10 @@ class InferenceService:
             result: T = await asyncio.wait_for(asyncio.shield(future), _left(loop, deadline))
         except (TimeoutError, asyncio.CancelledError) as exc:
             # The thread cannot be stopped: its slot stays taken until it ends, and it (or,
-            # batched, the batch) holds the version itself.
+            # batched, the batch) holds the version itself. A request still waiting to be
+            # batched leaves its queue instead of running for nobody.
             if not handed_over:
+                future.cancel()
                 lease.close()
             self._release_when_done(future, held)
             if isinstance(exc, TimeoutError):

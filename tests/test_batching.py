@@ -127,6 +127,28 @@ def test_a_full_queue_answers_at_once(tmp_path: Path) -> None:
     svc.repository.close()
 
 
+def test_requests_that_give_up_leave_the_queue_and_its_counts(tmp_path: Path) -> None:
+    svc = service(tmp_path, delay=0.5, max_batch_size=4, num_batch_threads=1)
+    fakes.FakeBackend.batches.clear()
+
+    async def main() -> list[Any]:
+        busy = asyncio.ensure_future(ask(svc, [[1.0, 1.0]] * 4))  # takes the batch thread
+        await asyncio.sleep(0.1)
+        waiting = [asyncio.ensure_future(ask(svc, [[2.0, 2.0]] * 2)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        waiting[0].cancel()  # its client left while it waited to be batched
+        return await asyncio.gather(busy, *waiting[1:])
+
+    answers = asyncio.run(main())
+    assert answers[1:] == [[[5.0, 5.0]] * 2] * 2
+    assert fakes.FakeBackend.batches == [4, 4]  # the cancelled rows never ran
+    batcher = svc._batchers["m"][1]
+    assert batcher._waiting_rows == 0
+    assert batcher._queued_rows == {}
+    svc.close()
+    svc.repository.close()
+
+
 def test_outputs_without_a_batch_dimension_cannot_be_split(tmp_path: Path) -> None:
     onnx_models.transposed(tmp_path / "t" / "1" / "model.onnx")
     config = ModelConfig(
