@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve TensorFlow, PyTorch, ONNX and MXNet models over HTTP. "
         "Every flag can also be set as an STFS_<FLAG> environment variable.",
         argument_default=argparse.SUPPRESS,
+        epilog="Other commands (each takes --help): `sts gen-client` writes a client for a "
+        "model without serving; `sts hash-password` prints a hash for --auth_password_hash; "
+        "`sts convert mxnet-to-onnx` converts an MXNet checkpoint for any environment.",
     )
     parser.add_argument("--version", action="version", version=f"sts {__version__}")
     for name, field in ServerSettings.model_fields.items():

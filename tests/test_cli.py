@@ -63,6 +63,8 @@ def test_help_lists_the_original_flags(command: list[str]) -> None:
         "--max_request_bytes",
     ):
         assert flag in result.stdout
+    for other in ("sts gen-client", "sts hash-password", "sts convert mxnet-to-onnx"):
+        assert other in " ".join(result.stdout.split())  # the epilog names the other commands
 
 
 def test_bad_flags_exit_with_a_message(tmp_path: Path) -> None:
