@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import fakes
-from tests.conftest import LiveServer, app_client, fake_config, settings
+from tests.conftest import LiveServer, app_client, fake_config, settings, wait_for
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -85,20 +84,23 @@ def test_request_metrics_move(tmp_path: Path) -> None:
 
 
 def test_in_flight_requests_are_counted(tmp_path: Path) -> None:
-    fakes.write_version(tmp_path / "m", 1, delay=0.5)
+    fakes.write_version(tmp_path / "m", 1, delay=2.0)
     with LiveServer(settings(), [fake_config("m", tmp_path / "m")]) as server:
         thread = threading.Thread(
             target=httpx.post,
             args=(server.url,),
-            kwargs={"json": {"model_name": "m", "data": {"x": [[1, 2]]}}},
+            kwargs={"json": {"model_name": "m", "data": {"x": [[1, 2]]}}, "timeout": 30},
         )
         thread.start()
-        time.sleep(0.25)
-        during = httpx.get(f"{server.url}/metrics").text
+
+        def inflight() -> float:
+            return value(
+                httpx.get(f"{server.url}/metrics").text, "sts_inflight_requests", model="m"
+            )
+
+        wait_for(lambda: inflight() == 1, timeout=1.8, what="the request in flight")
         thread.join()
-        after = httpx.get(f"{server.url}/metrics").text
-    assert value(during, "sts_inflight_requests", model="m") == 1
-    assert value(after, "sts_inflight_requests", model="m") == 0
+        assert inflight() == 0
 
 
 def test_summary_for_the_dashboard(tmp_path: Path) -> None:

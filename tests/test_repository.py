@@ -153,7 +153,7 @@ def test_removing_the_newest_falls_back_to_the_previous(base: Path) -> None:
 def test_files_changing_during_load_are_not_served(base: Path) -> None:
     fakes.write_version(base, 1)
     repo = make_repo(base)
-    folder = fakes.write_version(base, 2, load_delay=0.5)
+    folder = fakes.write_version(base, 2, load_delay=1.5)  # room for a loaded machine
 
     def keep_copying() -> None:
         import time
