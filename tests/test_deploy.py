@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -211,7 +210,8 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
 
         with ThreadPoolExecutor(8) as pool:
             answers = [pool.submit(ask, i) for i in range(8)]
-            time.sleep(0.5)  # all eight are in flight, each takes 1.5 s
+            # SIGTERM once all eight are in flight (each takes 1.5 s)
+            wait_for(lambda: inflight(url) == 8, timeout=10, what="eight requests in flight")
             process.send_signal(signal.SIGTERM)
             statuses = [a.result() for a in answers]
         assert statuses == [200] * 8  # none dropped
@@ -221,3 +221,10 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def inflight(url: str) -> float:
+    """Requests the server holds, from its own metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(r"^sts_inflight_requests\{[^}]*\} ([0-9.]+)$", text, flags=re.MULTILINE)
+    return sum(float(v) for v in found)
