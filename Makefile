@@ -94,9 +94,10 @@ $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
 	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev,bench]'
 	touch $@
 
-bench: $(VENV)/.bench-installed
+bench: $(VENV)/.bench-installed $(MX_VENV)/.test-installed
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
 	$(BIN)/python benchmarks/bench.py
+	$(MX_BIN)/python benchmarks/bench_mxnet.py
 
 soak: $(VENV)/.bench-installed
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)

@@ -1,0 +1,139 @@
+"""`make bench` in the MXNet environment: sts serving an MXNet model against MXNet called
+in-process, in the same run.
+
+The digits example (`examples/models/digits_mxnet`) served by sts on one CPU and driven by
+wrk from the other (keep-alive), one row per request, without and with dynamic batching.
+The floor is the same graph bound as an MXNet executor in this process on the same CPU:
+one call at a time, and at the best batch size. MXNet runs single-threaded on both sides.
+Prints a table and writes results/mxnet-<time>.json.
+
+Usage: .venv-mx/bin/python benchmarks/bench_mxnet.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import os
+
+# MXNet reads its thread counts when it is imported: one CPU each, here and in the server
+# (which inherits this environment).
+os.environ.update(OMP_NUM_THREADS="1", MXNET_CPU_WORKER_NTHREADS="1")
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mxnet as mx
+import numpy as np
+from bench import (
+    BIN,
+    CONCURRENCY,
+    RESULTS,
+    ROOT,
+    SERVER_CPU,
+    free_port,
+    print_row,
+    serve,
+    wrk,
+)
+
+MODEL = ROOT / "examples" / "models" / "digits_mxnet"
+ROW = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8, 1)
+
+
+def in_process(seconds: float = 3.0) -> dict[str, Any]:
+    """The graph as a bound executor, fed and read as sts does: one row, then batches."""
+    if hasattr(os, "sched_setaffinity") and os.cpu_count() != 1:
+        os.sched_setaffinity(0, {SERVER_CPU})
+    folder = MODEL / "1"
+    symbol = mx.sym.load(str(folder / "digits-symbol.json"))
+    params = {
+        k.split(":", 1)[-1]: v for k, v in mx.nd.load(str(folder / "digits-0000.params")).items()
+    }
+
+    def rate(rows: np.ndarray, for_seconds: float) -> tuple[list[float], float]:
+        executor = symbol.bind(
+            mx.cpu(), args={**params, "images": mx.nd.zeros(rows.shape)}, grad_req="null"
+        )
+        times: list[float] = []
+        end = time.perf_counter() + for_seconds
+        while time.perf_counter() < end:
+            started = time.perf_counter()
+            executor.arg_dict["images"][:] = rows
+            [output.asnumpy() for output in executor.forward(is_train=False)]
+            times.append(time.perf_counter() - started)
+        return times, len(times) * len(rows) / sum(times)
+
+    times, single_rate = rate(ROW, seconds)
+    single = {"throughput": single_rate, "p50_ms": statistics.median(times) * 1000}
+    best = {"batch": 1, "rows_per_s": single_rate}
+    for batch in (8, 32, 64):
+        _, rows_per_s = rate(np.repeat(ROW, batch, axis=0), seconds / 3)
+        if rows_per_s > best["rows_per_s"]:
+            best = {"batch": batch, "rows_per_s": rows_per_s}
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    return {"single": single, "best_batch": best}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5, help="per point (default 5)")
+    options = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("bench: wrk is not installed (make bench installs it)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="sts-bench-mxnet-"))
+    batching = {"max_batch_size": 32, "batch_timeout_micros": 2000, "num_batch_threads": 1}
+    config = {
+        "model_config_list": [
+            {"name": "digits", "base_path": str(MODEL), "platform": "mxnet"},
+            {"name": "batched", "base_path": str(MODEL), "platform": "mxnet", "batching": batching},
+        ]
+    }
+    (work / "models.json").write_text(json.dumps(config))
+    floors = {"mxnet": in_process()}
+    rows: list[dict[str, Any]] = []
+    port = free_port()
+    command = [str(BIN / "sts"), "--model_config_file", str(work / "models.json"),
+               "--port", str(port), "--log_level", "warning"]  # fmt: skip
+    with serve(command, port) as (url, _pid):
+        for model, label in (("digits", "MXNet digits, JSON"), ("batched", "MXNet, batching")):
+            body = json.dumps({"model_name": model, "data": {"images": ROW.tolist()}}).encode()
+            for connections in CONCURRENCY:
+                result = wrk(url + "/", body, "application/json", connections, options.seconds)
+                rows.append({"server": "sts", "scenario": label, "floor": "mxnet",
+                             "concurrency": connections, **result})  # fmt: skip
+                print_row(rows[-1], floors)
+    floor = floors["mxnet"]
+    print(f"\n{'scenario':<24}{'c':>4}{'req/s':>10}{'p50 ms':>9}{'errors':>8}"
+          f"{'p50 - floor':>13}{'thr/floor':>11}{'thr/best batch':>16}")  # fmt: skip
+    for row in rows:
+        row["p50_above_floor_ms"] = row["p50_ms"] - floor["single"]["p50_ms"]
+        row["throughput_vs_floor"] = row["throughput"] / floor["single"]["throughput"]
+        row["throughput_vs_best_batch"] = row["throughput"] / floor["best_batch"]["rows_per_s"]
+        print(
+            f"{row['scenario']:<24}{row['concurrency']:>4}{row['throughput']:>10.1f}"
+            f"{row['p50_ms']:>9.2f}{row['errors']:>8}{row['p50_above_floor_ms']:>13.3f}"
+            f"{row['throughput_vs_floor']:>11.2f}{row['throughput_vs_best_batch']:>16.2f}"
+        )
+    print(
+        f"in-process MXNet: one at a time {floor['single']['throughput']:.1f}/s, p50 "
+        f"{floor['single']['p50_ms']:.3f} ms; best batch {floor['best_batch']['batch']}: "
+        f"{floor['best_batch']['rows_per_s']:.1f} rows/s"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"mxnet-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps({"rows": rows, "floors": floors, "cpus": os.cpu_count()}, indent=2))
+    print(f"wrote {out}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
