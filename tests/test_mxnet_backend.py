@@ -149,6 +149,15 @@ def test_bad_input_is_a_400_naming_it(
     assert predict(client, model, {"x": X}).status_code == 200  # still serving
 
 
+def test_an_empty_batch_is_a_400(client: TestClient) -> None:
+    r = client.post(
+        "/v2/models/described/infer",
+        json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [0, 2], "data": []}]},
+    )
+    assert r.status_code == 400, r.text
+    assert "input 'x' is empty [0, 2]" in r.json()["error"]
+
+
 def test_unknown_versions_and_broken_models(client: TestClient) -> None:
     r = predict(client, "original", {"data": X}, model_version=3)
     assert r.status_code == 404

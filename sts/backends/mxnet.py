@@ -281,6 +281,10 @@ class MxnetBackend(Backend):
             array = inputs[name]
             if array.dtype == object:
                 raise InvalidInput(f"input '{name}': MXNet models take numbers, not strings")
+            if array.size == 0:
+                raise InvalidInput(
+                    f"input '{name}' is empty {list(array.shape)}: MXNet runs no empty batch"
+                )
             arrays.append(np.ascontiguousarray(array))
         return dict(zip(spec.outputs, self._run(mx, arrays), strict=True))
 
@@ -472,6 +476,8 @@ def _output_specs(
 def _clean(exc: BaseException) -> str:
     """MXNet's message without its class name, timestamps, source paths and C++ stack."""
     text = str(exc).split("Stack trace:", 1)[0]
-    text = text.removeprefix("MXNetError: ")
+    # MXNet's FFI errors start with a Python-style traceback into its C++ sources.
+    text = re.sub(r'Traceback \(most recent call last\):\s*(File "[^"]*", line \d+\s*)*', "", text)
+    text = re.sub(r"^\s*MXNetError: ", "", text)
     text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", text)
     return " ".join(text.split())[:500] or type(exc).__name__
