@@ -21,7 +21,6 @@ os.environ.update(OMP_NUM_THREADS="1", MXNET_CPU_WORKER_NTHREADS="1")
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -35,8 +34,8 @@ from bench import (
     CONCURRENCY,
     RESULTS,
     ROOT,
-    SERVER_CPU,
     free_port,
+    measure_floor,
     print_row,
     serve,
     wrk,
@@ -47,38 +46,23 @@ ROW = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8, 1)
 
 
 def in_process(seconds: float = 3.0) -> dict[str, Any]:
-    """The graph as a bound executor, fed and read as sts does: one row, then batches."""
-    if hasattr(os, "sched_setaffinity") and os.cpu_count() != 1:
-        os.sched_setaffinity(0, {SERVER_CPU})
+    """The graph as bound executors (one per batch shape), fed and read as sts does."""
     folder = MODEL / "1"
     symbol = mx.sym.load(str(folder / "digits-symbol.json"))
-    params = {
-        k.split(":", 1)[-1]: v for k, v in mx.nd.load(str(folder / "digits-0000.params")).items()
-    }
+    saved = mx.nd.load(str(folder / "digits-0000.params"))
+    params = {key.split(":", 1)[-1]: value for key, value in saved.items()}
+    executors: dict[tuple[int, ...], Any] = {}
 
-    def rate(rows: np.ndarray, for_seconds: float) -> tuple[list[float], float]:
-        executor = symbol.bind(
-            mx.cpu(), args={**params, "images": mx.nd.zeros(rows.shape)}, grad_req="null"
-        )
-        times: list[float] = []
-        end = time.perf_counter() + for_seconds
-        while time.perf_counter() < end:
-            started = time.perf_counter()
-            executor.arg_dict["images"][:] = rows
-            [output.asnumpy() for output in executor.forward(is_train=False)]
-            times.append(time.perf_counter() - started)
-        return times, len(times) * len(rows) / sum(times)
+    def run(rows: np.ndarray) -> list[np.ndarray]:
+        executor = executors.get(rows.shape)
+        if executor is None:
+            images = mx.nd.zeros(rows.shape)
+            executor = symbol.bind(mx.cpu(), args={**params, "images": images}, grad_req="null")
+            executors[rows.shape] = executor
+        executor.arg_dict["images"][:] = rows
+        return [output.asnumpy() for output in executor.forward(is_train=False)]
 
-    times, single_rate = rate(ROW, seconds)
-    single = {"throughput": single_rate, "p50_ms": statistics.median(times) * 1000}
-    best = {"batch": 1, "rows_per_s": single_rate}
-    for batch in (8, 32, 64):
-        _, rows_per_s = rate(np.repeat(ROW, batch, axis=0), seconds / 3)
-        if rows_per_s > best["rows_per_s"]:
-            best = {"batch": batch, "rows_per_s": rows_per_s}
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-    return {"single": single, "best_batch": best}
+    return measure_floor(run, ROW, seconds)
 
 
 def main() -> int:
