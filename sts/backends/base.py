@@ -40,11 +40,12 @@ class BackendOptions(BaseModel):
 class Backend(ABC):
     """One loaded model version of one framework.
 
-    Override `load`, `signatures` and `predict`; `unload` and `discover_versions`
-    have defaults. `predict` is called from several worker threads at once, so it
-    must be thread-safe. Raise `sts.errors.InvalidInput` for input the framework
-    refuses, `BackendError` for framework failures and `ModelLoadError` from `load`;
-    never let a framework exception escape.
+    Override `load`, `signatures` and `predict`; `unload`, `discover_versions` and
+    `describe_missing` (for another folder layout) have defaults. `predict` is called
+    from several worker threads at once, so it must be thread-safe. Raise
+    `sts.errors.InvalidInput` for input the framework refuses, `BackendError` for
+    framework failures and `ModelLoadError` from `load`; never let a framework exception
+    escape.
     """
 
     platform: ClassVar[str]
