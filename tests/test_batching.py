@@ -128,7 +128,7 @@ def test_a_full_queue_answers_at_once(tmp_path: Path) -> None:
 
 
 def test_requests_that_give_up_leave_the_queue_and_its_counts(tmp_path: Path) -> None:
-    svc = service(tmp_path, delay=0.5, max_batch_size=4, num_batch_threads=1)
+    svc = service(tmp_path, delay=1.5, max_batch_size=4, num_batch_threads=1)  # room for stalls
     fakes.FakeBackend.batches.clear()
 
     async def main() -> list[Any]:
