@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sts.backends.mxnet import MxnetBackend, MxnetOptions, import_mxnet, inference_symbol
+from sts.backends.mxnet import MxnetBackend, MxnetOptions, import_mxnet
 from sts.errors import ConfigError, ModelLoadError
 from sts.signature import DEFAULT_SIGNATURE, Signature
 
@@ -54,7 +54,7 @@ def mxnet_to_onnx(
     check: bool = True,
 ) -> Conversion:
     """Convert one version (default: the latest) of an MXNet model to `output`."""
-    mx = import_mxnet()
+    import_mxnet()  # says how to get MXNet before the exporter's import could fail
     try:
         import onnx
         from mxnet import onnx as mx_onnx
@@ -73,12 +73,8 @@ def mxnet_to_onnx(
     backend.load()
     try:
         signature = backend.signatures()[DEFAULT_SIGNATURE]
-        symbol_file, params_file, _ = backend.files()
         input_shapes = _input_shapes(signature, dict(shapes or {}))
-        symbol = inference_symbol(mx, mx.sym.load(str(symbol_file)))
-        params = {
-            key.split(":", 1)[-1]: value for key, value in mx.nd.load(str(params_file)).items()
-        }
+        symbol, params = backend.graph()  # as served: training heads already replaced
         with tempfile.TemporaryDirectory() as scratch:
             exported = Path(scratch) / "model.onnx"
             try:

@@ -196,7 +196,7 @@ class MxnetBackend(Backend):
             saved = {}  # a graph without weights: MXNet reads an empty file as a list
         if not isinstance(saved, dict):
             raise ModelLoadError(f"{params_file.name} holds unnamed arrays, not parameters")
-        weights = {key.split(":", 1)[-1] for key in saved}  # "arg:fc_weight" -> "fc_weight"
+        weights = {key.split(":", 1)[-1]: value for key, value in saved.items()}  # "arg:w" -> "w"
         free = [a for a in symbol.list_arguments() if a not in weights]
         declared = _read_signature(signature_files)
         if declared is None:
@@ -230,15 +230,14 @@ class MxnetBackend(Backend):
         if missing:
             raise ModelLoadError(f"{params_file.name} lacks auxiliary states {missing}")
         self._symbol = symbol
-        by_name = {key.split(":", 1)[-1]: value for key, value in saved.items()}
         # Only what the graph takes: a checkpoint may hold more (optimizer state, heads).
         self._params = {
-            a: by_name[a].as_in_context(self._context)
+            a: weights[a].as_in_context(self._context)
             for a in symbol.list_arguments()
-            if a in by_name
+            if a in weights
         }
         self._aux = {
-            a: by_name[a].as_in_context(self._context) for a in symbol.list_auxiliary_states()
+            a: weights[a].as_in_context(self._context) for a in symbol.list_auxiliary_states()
         }
         self._signature = Signature(inputs, _output_specs(symbol, inputs, output_names))
         if all(spec.shape is not None for spec in inputs.values()):
@@ -322,6 +321,10 @@ class MxnetBackend(Backend):
         return self._symbol.bind(
             self._context, args=args, aux_states=dict(self._aux), grad_req="null"
         )
+
+    def graph(self) -> tuple[Any, dict[str, Any]]:
+        """The loaded inference graph and its weights (arguments and auxiliary states)."""
+        return self._symbol, {**self._params, **self._aux}
 
     def unload(self) -> None:
         with self._lock:
