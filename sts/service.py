@@ -166,7 +166,6 @@ class InferenceService:
         deadline = loop.time() + self.timeout if self.timeout else None
         held = contextlib.ExitStack()  # the in-flight gauge and the worker slot
         lease = contextlib.ExitStack()  # the version, handed to the thread once it is scheduled
-        handed_over = False
         try:
             leased = lease.enter_context(self.repository.lease(model, version))
             labels[:] = [leased.model, str(leased.version)]
@@ -190,7 +189,7 @@ class InferenceService:
             else:
                 metrics = self.metrics
 
-                def work() -> T:
+                def work(owned: contextlib.ExitStack) -> T:
                     # The thread lets go of the version itself: a caller that gives up
                     # (times out, disconnects) cannot get it unloaded under the thread, even
                     # when the event loop is gone by the time the thread ends.
@@ -205,15 +204,15 @@ class InferenceService:
                             )
                         return result
                     finally:
-                        lease.close()
+                        owned.close()
 
                 limit = self._limit(leased)
                 await self._acquire(limit, leased, _left(loop, deadline))
                 held.callback(limit.release)
                 if self.metrics is not None:
                     self.metrics.queue.labels(leased.model).observe(loop.time() - queued)
-                future = loop.run_in_executor(self._executor, work)
-                handed_over = True
+                # From here the thread owns the version; the caller's `lease` is empty.
+                future = loop.run_in_executor(self._executor, work, lease.pop_all())
         except BaseException:
             held.close()
             lease.close()
@@ -224,9 +223,8 @@ class InferenceService:
             # The thread cannot be stopped: its slot stays taken until it ends, and it (or,
             # batched, the batch) holds the version itself. A request still waiting to be
             # batched leaves its queue instead of running for nobody.
-            if not handed_over:
+            if config.batching is not None:
                 future.cancel()
-                lease.close()
             self._release_when_done(future, held)
             if isinstance(exc, TimeoutError):
                 raise GatewayTimeout(
@@ -236,12 +234,10 @@ class InferenceService:
             raise
         except BaseException:
             held.close()
-            if not handed_over:
-                lease.close()
             raise
+        finally:
+            lease.close()  # batched requests hold the version until their answer
         held.close()
-        if not handed_over:
-            lease.close()
         return result
 
     def _release_when_done(self, future: asyncio.Future[Any], held: contextlib.ExitStack) -> None:
