@@ -171,6 +171,14 @@ def test_a_phone_sized_screen(server: LiveServer, browser: Browser) -> None:
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, (path, width)  # nothing wider than the screen
         shot(page, name)
+        # Paths and names are as long as the machine makes them (a CI checkout lives
+        # deeper than a laptop's): long unbroken ones must wrap, not widen the page.
+        page.evaluate(
+            "for (const e of document.querySelectorAll('h1, h2 a, .path, summary code'))"
+            " e.textContent = '/' + 'checkout'.repeat(12) + '/examples/models/digits';"
+        )
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, "with long paths", width)
     context.close()
 
 
