@@ -3,6 +3,7 @@ or as a real CLI subprocess)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -50,6 +51,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def until(condition: Callable[[], bool], within: float) -> None:
+    """Wait for `condition` on the event loop, polling: robust where a fixed sleep races a
+    loaded machine."""
+    ends = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < ends, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
 @contextlib.contextmanager

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sts.batching import BatchingOptions, read_batching_parameters
+from sts.batching import Batcher, BatchingOptions, read_batching_parameters
 from sts.codecs import decode_named_inputs
 from sts.config import ModelConfig
 from sts.errors import BackendError, ConfigError, QueueFull
 from sts.repository import ModelRepository
 from sts.service import Call, InferenceService
 from tests import fakes, onnx_models
-from tests.conftest import app_client, fake_config, settings
+from tests.conftest import app_client, fake_config, settings, until
 
 SIGNATURES = {
     **fakes.DEFAULT_SIGNATURES,
@@ -32,6 +32,15 @@ def service(tmp_path: Path, delay: float = 0.05, **batching: Any) -> InferenceSe
     repo = ModelRepository([fake_config("m", tmp_path / "m", batching=options)])
     repo.load_all()
     return InferenceService(repo)
+
+
+def batcher(service: InferenceService) -> Batcher:
+    return service._batchers["m"][1]
+
+
+def batch_thread_busy(service: InferenceService) -> bool:
+    """The (single) batch thread has taken a batch."""
+    return "m" in service._batchers and batcher(service)._threads.locked()
 
 
 async def ask(
@@ -114,9 +123,9 @@ def test_a_full_queue_answers_at_once(tmp_path: Path) -> None:
 
     async def main() -> None:
         running = asyncio.ensure_future(ask(svc, [[1.0, 1.0]] * 2))
-        await asyncio.sleep(0.05)  # it runs; the next two rows wait; then the queue is full
+        await until(lambda: batch_thread_busy(svc), within=1)  # it runs
         waiting = asyncio.ensure_future(ask(svc, [[1.0, 1.0]] * 2))
-        await asyncio.sleep(0.01)
+        await until(lambda: batcher(svc)._waiting_rows == 2, within=1)  # the queue is full
         with pytest.raises(QueueFull, match="rows waiting to be batched") as caught:
             await ask(svc, [[1.0, 1.0]])
         assert caught.value.headers == {"Retry-After": "1"}
@@ -133,18 +142,17 @@ def test_requests_that_give_up_leave_the_queue_and_its_counts(tmp_path: Path) ->
 
     async def main() -> list[Any]:
         busy = asyncio.ensure_future(ask(svc, [[1.0, 1.0]] * 4))  # takes the batch thread
-        await asyncio.sleep(0.1)
+        await until(lambda: batch_thread_busy(svc), within=1)
         waiting = [asyncio.ensure_future(ask(svc, [[2.0, 2.0]] * 2)) for _ in range(3)]
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher(svc)._waiting_rows == 6, within=1)
         waiting[0].cancel()  # its client left while it waited to be batched
         return await asyncio.gather(busy, *waiting[1:])
 
     answers = asyncio.run(main())
     assert answers[1:] == [[[5.0, 5.0]] * 2] * 2
     assert fakes.FakeBackend.batches == [4, 4]  # the cancelled rows never ran
-    batcher = svc._batchers["m"][1]
-    assert batcher._waiting_rows == 0
-    assert batcher._queued_rows == {}
+    assert batcher(svc)._waiting_rows == 0
+    assert batcher(svc)._queued_rows == {}
     svc.close()
     svc.repository.close()
 

@@ -113,8 +113,12 @@ def test_no_request_fails_while_versions_swap(base: Path) -> None:
 
                 statuses: list[int] = []
                 seen: set[int] = set()
-                deadline = time.monotonic() + 4
-                while time.monotonic() < deadline:
+                # 4 s, and longer on a loaded machine until enough requests have met
+                # enough swaps; the cap ends a run that cannot get there (asserts below).
+                started = time.monotonic()
+                while (elapsed := time.monotonic() - started) < 30 and (
+                    elapsed < 4 or len(statuses) < 400 or len(seen - {-1}) < 3
+                ):
                     for status, version in await asyncio.gather(*(one() for _ in range(200))):
                         statuses.append(status)
                         seen.add(version)
@@ -132,7 +136,7 @@ def test_no_request_fails_while_versions_swap(base: Path) -> None:
         resets = statuses.count(0)
         assert resets <= len(statuses) // 100, f"{resets} of {len(statuses)} connections reset"
         assert len(statuses) >= 400
-        assert len(seen) >= 3, f"versions seen: {seen}"  # the swaps really happened
+        assert len(seen - {-1}) >= 3, f"versions seen: {seen}"  # the swaps really happened
 
 
 def test_config_file_changes_apply_without_restart(tmp_path: Path, base: Path) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from sts.errors import GatewayTimeout, QueueFull
 from sts.repository import ModelRepository
 from sts.service import Call, InferenceService
 from tests import fakes
-from tests.conftest import fake_config
+from tests.conftest import fake_config, until
 
 
 def _service(tmp_path: Path, **spec: Any) -> tuple[ModelRepository, InferenceService]:
@@ -30,14 +29,6 @@ def _service(tmp_path: Path, **spec: Any) -> tuple[ModelRepository, InferenceSer
 
 def _decode(call: Call) -> Any:
     return decode_named_inputs({"x": [[1, 2]]}, call.signature)
-
-
-async def until(condition: Callable[[], bool], within: float) -> None:
-    """Wait for `condition`, polling: robust where a fixed sleep races a loaded machine."""
-    ends = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < ends, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def test_predict_runs_off_the_event_loop(tmp_path: Path) -> None:
