@@ -123,9 +123,9 @@ def test_a_full_queue_answers_at_once(tmp_path: Path) -> None:
 
     async def main() -> None:
         running = asyncio.ensure_future(ask(svc, [[1.0, 1.0]] * 2))
-        await until(lambda: batch_thread_busy(svc), within=1)  # it runs
+        await until(lambda: batch_thread_busy(svc), within=5)  # it runs
         waiting = asyncio.ensure_future(ask(svc, [[1.0, 1.0]] * 2))
-        await until(lambda: batcher(svc)._waiting_rows == 2, within=1)  # the queue is full
+        await until(lambda: batcher(svc)._waiting_rows == 2, within=5)  # the queue is full
         with pytest.raises(QueueFull, match="rows waiting to be batched") as caught:
             await ask(svc, [[1.0, 1.0]])
         assert caught.value.headers == {"Retry-After": "1"}
@@ -142,9 +142,9 @@ def test_requests_that_give_up_leave_the_queue_and_its_counts(tmp_path: Path) ->
 
     async def main() -> list[Any]:
         busy = asyncio.ensure_future(ask(svc, [[1.0, 1.0]] * 4))  # takes the batch thread
-        await until(lambda: batch_thread_busy(svc), within=1)
+        await until(lambda: batch_thread_busy(svc), within=5)
         waiting = [asyncio.ensure_future(ask(svc, [[2.0, 2.0]] * 2)) for _ in range(3)]
-        await until(lambda: batcher(svc)._waiting_rows == 6, within=1)
+        await until(lambda: batcher(svc)._waiting_rows == 6, within=5)
         waiting[0].cancel()  # its client left while it waited to be batched
         return await asyncio.gather(busy, *waiting[1:])
 
