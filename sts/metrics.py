@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -65,7 +65,54 @@ class _RepositoryCollector(Collector):
         yield available
 
 
+class RequestMetrics(Protocol):
+    """What the inference service and the batcher record, per model."""
+
+    def observe(self, model: str, version: str, protocol: str, status: int, seconds: float) -> None:
+        """One finished request (successful or not); `seconds` from lookup to answer."""
+
+    def track_inflight(self, model: str) -> Callable[[], None]:
+        """Count one request in flight; the caller calls the result when it is done."""
+        ...
+
+    def observe_queue(self, model: str, seconds: float) -> None:
+        """Seconds one request waited for a worker."""
+
+    def observe_compute(self, model: str, seconds: float) -> None:
+        """Seconds of decode, predict and encode in a worker thread."""
+
+    def observe_batch(self, model: str, rows: int, waits: list[float], seconds: float) -> None:
+        """One batch: rows run (padding excluded), each request's seconds waiting for
+        the batch to start, seconds computing the whole batch."""
+
+
+def _nothing() -> None:
+    pass
+
+
+class NullMetrics:
+    """Records nothing: the service always has metrics, so its hot path never asks
+    `if metrics is not None`."""
+
+    def observe(self, model: str, version: str, protocol: str, status: int, seconds: float) -> None:
+        pass
+
+    def track_inflight(self, model: str) -> Callable[[], None]:
+        return _nothing
+
+    def observe_queue(self, model: str, seconds: float) -> None:
+        pass
+
+    def observe_compute(self, model: str, seconds: float) -> None:
+        pass
+
+    def observe_batch(self, model: str, rows: int, waits: list[float], seconds: float) -> None:
+        pass
+
+
 class Metrics:
+    """The Prometheus metrics of one app (its own registry), and the dashboard's summary."""
+
     def __init__(self, repository: ModelRepository) -> None:
         self.registry = CollectorRegistry()
         self.started = time.time()
@@ -114,11 +161,28 @@ class Metrics:
         self._lock = threading.Lock()
 
     def observe(self, model: str, version: str, protocol: str, status: int, seconds: float) -> None:
-        """One finished request (successful or not)."""
         self.requests.labels(model, version, protocol, str(status)).inc()
         self.latency.labels(model, protocol).observe(seconds)
         with self._lock:
             self._recent.append((time.time(), model, seconds, status >= 400))
+
+    def track_inflight(self, model: str) -> Callable[[], None]:
+        gauge = self.inflight.labels(model)
+        gauge.inc()
+        return gauge.dec
+
+    def observe_queue(self, model: str, seconds: float) -> None:
+        self.queue.labels(model).observe(seconds)
+
+    def observe_compute(self, model: str, seconds: float) -> None:
+        self.compute.labels(model).observe(seconds)
+
+    def observe_batch(self, model: str, rows: int, waits: list[float], seconds: float) -> None:
+        self.batch_size.labels(model).observe(rows)
+        self.compute.labels(model).observe(seconds)
+        queue = self.queue.labels(model)
+        for wait in waits:
+            queue.observe(wait)
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

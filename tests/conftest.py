@@ -21,8 +21,9 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from sts.api.app import create_app
-from sts.config import ModelConfig, ServerSettings
+from sts.app import create_app
+from sts.model_config import ModelConfig
+from sts.settings import ServerSettings
 from tests import fakes
 
 

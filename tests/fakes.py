@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from sts.backends.base import Backend, BackendOptions
 from sts.errors import ModelLoadError
-from sts.signature import Signature, TensorSpec
+from sts.model_config import ModelConfig
+from sts.repository import ModelVersion
+from sts.service import Call, Codec
+from sts.signature import PREDICT, Signature, TensorSpec
+
+T = TypeVar("T")
 
 PLATFORM = "tests.fakes:FakeBackend"
 
@@ -96,3 +101,44 @@ def write_version(base: Path, version: int, **spec: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.json").write_text(json.dumps(spec))
     return folder
+
+
+class FunctionCodec(Codec[T]):
+    """A codec made of two functions, for service tests without a protocol."""
+
+    def __init__(
+        self,
+        decode: Callable[[Call], Mapping[str, np.ndarray]],
+        encode: Callable[[Call, dict[str, np.ndarray]], T],
+        signature_name: str | None = None,
+    ) -> None:
+        self._decode = decode
+        self._encode = encode
+        self.signature_name = signature_name
+
+    def decode(self, call: Call) -> Mapping[str, np.ndarray]:
+        return self._decode(call)
+
+    def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> T:
+        return self._encode(call, outputs)
+
+
+def call(signature: Signature, signature_name: str = "serving_default", **config: Any) -> Call:
+    """What the service hands a codec, for codec tests without a server: version 1 of a
+    model "m" (nothing loaded) and `signature`."""
+    version = ModelVersion("m", 1, Path("m/1"))
+    model_config = ModelConfig(name="m", base_path="m", platform=PLATFORM, **config)
+    return Call(version, signature_name, signature, model_config)
+
+
+def signature(
+    inputs: dict[str, tuple[str, tuple[int, ...] | None]],
+    outputs: dict[str, tuple[str, tuple[int, ...] | None]] | None = None,
+    method: str = PREDICT,
+) -> Signature:
+    """A signature from `{name: (dtype, shape)}` maps."""
+    return Signature(
+        inputs={k: TensorSpec(k, d, s) for k, (d, s) in inputs.items()},
+        outputs={k: TensorSpec(k, d, s) for k, (d, s) in (outputs or {}).items()},
+        method=method,
+    )

@@ -13,8 +13,8 @@ import pytest
 
 from sts.batching import Batcher, BatchingOptions, read_batching_parameters
 from sts.codecs import decode_named_inputs
-from sts.config import ModelConfig
 from sts.errors import BackendError, ConfigError, QueueFull
+from sts.model_config import ModelConfig
 from sts.repository import ModelRepository
 from sts.service import Call, InferenceService
 from tests import fakes, onnx_models
@@ -55,7 +55,7 @@ async def ask(
     def encode(call: Call, outputs: dict[str, np.ndarray]) -> Any:
         return outputs[output].tolist()
 
-    return await service.infer("m", None, signature, decode, encode)
+    return await service.infer("m", None, fakes.FunctionCodec(decode, encode, signature))
 
 
 def test_concurrent_requests_are_batched_and_split_back(tmp_path: Path) -> None:

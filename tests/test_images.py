@@ -1,4 +1,5 @@
-"""Images -> tensors (`sts/images.py`); uploads over HTTP are in test_image_uploads.py.
+"""Images -> tensors (`sts/images.py`); uploads over HTTP are in
+`protocols/sts/test_image_uploads.py`.
 
 Framework-free: `make test` runs these in the MXNet environment (numpy 1.23) too.
 """
@@ -16,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sts.config import load_model_config_file
 from sts.errors import ConfigError, InvalidInput, PayloadTooLarge
 from sts.images import ImageOptions, layout_of, to_tensor
+from sts.model_config import load_model_config_file
 from sts.signature import TensorSpec
 from tests.conftest import ROOT
 

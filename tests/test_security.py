@@ -20,12 +20,12 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import Mount, Route
 
-from sts.api.app import create_app
+from sts.app import create_app
 from sts.auth import passwords
 from sts.auth.passwords import Authenticator, hash_password, read_htpasswd
 from sts.cli import load_settings
-from sts.config import ModelConfig
 from sts.errors import ConfigError
+from sts.model_config import ModelConfig
 from tests import fakes
 from tests.conftest import BIN, ROOT, LiveServer, app_client, fake_config, running, settings
 
@@ -317,7 +317,7 @@ def test_upload_file_names_are_never_used(tmp_path: Path) -> None:
 
 
 def example_configs() -> list[ModelConfig]:
-    from sts.config import load_model_config_file
+    from sts.model_config import load_model_config_file
 
     return load_model_config_file(ROOT / "examples" / "models.json")
 

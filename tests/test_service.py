@@ -41,7 +41,7 @@ def test_predict_runs_off_the_event_loop(tmp_path: Path) -> None:
         return list(outputs["y"].ravel())
 
     async def main() -> list[float]:
-        return await service.infer("m", None, None, _decode, encode)
+        return await service.infer("m", None, fakes.FunctionCodec(_decode, encode))
 
     assert asyncio.run(main()) == [2.0, 4.0]  # x * 2
     assert threads[0].startswith("sts-infer")
@@ -68,7 +68,9 @@ def test_per_model_concurrency_limit(tmp_path: Path) -> None:
         return _decode(call)
 
     async def main() -> None:
-        await asyncio.gather(*(service.infer("m", None, None, decode, encode) for _ in range(6)))
+        await asyncio.gather(
+            *(service.infer("m", None, fakes.FunctionCodec(decode, encode)) for _ in range(6))
+        )
 
     asyncio.run(main())
     assert peak == 2  # max_concurrency=2
@@ -81,7 +83,9 @@ def test_cancelled_request_keeps_its_lease_until_the_thread_ends(tmp_path: Path)
     version = repo.resolve("m")
 
     async def main() -> None:
-        task = asyncio.create_task(service.infer("m", None, None, _decode, lambda c, o: None))
+        task = asyncio.create_task(
+            service.infer("m", None, fakes.FunctionCodec(_decode, lambda c, o: None))
+        )
         await until(lambda: version.inflight == 1, within=1)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -106,18 +110,20 @@ def test_a_slow_prediction_times_out_and_keeps_its_slot(tmp_path: Path) -> None:
     async def main() -> None:
         started = time.monotonic()
         with pytest.raises(GatewayTimeout, match=r"did not answer within 0\.2 s"):
-            await service.infer("m", None, None, _decode, lambda c, o: None)
+            await service.infer("m", None, fakes.FunctionCodec(_decode, lambda c, o: None))
         assert time.monotonic() - started < 1.2
         assert version.inflight == 1  # released only when the thread ends
         await until(lambda: version.inflight == 0 and not limit.locked(), within=10)
         # Waiting for a free worker counts against the deadline too.
         slow = [
-            asyncio.create_task(service.infer("m", None, None, _decode, lambda c, o: None))
+            asyncio.create_task(
+                service.infer("m", None, fakes.FunctionCodec(_decode, lambda c, o: None))
+            )
             for _ in range(2)  # max_concurrency=2
         ]
         await until(limit.locked, within=1)
         with pytest.raises(GatewayTimeout, match="no worker for model 'm' became free"):
-            await service.infer("m", None, None, _decode, lambda c, o: None)
+            await service.infer("m", None, fakes.FunctionCodec(_decode, lambda c, o: None))
         for task in slow:
             with contextlib.suppress(GatewayTimeout):
                 await task
@@ -136,12 +142,14 @@ def test_a_full_queue_answers_at_once(tmp_path: Path) -> None:
 
     async def main() -> None:
         running = [
-            asyncio.create_task(service.infer("m", None, None, _decode, lambda c, o: None))
+            asyncio.create_task(
+                service.infer("m", None, fakes.FunctionCodec(_decode, lambda c, o: None))
+            )
             for _ in range(3)  # one runs, two wait
         ]
         await until(lambda: service._waiting.get("m") == 2, within=1)
         with pytest.raises(QueueFull, match="has 2 requests waiting") as caught:
-            await service.infer("m", None, None, _decode, lambda c, o: None)
+            await service.infer("m", None, fakes.FunctionCodec(_decode, lambda c, o: None))
         assert caught.value.headers == {"Retry-After": "1"}
         await asyncio.gather(*running)
 
@@ -159,7 +167,7 @@ def test_a_loop_that_ends_before_the_thread_leaks_no_lease(tmp_path: Path) -> No
 
     async def main() -> None:
         with pytest.raises(GatewayTimeout):
-            await service.infer("m", None, None, _decode, lambda c, o: None)
+            await service.infer("m", None, fakes.FunctionCodec(_decode, lambda c, o: None))
 
     asyncio.run(main())  # ends (cancelling what waits on the thread) while it predicts
     assert version.inflight == 1

@@ -1,1 +1,2 @@
-"""HTTP layer: one router per protocol or concern, built by `create_app`."""
+"""What cuts across the protocols over HTTP: error handlers, body reading and limits,
+typed dependencies, OpenAPI schemas, `/metrics`, the code generation routes."""

@@ -1,9 +1,10 @@
-"""Reading request bodies: media types, and JSON parsed off the event loop when large."""
+"""Request and reply bodies: media types, JSON parsed off the event loop when large, and
+the `Reply` an HTTP codec encodes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import anyio.to_thread
 from fastapi import Request
@@ -21,6 +22,14 @@ JSON_MEDIA_TYPES = {
 }
 # Bodies above this are parsed in a worker thread instead of on the event loop.
 INLINE_PARSE_BYTES = 64 * 1024
+
+
+class Reply(NamedTuple):
+    """What an HTTP codec encodes; the route sends it as is."""
+
+    body: bytes
+    media_type: str = "application/json"
+    headers: Mapping[str, str] | None = None
 
 
 def media_type(request: Request) -> str:

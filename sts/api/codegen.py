@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sts.api.deps import RepositoryDep, SettingsDep
 from sts.codegen.clients import LANGUAGES, Target, check_protocol, language_of, render
 from sts.codegen.examples import example_data
-from sts.config import ServerSettings
 from sts.repository import ModelRepository
+from sts.settings import ServerSettings
 
 router = APIRouter(tags=["code generation"])
 

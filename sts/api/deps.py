@@ -10,8 +10,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from sts.config import ServerSettings
 from sts.repository import ModelRepository
+from sts.settings import ServerSettings
 
 
 async def get_settings(request: Request) -> ServerSettings:

@@ -17,10 +17,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from sts import __version__
 from sts.api.deps import RepositoryDep
-from sts.api.sts import model_detail
 from sts.codegen.clients import LANGUAGES, PROTOCOLS
 from sts.codegen.examples import example_data, image_inputs
 from sts.errors import StsError
+from sts.protocols.sts.views import model_detail
 from sts.resources import resource_dir
 
 router = APIRouter(include_in_schema=False)

@@ -1,4 +1,6 @@
-"""`create_app(settings)`: the FastAPI application. Models load in the lifespan."""
+"""`create_app(settings)`: the composition root. It builds the repository, metrics,
+service and watcher, and mounts the protocols' routers, the cross-cutting ones and the
+dashboard, inside auth, CORS and the body limit. Models load in the lifespan."""
 
 from __future__ import annotations
 
@@ -15,17 +17,20 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from sts import __version__
-from sts.api import codegen, tfserving, v2
+from sts.api import codegen
 from sts.api import metrics as metrics_api
-from sts.api import sts as sts_api
 from sts.api.errors import install_error_handlers
 from sts.api.limits import BodySizeLimit
 from sts.auth.guard import HEALTH_PATHS, BasicAuth, FailureLimiter
-from sts.config import ModelConfig, ServerSettings
 from sts.metrics import Metrics
+from sts.model_config import ModelConfig
+from sts.protocols.sts import routes as sts_routes
+from sts.protocols.tfserving import routes as tfserving_routes
+from sts.protocols.v2 import routes as v2_routes
 from sts.repository import ModelRepository
 from sts.resources import resource_dir
 from sts.service import InferenceService
+from sts.settings import ServerSettings
 from sts.watcher import Watcher
 from sts.web import routes as web
 
@@ -76,12 +81,12 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     install_error_handlers(app)
 
     app.include_router(web.router)
-    app.include_router(sts_api.router)
+    app.include_router(sts_routes.router)
     app.include_router(codegen.router)
     app.include_router(metrics_api.router)
-    app.include_router(tfserving.router)
-    app.include_router(v2.router)
-    app.include_router(tfserving.fallback)  # last: the rest of /v1/ is a malformed request
+    app.include_router(tfserving_routes.router)
+    app.include_router(v2_routes.router)
+    app.include_router(tfserving_routes.fallback)  # last: the rest of /v1/ is a malformed request
     app.mount("/static", StaticFiles(directory=resource_dir("static")), name="static")
 
     # Added innermost first: BodySizeLimit(CORS(BasicAuth(app))). CORS answers preflights

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from sts.config import ModelConfig
+from sts.model_config import ModelConfig
 from tests import fakes, onnx_models
 from tests.conftest import app_client, fake_config
 

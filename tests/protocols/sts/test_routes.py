@@ -198,7 +198,7 @@ def test_health_and_readiness(fake_client: TestClient) -> None:
 def test_not_ready_while_loading(tmp_path: Path) -> None:
     base = tmp_path / "slow"
     fakes.write_version(base, 1, load_delay=1.0)
-    from sts.api.app import create_app
+    from sts.app import create_app
     from tests.conftest import settings, wait_for
 
     app = create_app(settings(), [fake_config("slow", base)])

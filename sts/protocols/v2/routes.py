@@ -1,14 +1,13 @@
-"""KServe v2 / Open Inference Protocol: health, server and model metadata, inference (with
-the binary tensor extension), and the model repository extension (`--enable_model_control`).
+"""KServe v2 / Open Inference Protocol over HTTP: health, server and model metadata,
+inference (with the binary tensor extension), and the model repository extension
+(`--enable_model_control`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import anyio.to_thread
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -18,15 +17,12 @@ from sts.api.deps import RepositoryDep, SettingsDep
 from sts.api.schemas import V2_INDEX, V2_INFER
 from sts.codecs import parse_json
 from sts.errors import Forbidden, InvalidInput, StsError, UnsupportedMediaType
-from sts.images import ImageDecoding
-from sts.repository import ModelRepository, ModelVersion, ServedModel, VersionState
-from sts.service import Call, InferenceService
-from sts.signature import TensorSpec
-from sts.v2_tensors import decode_inputs, encode_response, parse_request, split_body
+from sts.protocols.v2.codec import HEADER_LENGTH, V2Codec, parse_request, split_body
+from sts.protocols.v2.views import index_entries, metadata_document
+from sts.repository import ModelRepository
+from sts.service import InferenceService
 
 router = APIRouter(tags=["kserve v2"])
-
-HEADER_LENGTH = "inference-header-content-length"
 
 
 # ---------------------------------------------------------------- server
@@ -55,27 +51,10 @@ async def ready(repository: RepositoryDep) -> JSONResponse:
 # ---------------------------------------------------------------- models
 
 
-def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
-    # v2 has no "unknown rank": a tensor of any shape is shown as one dynamic dimension.
-    shape = list(spec.shape) if spec.shape is not None else [-1]
-    return {"name": spec.name, "datatype": spec.dt.v2, "shape": shape}
-
-
-def _model_metadata(model: ServedModel, mv: ModelVersion) -> dict[str, Any]:
-    _name, signature = mv.signature(None)
-    return {
-        "name": model.name,
-        "versions": [str(v) for v in sorted(model.serving)],
-        "platform": model.config.platform,
-        "inputs": [_tensor_metadata(s) for s in signature.inputs.values()],
-        "outputs": [_tensor_metadata(s) for s in signature.outputs.values()],
-    }
-
-
 @router.get("/v2/models/{model_name}", summary="Model metadata (default signature)")
 async def model_metadata(model_name: str, repository: RepositoryDep) -> JSONResponse:
     mv = repository.resolve(model_name)
-    return JSONResponse(_model_metadata(repository.model(model_name), mv))
+    return JSONResponse(metadata_document(repository.model(model_name), mv))
 
 
 @router.get("/v2/models/{model_name}/versions/{model_version}", summary="Model version metadata")
@@ -83,7 +62,7 @@ async def model_version_metadata(
     model_name: str, model_version: str, repository: RepositoryDep
 ) -> JSONResponse:
     mv = repository.resolve(model_name, model_version)
-    return JSONResponse(_model_metadata(repository.model(model_name), mv))
+    return JSONResponse(metadata_document(repository.model(model_name), mv))
 
 
 def _model_ready(repository: ModelRepository, model: str, version: str | None) -> JSONResponse:
@@ -130,41 +109,19 @@ async def infer_version(model_name: str, model_version: str, request: Request) -
 
 
 async def _infer(request: Request, model: str, version: str | None) -> Response:
-    service: InferenceService = request.app.state.service
-    max_pixels: int = request.app.state.settings.max_image_pixels
+    state = request.app.state
+    service: InferenceService = state.service
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedMediaType(f"Content-Encoding '{encoding}' is not supported; send it plain")
     header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
     infer_request = await parse_body(header, parse_request)
-    signature = infer_request.signature_name
-
-    def decode(call: Call) -> Mapping[str, np.ndarray]:
-        images = ImageDecoding(call.config.image, max_pixels)
-        return decode_inputs(infer_request, call.signature, binary, images)
-
-    def encode(call: Call, outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
-        return encode_response(infer_request, call.version.model, call.version.version, outputs)
-
-    body, header_length = await service.infer(model, version, signature, decode, encode, "v2")
-    if header_length is None:
-        return Response(body, media_type="application/json")
-    return Response(
-        body,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(header_length)},
-    )
+    codec = V2Codec(infer_request, binary, state.settings.max_image_pixels)
+    reply = await service.infer(model, version, codec, "v2")
+    return Response(reply.body, media_type=reply.media_type, headers=reply.headers)
 
 
 # ---------------------------------------------------------------- repository extension
-
-_V2_STATES = {
-    VersionState.START: "LOADING",
-    VersionState.LOADING: "LOADING",
-    VersionState.AVAILABLE: "READY",
-    VersionState.UNLOADING: "UNLOADING",
-    VersionState.END: "UNAVAILABLE",
-}
 
 
 def _require_control(request: Request) -> None:
@@ -184,21 +141,6 @@ async def _optional_json(request: Request) -> dict[str, Any]:
     return document
 
 
-def _index_entries(repository: ModelRepository, model: ServedModel) -> list[dict[str, Any]]:
-    unloaded = repository.is_unloaded(model.name)
-    entries = []
-    for mv in model.version_list():
-        state = _V2_STATES[mv.state]
-        reason = mv.error or ("unloaded" if unloaded and state == "UNAVAILABLE" else "")
-        entries.append(
-            {"name": model.name, "version": str(mv.version), "state": state, "reason": reason}
-        )
-    if not entries:
-        reason = "unloaded" if unloaded else model.problem or "no version loaded yet"
-        entries.append({"name": model.name, "state": "UNAVAILABLE", "reason": reason})
-    return entries
-
-
 @router.post(
     "/v2/repository/index",
     summary="Every model and version, with its state",
@@ -211,7 +153,9 @@ async def repository_index(request: Request, repository: RepositoryDep) -> JSONR
     only_ready = document.get("ready", False)
     if not isinstance(only_ready, bool):
         raise InvalidInput('"ready" must be true or false')
-    entries = [e for m in repository.models() for e in _index_entries(repository, m)]
+    entries = [
+        e for m in repository.models() for e in index_entries(m, repository.is_unloaded(m.name))
+    ]
     if only_ready:
         entries = [e for e in entries if e["state"] == "READY"]
     return JSONResponse(entries)

@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from sts.config import ModelConfig
+from sts.model_config import ModelConfig
 from sts.signature import DTYPES
 from tests import onnx_models, tf_models
 from tests.conftest import LiveServer, settings

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto
 from PIL import Image
 
-from sts.config import ModelConfig, load_model_config_file
+from sts.model_config import ModelConfig, load_model_config_file
 from tests import onnx_models, tf_models
 from tests.conftest import LiveServer, app_client, settings
 from tests.test_images import EXAMPLES, SKLEARN_IMAGES, encode, gradient, png_header_claiming

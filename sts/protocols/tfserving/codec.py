@@ -1,5 +1,5 @@
 """TensorFlow Serving's REST JSON: row (`instances`) and columnar (`inputs`) tensors,
-`predictions`/`outputs`, and classify/regress `examples` as serialized `tf.Example`s.
+`predictions`/`outputs`, classify/regress `results`, and the codecs routes hand the service.
 
 Values go through the shared codecs; only when they fail is the request walked again
 to word the error as TensorFlow Serving does (`json_tensor.cc`), so clients that match
@@ -9,46 +9,22 @@ its messages keep working and the fast path pays nothing.
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-import orjson
 
-from sts.codecs import decode_b64, dumps, has_b64, is_b64_object, jsonable, short, to_array
-from sts.errors import InvalidInput
+from sts.api.bodies import Reply
+from sts.codecs import dumps, has_b64, is_b64_object, jsonable, parse_json, to_array
+from sts.errors import InvalidInput, StsError
 from sts.images import ImageDecoding
+from sts.protocols.tfserving.example import decode_examples
+from sts.protocols.tfserving.wording import in_tf_words, is_named_object, js, json_type
+from sts.service import Call, Codec
 from sts.signature import CLASSIFY, REGRESS, Signature, TensorSpec
 
 # tensorflow::DataTypeString names, which TF Serving's messages use.
 _TF_TYPE_NAMES = {"float32": "float", "float64": "double", "float16": "half"}
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _js(value: Any) -> str:
-    """A JSON value for an error message, cut short: messages never echo a whole request."""
-    try:
-        text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
-    return short(text, 60)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "Null"
-    if value is True:
-        return "True"
-    if value is False:
-        return "False"
-    if isinstance(value, dict):
-        return "Object"
-    if isinstance(value, list):
-        return "Array"
-    if isinstance(value, str):
-        return "String"
-    return "Number"
 
 
 def _tf_type(spec: TensorSpec) -> str:
@@ -90,7 +66,7 @@ def _leaf_error(value: Any, spec: TensorSpec) -> str | None:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         if ok and math.isfinite(value) and abs(value) > np.finfo(spec.dt.numpy).max:
             return (
-                f"Cannot convert JSON value: {_js(value)} to {_tf_type(spec)} "
+                f"Cannot convert JSON value: {js(value)} to {_tf_type(spec)} "
                 "without loss of precision."
             )
     return None if ok else _type_error(value, spec)
@@ -98,7 +74,7 @@ def _leaf_error(value: Any, spec: TensorSpec) -> str | None:
 
 def _type_error(value: Any, spec: TensorSpec) -> str:
     return (
-        f"JSON Value: {_js(value)} Type: {_json_type(value)} is not of expected type: "
+        f"JSON Value: {js(value)} Type: {json_type(value)} is not of expected type: "
         f"{_tf_type(spec)}"
     )
 
@@ -113,7 +89,7 @@ def explain(value: Any, spec: TensorSpec) -> str | None:
         if not isinstance(node, list):
             if level != rank:
                 return (
-                    f"JSON Value: {_js(node)} found at incorrect level: {level + 1} in the "
+                    f"JSON Value: {js(node)} found at incorrect level: {level + 1} in the "
                     f"JSON DOM. Expected at level: {rank}"
                 )
             return _leaf_error(node, spec)
@@ -185,14 +161,25 @@ def _tensor(
 # ---------------------------------------------------------------- predict
 
 
+def parse_document(body: bytes) -> Any:
+    """A request body as JSON, with TF Serving's "JSON Parse error" wording."""
+    if not body.strip():
+        raise InvalidInput("JSON Parse error: The document is empty")
+    try:
+        return parse_json(body)
+    except InvalidInput as exc:
+        message = exc.message.removeprefix("invalid JSON: ")
+        raise InvalidInput(f"JSON Parse error: {message}") from None
+
+
 def signature_name(document: Any) -> str | None:
     """The request's `signature_name` (None for the default), checked as TF Serving does."""
     if not isinstance(document, dict):
-        raise InvalidInput(f"JSON Value: {_js(document)} Is not object")
+        raise InvalidInput(f"JSON Value: {js(document)} Is not object")
     name = document.get("signature_name")
     if name is not None and not isinstance(name, str):
         raise InvalidInput(
-            f"JSON Value: {_js(document)} not formatted correctly. "
+            f"JSON Value: {js(document)} not formatted correctly. "
             "'signature_name' key must be a string value."
         )
     return name or None
@@ -214,10 +201,6 @@ def decode_predict(
     raise InvalidInput("Missing 'inputs' or 'instances' key")
 
 
-def _is_named_object(value: Any) -> bool:
-    return isinstance(value, dict) and not is_b64_object(value)
-
-
 def _decode_instances(
     instances: Any, signature: Signature, images: ImageDecoding | None
 ) -> dict[str, np.ndarray]:
@@ -226,7 +209,7 @@ def _decode_instances(
     if not instances:
         raise InvalidInput("No values in 'instances' array")
     names = list(signature.inputs)
-    named = _is_named_object(instances[0])
+    named = is_named_object(instances[0])
     if not named and len(names) > 1:
         raise InvalidInput(
             "instances is a plain list, but expecting list of objects as multiple input "
@@ -234,7 +217,7 @@ def _decode_instances(
         )
     if not named:
         for index, item in enumerate(instances):
-            if _is_named_object(item):
+            if is_named_object(item):
                 raise InvalidInput(
                     f"Expecting value/list but got object at item {index} of input list"
                 )
@@ -242,12 +225,12 @@ def _decode_instances(
         return {names[0]: _tensor(instances, spec, images, columnar=False)}
     wanted = set(names)
     for index, item in enumerate(instances):
-        if not _is_named_object(item):
+        if not is_named_object(item):
             raise InvalidInput(f"Expecting object but got list at item {index} of input list")
         if item.keys() != wanted:
             raise InvalidInput(
                 f"Failed to process element: {index} of 'instances' list. JSON object: "
-                f"{_js(item)} keys must be equal to: {','.join(sorted(wanted))}"
+                f"{js(item)} keys must be equal to: {','.join(sorted(wanted))}"
             )
     return {
         name: _tensor([item[name] for item in instances], spec, images, columnar=False, key=name)
@@ -259,7 +242,7 @@ def _decode_columnar(
     inputs: Any, signature: Signature, images: ImageDecoding | None
 ) -> dict[str, np.ndarray]:
     names = list(signature.inputs)
-    if not _is_named_object(inputs):
+    if not is_named_object(inputs):
         if len(names) > 1:
             raise InvalidInput(
                 "inputs is a plain value/list, but expecting an object as multiple input "
@@ -332,24 +315,6 @@ def check_method(signature_name: str, signature: Signature, method: str) -> None
         )
 
 
-def decode_examples(document: dict[str, Any], method: str) -> np.ndarray:
-    """`examples` (and an optional `context` merged into each) as serialized `tf.Example`s."""
-    context = b""
-    if "context" in document:
-        context = _example(document["context"])
-    if "examples" not in document:
-        raise InvalidInput(f"When method is {method}, key 'examples' is expected and was not found")
-    examples = document["examples"]
-    if not isinstance(examples, list):
-        raise InvalidInput("Expecting 'examples' value to be an list/array")
-    if not examples:
-        raise InvalidInput("'examples' value is an empty array")
-    serialized = np.empty(len(examples), dtype=object)
-    # Concatenated protos merge: an example's feature wins over the context's, as in TF Serving.
-    serialized[:] = [context + _example(item) for item in examples]
-    return serialized
-
-
 def classify_results(outputs: Mapping[str, np.ndarray], count: int) -> bytes:
     """`{"results": [[[label, score], ...], ...]}`, one list per example."""
     classes, scores = outputs.get("classes"), outputs.get("scores")
@@ -412,83 +377,76 @@ def _label(value: Any) -> str:
     return str(value)
 
 
-# ---------------------------------------------------------------- tf.Example wire format
-# Example{features=1} > Features{map<string, Feature> feature=1} > Feature{oneof bytes_list=1,
-# float_list=2, int64_list=3} > *List{repeated value=1 (packed for numbers)}. Written by hand:
-# the API layer never imports TensorFlow, and this is all of the format it needs.
-
-_BYTES, _FLOAT, _INT64 = 1, 2, 3
-_KIND_NAMES = {_BYTES: "bytes", _FLOAT: "float", _INT64: "int64"}
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# ---------------------------------------------------------------- codecs
 
 
-def _varint(number: int) -> bytes:
-    number &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        low = number & 0x7F
-        number >>= 7
-        if number:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
+class TfServingCodec(Codec[Reply]):
+    """What every TF Serving request shares: its parsed body, the model and version it
+    named (for the errors TF Serving words itself), its signature."""
+
+    __slots__ = ("document", "max_pixels", "model", "signature_name", "version")
+
+    def __init__(self, document: Any, model: str, version: int | None, max_pixels: int) -> None:
+        """`document` is the parsed body; anything but a JSON object is refused here."""
+        self.signature_name = signature_name(document)
+        self.document: dict[str, Any] = document
+        self.model = model
+        self.version = version
+        self.max_pixels = max_pixels
+
+    def reword(self, error: StsError) -> StsError:
+        return in_tf_words(error, self.model, self.version, self.signature_name)
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+class PredictCodec(TfServingCodec):
+    """`{"instances": [...]}` -> `{"predictions": [...]}`, `{"inputs": ...}` ->
+    `{"outputs": ...}`."""
+
+    __slots__ = ()
+
+    def decode(self, call: Call) -> Mapping[str, np.ndarray]:
+        images = ImageDecoding(call.config.image, self.max_pixels)
+        return decode_predict(self.document, call.signature, images)[0]
+
+    def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> Reply:
+        return Reply(encode_predict(outputs, "instances" in self.document))
 
 
-def _example(value: Any) -> bytes:
-    if not _is_named_object(value):
-        raise InvalidInput(f"Example must be JSON object but got JSON {_json_type(value)}")
-    features = b"".join(
-        _field(1, _field(1, str(name).encode()) + _field(2, _feature(str(name), content)))
-        for name, content in value.items()
-    )
-    return _field(1, features)
+class ExamplesCodec(TfServingCodec):
+    """`{"examples": [...], "context": {...}}` as one string input of serialized
+    `tf.Example`s, for a classify or regress signature."""
+
+    __slots__ = ()
+    method: ClassVar[str]
+
+    def decode(self, call: Call) -> Mapping[str, np.ndarray]:
+        check_method(call.signature_name, call.signature, self.method)
+        return {next(iter(call.signature.inputs)): decode_examples(self.document, self.method)}
 
 
-def _feature(name: str, content: Any) -> bytes:
-    items = content if isinstance(content, list) else [content]
-    kind = 0
-    values: list[Any] = []
-    for item in items:
-        item_kind, item_value = _feature_value(name, item)
-        if kind and item_kind != kind:
-            raise InvalidInput(
-                f"Unexpected element type in feature: {name} expecting type: {_KIND_NAMES[kind]}"
-            )
-        kind = item_kind
-        values.append(item_value)
-    if not kind:
-        return b""  # an empty list: a feature with no kind, as TF Serving writes it
-    if kind == _BYTES:
-        payload = b"".join(_field(1, v) for v in values)
-    elif kind == _FLOAT:
-        payload = _field(1, struct.pack(f"<{len(values)}f", *values))
-    else:
-        payload = _field(1, b"".join(_varint(v) for v in values))
-    return _field(kind, payload)
+class ClassifyCodec(ExamplesCodec):
+    """-> `{"results": [[[label, score], ...], ...]}`."""
+
+    __slots__ = ()
+    method = "classify"
+
+    def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> Reply:
+        return Reply(classify_results(outputs, len(self.document["examples"])))
 
 
-def _feature_value(name: str, item: Any) -> tuple[int, Any]:
-    if isinstance(item, bool):
-        return _INT64, int(item)
-    if isinstance(item, str):
-        return _BYTES, item.encode("utf-8")
-    if isinstance(item, dict) and is_b64_object(item):
-        return _BYTES, decode_b64(item["b64"], f"feature '{name}'")
-    if isinstance(item, float):
-        if math.isfinite(item) and abs(item) > _FLOAT32_MAX:
-            raise InvalidInput(
-                f"Cannot convert JSON value: {_js(item)} to float without loss of precision."
-            )
-        return _FLOAT, item
-    if isinstance(item, int):
-        if item > _INT64_MAX:
-            raise InvalidInput(f"Feature: {name} has uint64 element. Only int64 is supported.")
-        if item < _INT64_MIN:
-            raise InvalidInput(f"Feature: {name} has an integer below the int64 range.")
-        return _INT64, item
-    raise InvalidInput(f"Feature: {name} has element with unexpected JSON type: {_json_type(item)}")
+class RegressCodec(ExamplesCodec):
+    """-> `{"results": [value, ...]}`."""
+
+    __slots__ = ()
+    method = "regress"
+
+    def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> Reply:
+        return Reply(regress_results(outputs, len(self.document["examples"])))
+
+
+# The `:method` of a request path -> its codec.
+CODECS: dict[str, type[TfServingCodec]] = {
+    "predict": PredictCodec,
+    "classify": ClassifyCodec,
+    "regress": RegressCodec,
+}

@@ -1,4 +1,5 @@
-"""KServe v2 (Open Inference Protocol) tensors: JSON `data` and the binary tensor extension.
+"""KServe v2 (Open Inference Protocol) requests: JSON `data` and the binary tensor
+extension, and the codec routes hand the service.
 
 A request body is a JSON header, optionally followed by raw tensor bytes: the header's
 length is in `Inference-Header-Content-Length`, and each binary input says how many bytes
@@ -9,14 +10,17 @@ back the same way when asked for (`binary_data` per output, `binary_data_output`
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from sts.api.bodies import Reply
 from sts.codecs import check_shape, dumps, jsonable, numeric_array, parse_json, short, string_array
 from sts.errors import BackendError, InvalidInput
 from sts.images import ImageDecoding, layout_of
+from sts.service import Call, Codec
 from sts.signature import DTYPES, DType, Signature, TensorSpec, dtype_of
 
 V2_DTYPES: dict[str, DType] = {d.v2: d for d in DTYPES.values()}
@@ -352,3 +356,33 @@ def _to_binary(array: np.ndarray, dt: DType) -> bytes:
     if dt.v2 == "BOOL":
         return np.ascontiguousarray(array, dtype=np.uint8).tobytes()
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+# ---------------------------------------------------------------- codec
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+class V2Codec(Codec[Reply]):
+    """A parsed inference request and the binary part of its body -> arrays; outputs ->
+    JSON, or a JSON header followed by binary outputs (its length in
+    `Inference-Header-Content-Length`)."""
+
+    __slots__ = ("binary", "max_pixels", "request", "signature_name")
+
+    def __init__(self, request: InferRequest, binary: memoryview, max_pixels: int) -> None:
+        self.request = request
+        self.binary = binary
+        self.max_pixels = max_pixels
+        self.signature_name = request.signature_name
+
+    def decode(self, call: Call) -> Mapping[str, np.ndarray]:
+        images = ImageDecoding(call.config.image, self.max_pixels)
+        return decode_inputs(self.request, call.signature, self.binary, images)
+
+    def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> Reply:
+        version = call.version
+        body, header_length = encode_response(self.request, version.model, version.version, outputs)
+        if header_length is None:
+            return Reply(body)
+        return Reply(body, "application/octet-stream", {HEADER_LENGTH: str(header_length)})

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from sts.config import ModelConfig
+from sts.model_config import ModelConfig
 from sts.signature import DTYPES
 from tests import fakes, onnx_models
 from tests.conftest import app_client, fake_config

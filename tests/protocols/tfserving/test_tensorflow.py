@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 from fastapi.testclient import TestClient
 
-from sts.config import ModelConfig
 from sts.errors import InvalidInput
-from sts.tfserving_json import decode_examples
+from sts.model_config import ModelConfig
+from sts.protocols.tfserving.example import decode_examples
 from tests import tf_models
 from tests.conftest import app_client
 

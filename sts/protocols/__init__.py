@@ -1,0 +1,1 @@
+"""One package per protocol (routes, codec, views); one protocol never imports another."""

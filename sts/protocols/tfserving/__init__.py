@@ -1,0 +1,2 @@
+"""TensorFlow Serving's REST API: predict/classify/regress, model status and metadata,
+worded as TF Serving words them."""

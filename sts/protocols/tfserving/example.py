@@ -1,0 +1,116 @@
+"""The `tf.Example` wire format, for classify and regress: JSON examples serialized as
+TF Serving's REST handler does (`json_tensor.cc`), its wording included.
+
+Example{features=1} > Features{map<string, Feature> feature=1} > Feature{oneof bytes_list=1,
+float_list=2, int64_list=3} > *List{repeated value=1 (packed for numbers)}. Written by hand:
+the protocols never import TensorFlow, and this is all of the format they need.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+
+from sts.codecs import decode_b64, is_b64_object
+from sts.errors import InvalidInput
+from sts.protocols.tfserving.wording import is_named_object, js, json_type
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+_BYTES, _FLOAT, _INT64 = 1, 2, 3
+_KIND_NAMES = {_BYTES: "bytes", _FLOAT: "float", _INT64: "int64"}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def decode_examples(document: dict[str, Any], method: str) -> np.ndarray:
+    """`examples` (and an optional `context` merged into each) as serialized `tf.Example`s."""
+    context = b""
+    if "context" in document:
+        context = serialize_example(document["context"])
+    if "examples" not in document:
+        raise InvalidInput(f"When method is {method}, key 'examples' is expected and was not found")
+    examples = document["examples"]
+    if not isinstance(examples, list):
+        raise InvalidInput("Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise InvalidInput("'examples' value is an empty array")
+    serialized = np.empty(len(examples), dtype=object)
+    # Concatenated protos merge: an example's feature wins over the context's, as in TF Serving.
+    serialized[:] = [context + serialize_example(item) for item in examples]
+    return serialized
+
+
+def _varint(number: int) -> bytes:
+    number &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        low = number & 0x7F
+        number >>= 7
+        if number:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def serialize_example(value: Any) -> bytes:
+    """A JSON example (`{feature: value or list}`) as a serialized `tf.Example`."""
+    if not is_named_object(value):
+        raise InvalidInput(f"Example must be JSON object but got JSON {json_type(value)}")
+    features = b"".join(
+        _field(1, _field(1, str(name).encode()) + _field(2, _feature(str(name), content)))
+        for name, content in value.items()
+    )
+    return _field(1, features)
+
+
+def _feature(name: str, content: Any) -> bytes:
+    items = content if isinstance(content, list) else [content]
+    kind = 0
+    values: list[Any] = []
+    for item in items:
+        item_kind, item_value = _feature_value(name, item)
+        if kind and item_kind != kind:
+            raise InvalidInput(
+                f"Unexpected element type in feature: {name} expecting type: {_KIND_NAMES[kind]}"
+            )
+        kind = item_kind
+        values.append(item_value)
+    if not kind:
+        return b""  # an empty list: a feature with no kind, as TF Serving writes it
+    if kind == _BYTES:
+        payload = b"".join(_field(1, v) for v in values)
+    elif kind == _FLOAT:
+        payload = _field(1, struct.pack(f"<{len(values)}f", *values))
+    else:
+        payload = _field(1, b"".join(_varint(v) for v in values))
+    return _field(kind, payload)
+
+
+def _feature_value(name: str, item: Any) -> tuple[int, Any]:
+    if isinstance(item, bool):
+        return _INT64, int(item)
+    if isinstance(item, str):
+        return _BYTES, item.encode("utf-8")
+    if isinstance(item, dict) and is_b64_object(item):
+        return _BYTES, decode_b64(item["b64"], f"feature '{name}'")
+    if isinstance(item, float):
+        if math.isfinite(item) and abs(item) > _FLOAT32_MAX:
+            raise InvalidInput(
+                f"Cannot convert JSON value: {js(item)} to float without loss of precision."
+            )
+        return _FLOAT, item
+    if isinstance(item, int):
+        if item > _INT64_MAX:
+            raise InvalidInput(f"Feature: {name} has uint64 element. Only int64 is supported.")
+        if item < _INT64_MIN:
+            raise InvalidInput(f"Feature: {name} has an integer below the int64 range.")
+        return _INT64, item
+    raise InvalidInput(f"Feature: {name} has element with unexpected JSON type: {json_type(item)}")

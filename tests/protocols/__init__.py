@@ -1,0 +1,1 @@
+"""Tests of the protocol packages (`sts/protocols/`)."""

@@ -1,0 +1,134 @@
+"""TF Serving's codecs without HTTP: predict, classify and regress on a fake call, and the
+lookup errors in TF Serving's words."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from sts.errors import (
+    InvalidInput,
+    LabelNotFound,
+    ModelNotFound,
+    ModelNotReady,
+    NotFound,
+    SignatureNotFound,
+    VersionNotFound,
+)
+from sts.protocols.tfserving.codec import (
+    CODECS,
+    ClassifyCodec,
+    PredictCodec,
+    RegressCodec,
+    parse_document,
+)
+from sts.signature import CLASSIFY, REGRESS
+from tests import fakes
+
+XY = fakes.signature({"x": ("float32", (-1, 2))}, {"y": ("float32", (-1, 2))})
+EXAMPLES = {"inputs": ("string", (-1,))}
+
+
+def test_codecs_by_method() -> None:
+    assert {"predict": PredictCodec, "classify": ClassifyCodec, "regress": RegressCodec} == CODECS
+
+
+def test_parse_document_words_errors_as_tf_serving() -> None:
+    with pytest.raises(InvalidInput, match=r"^JSON Parse error: The document is empty$"):
+        parse_document(b"  ")
+    with pytest.raises(InvalidInput, match=r"^JSON Parse error: "):
+        parse_document(b"{")
+    assert parse_document(b'{"instances": [1]}') == {"instances": [1]}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ([1], r"^JSON Value: \[1\] Is not object$"),
+        ({"signature_name": 3}, "'signature_name' key must be a string value."),
+    ],
+)
+def test_signature_name_checked_at_the_edge(document: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        PredictCodec(document, "m", None, 1000)
+
+
+def test_predict_rows() -> None:
+    codec = PredictCodec({"instances": [[1, 2], [3, 4]], "signature_name": ""}, "m", None, 10)
+    assert codec.signature_name is None
+    call = fakes.call(XY)
+    assert codec.decode(call)["x"].tolist() == [[1, 2], [3, 4]]
+    reply = codec.encode(call, {"y": np.array([[1, 2], [3, 4]], dtype=np.float32)})
+    assert orjson.loads(reply.body) == {"predictions": [[1.0, 2.0], [3.0, 4.0]]}
+    assert reply.media_type == "application/json"
+
+
+def test_predict_columns() -> None:
+    codec = PredictCodec({"inputs": {"x": [[1, 2]]}}, "m", 2, 10)
+    call = fakes.call(XY)
+    assert codec.decode(call)["x"].dtype == np.float32
+    reply = codec.encode(call, {"y": np.array([[5, 6]], dtype=np.float32)})
+    assert orjson.loads(reply.body) == {"outputs": [[5.0, 6.0]]}
+
+
+def test_predict_errors_in_tf_words() -> None:
+    codec = PredictCodec({"instances": [[1, 2], [3]]}, "m", None, 10)
+    with pytest.raises(InvalidInput, match=r"^Failed to process element: 1 of 'instances' list"):
+        codec.decode(fakes.call(XY))
+
+
+def test_reword() -> None:
+    latest = PredictCodec({"instances": [1]}, "m", None, 10)
+    pinned = PredictCodec({"instances": [1], "signature_name": "nope"}, "m", 3, 10)
+    reworded = latest.reword(ModelNotFound("model 'm' not found"))
+    assert isinstance(reworded, NotFound)
+    assert reworded.message == "Servable not found for request: Latest(m)"
+    reworded = pinned.reword(VersionNotFound("model 'm' has no version 3"))
+    assert reworded.message == "Servable not found for request: Specific(m, 3)"
+    reworded = pinned.reword(SignatureNotFound("signatures: ['serving_default']"))
+    assert isinstance(reworded, InvalidInput)
+    assert reworded.message == (
+        'Serving signature name: "nope" not found in signature def '
+        "(signatures: ['serving_default'])"
+    )
+    for unchanged in (LabelNotFound("no label"), ModelNotReady("loading")):
+        assert pinned.reword(unchanged) is unchanged
+
+
+def test_classify() -> None:
+    signature = fakes.signature(EXAMPLES, method=CLASSIFY)
+    document = {"examples": [{"a": 1}, {"a": 2}], "context": {"c": "x"}}
+    codec = ClassifyCodec(document, "m", None, 10)
+    call = fakes.call(signature, "classify_x")
+    serialized = codec.decode(call)["inputs"]
+    assert serialized.shape == (2,)
+    assert all(isinstance(s, bytes) for s in serialized)
+    outputs = {
+        "classes": np.array([[b"a", b"b"], [b"a", b"b"]], dtype=object),
+        "scores": np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32),
+    }
+    reply = codec.encode(call, outputs)
+    assert orjson.loads(reply.body) == {
+        "results": [[["a", 0.25], ["b", 0.75]], [["a", 0.5], ["b", 0.5]]]
+    }
+
+
+def test_classify_needs_a_classify_signature() -> None:
+    codec = ClassifyCodec({"examples": [{"a": 1}]}, "m", None, 10)
+    signature = fakes.signature(EXAMPLES, method=REGRESS)
+    with pytest.raises(InvalidInput, match="Expected classification signature method_name"):
+        codec.decode(fakes.call(signature))
+
+
+def test_regress() -> None:
+    signature = fakes.signature(EXAMPLES, method=REGRESS)
+    codec = RegressCodec({"examples": [{"a": 1.5}]}, "m", None, 10)
+    call = fakes.call(signature)
+    assert codec.decode(call)["inputs"].shape == (1,)
+    reply = codec.encode(call, {"outputs": np.array([[0.5]], dtype=np.float32)})
+    assert orjson.loads(reply.body) == {"results": [0.5]}
+    with pytest.raises(InvalidInput, match="Expected regression signature output named"):
+        codec.encode(call, {"y": np.array([0.5], dtype=np.float32)})
