@@ -13,8 +13,8 @@ from typing import Any, get_args, get_origin
 from pydantic import ValidationError
 
 from sts import __version__
-from sts.config import ServerSettings
 from sts.errors import ConfigError, StsError, describe_errors
+from sts.settings import ServerSettings
 
 logger = logging.getLogger("sts")
 
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return convert_command(args[1:])
     try:
         settings = load_settings(args)
-        configs = settings.model_configs()  # fail before binding the port
+        configs = settings.model_configs()  # fail early; `serve` checks backend options
         if settings.enable_auth:
             settings.authenticator()
     except ConfigError as exc:
@@ -254,7 +254,11 @@ def write_client(
         return 2
     scheme = "https" if settings.enable_ssl else "http"
     base_url = settings.public_url or f"{scheme}://{settings.local_host}:{settings.port}"
-    repository = ModelRepository(chosen[:1])
+    try:
+        repository = ModelRepository(chosen[:1])
+    except StsError as exc:
+        print(f"sts: error: {exc}", file=sys.stderr)
+        return 2
     try:
         repository.load_all()
         version = repository.resolve(chosen[0].name, model_version)
@@ -279,7 +283,8 @@ def write_client(
 def serve(settings: ServerSettings, configs: list[Any]) -> int:
     import uvicorn
 
-    from sts.api.app import SETTINGS_ENV, create_app
+    from sts.app import SETTINGS_ENV, create_app
+    from sts.repository import check_configs
 
     options: dict[str, Any] = {
         "host": settings.host,
@@ -296,11 +301,19 @@ def serve(settings: ServerSettings, configs: list[Any]) -> int:
     if settings.enable_ssl:
         options["ssl_certfile"] = settings.secret_pem
         options["ssl_keyfile"] = settings.secret_key
+    try:  # backend options are checked before the port is bound
+        if settings.workers > 1:
+            check_configs(configs)  # each worker's repository checks them again
+        else:
+            app = create_app(settings, configs)
+    except ConfigError as exc:
+        print(f"sts: error: {exc}", file=sys.stderr)
+        return 2
     if settings.workers > 1:
         os.environ[SETTINGS_ENV] = settings.model_dump_json(exclude_unset=True)
         uvicorn.run(
-            "sts.api.app:app_from_environment", factory=True, workers=settings.workers, **options
+            "sts.app:app_from_environment", factory=True, workers=settings.workers, **options
         )
     else:
-        uvicorn.run(create_app(settings, configs), **options)
+        uvicorn.run(app, **options)
     return 0

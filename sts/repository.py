@@ -16,15 +16,17 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from sts.backends.base import Backend, BackendOptions, backend_class
-from sts.config import ModelConfig
 from sts.errors import (
+    ConfigError,
     InvalidInput,
     LabelNotFound,
     ModelLoadError,
@@ -33,7 +35,9 @@ from sts.errors import (
     SignatureNotFound,
     StsError,
     VersionNotFound,
+    describe_errors,
 )
+from sts.model_config import ModelConfig
 from sts.signature import Signature
 from sts.warmup import warm_up
 
@@ -82,7 +86,7 @@ class ModelVersion:
         self.path = path
         self.state = VersionState.START
         self.error = ""
-        self.backend: Backend | None = None
+        self.backend: Backend[Any] | None = None
         self.signatures: dict[str, Signature] = {}
         self.default_signature = ""
         self.fingerprint: Fingerprint | None = None
@@ -145,7 +149,7 @@ class ServedModel:
     """A configured model and its versions. `serving` is replaced whole, never mutated."""
 
     config: ModelConfig
-    backend_cls: type[Backend]
+    backend_cls: type[Backend[Any]]
     options: BackendOptions
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     serving: dict[int, ModelVersion] = field(default_factory=dict)
@@ -167,10 +171,54 @@ class ServedModel:
         return [self.versions[v] for v in sorted(self.versions)]
 
 
+def check_configs(configs: Sequence[ModelConfig]) -> None:
+    """What a `ModelRepository` checks before it loads anything, without building one: for
+    a process that hands the configs to others (ConfigError naming the entry)."""
+    _new_models(configs)
+
+
+def _new_models(configs: Sequence[ModelConfig]) -> list[ServedModel]:
+    """A served model per config, its backend options built and checked once (and across
+    models, for settings a framework keeps per process); ConfigError naming the entry."""
+    models = [_new_model(config) for config in configs]
+    by_class: dict[type[Backend[Any]], list[ServedModel]] = {}
+    for model in models:
+        by_class.setdefault(model.backend_cls, []).append(model)
+    for cls, group in by_class.items():
+        cls.plan_process([m.options for m in group], [m.name for m in group])
+    return models
+
+
+def _new_model(config: ModelConfig) -> ServedModel:
+    try:
+        cls = backend_class(config.platform)
+    except ConfigError as exc:
+        raise ConfigError(f"model config {config.where}: {exc}") from None
+    try:
+        options = cls.build_options(config)
+    except ValidationError as exc:
+        problems = describe_errors(exc.errors())
+        raise ConfigError(
+            f"model config {config.where}: bad options for {config.platform}: {problems}"
+        ) from None
+    unused = cls.unused_session_config(config)
+    if unused:
+        logger.warning(
+            "model %r: session_config keys %s mean nothing to platform %s and are not used",
+            config.name,
+            unused,
+            config.platform,
+        )
+    return ServedModel(config=config, backend_cls=cls, options=options)
+
+
 class ModelRepository:
     """Every served model. Thread-safe; `poll` is called by one thread at a time."""
 
-    def __init__(self, configs: list[ModelConfig], load_workers: int = 4) -> None:
+    def __init__(self, configs: Sequence[ModelConfig], load_workers: int = 4) -> None:
+        """Builds every model's backend options first: ConfigError (naming the entry) when
+        a platform is unknown or options do not fit, before anything loads."""
+        models = _new_models(configs)
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
@@ -185,8 +233,7 @@ class ModelRepository:
         self._unloads_lock = threading.Lock()
         self.ready = threading.Event()
         self.started_at = time.time()
-        for config in configs:
-            self._models[config.name] = self._new_model(config)
+        self._models = {model.name: model for model in models}
 
     # ------------------------------------------------------------ lookups
 
@@ -261,10 +308,6 @@ class ModelRepository:
             chosen._exit()
 
     # ------------------------------------------------------------ loading
-
-    def _new_model(self, config: ModelConfig) -> ServedModel:
-        cls = backend_class(config.platform)
-        return ServedModel(config=config, backend_cls=cls, options=cls.build_options(config))
 
     def load_all(self) -> None:
         """The first load of every model, in parallel; then the repository is ready."""
@@ -394,7 +437,7 @@ class ModelRepository:
         logger.info("model %r: loading version %d from %s", model.name, version, path)
         before = fingerprint(path)
         started = time.perf_counter()
-        backend: Backend | None = None
+        backend: Backend[Any] | None = None
         changed_while_loading = False
         try:
             backend = model.backend_cls(path, model.options)
@@ -459,30 +502,31 @@ class ModelRepository:
 
     # ------------------------------------------------------------ config changes
 
-    def update_configs(self, configs: list[ModelConfig]) -> None:
+    def update_configs(self, configs: Sequence[ModelConfig]) -> None:
         """Apply a new model list: add, remove and replace models without a restart.
 
         A changed model keeps serving with its old config until the new one has a
-        version available.
+        version available. ConfigError (and nothing changes) when an entry's platform or
+        options are bad.
         """
-        new = {c.name: c for c in configs}
+        built = {m.name: m for m in _new_models(configs)}
         with self._lock:
             current = dict(self._models)
-        removed = [m for name, m in current.items() if name not in new]
+        removed = [m for name, m in current.items() if name not in built]
         with self._lock:
             for model in removed:
                 del self._models[model.name]
                 self._pending.pop(model.name, None)
                 self._unloaded.discard(model.name)
-            for name, config in new.items():
+            for name, fresh in built.items():
                 old = self._models.get(name)
                 if old is None:
-                    self._models[name] = self._new_model(config)
+                    self._models[name] = fresh
                     logger.info("model %r added", name)
-                elif old.config != config:
+                elif not old.config.same_settings(fresh.config):
                     pending = self._pending.get(name)
-                    if pending is None or pending.config != config:
-                        self._pending[name] = self._new_model(config)
+                    if pending is None or not pending.config.same_settings(fresh.config):
+                        self._pending[name] = fresh
                         logger.info("model %r: config changed; loading it beside the old one", name)
                 elif name in self._pending:
                     del self._pending[name]  # changed back

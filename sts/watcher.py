@@ -9,8 +9,8 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from sts.config import ModelConfig
 from sts.errors import StsError
+from sts.model_config import ModelConfig
 from sts.repository import ModelRepository
 
 logger = logging.getLogger("sts.watcher")
@@ -67,10 +67,11 @@ class Watcher:
         self._config_text = text
         try:
             configs = self.load_configs()
+            # Checks each entry's backend options before anything changes.
+            self.repository.update_configs(configs)
         except StsError as exc:
             logger.error(
                 "model config file changed but is not usable; keeping the running models: %s", exc
             )
             return
-        logger.info("model config file changed; applying it")
-        self.repository.update_configs(configs)
+        logger.info("model config file changed; applied it")

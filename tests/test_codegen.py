@@ -23,8 +23,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from sts.codegen.examples import example_data, example_image
-from sts.config import ModelConfig, load_model_config_file
 from sts.images import ImageOptions
+from sts.model_config import ModelConfig, load_model_config_file
 from sts.signature import Signature, TensorSpec
 from tests import fakes
 from tests.conftest import BIN, ROOT, LiveServer, app_client, fake_config, run, settings

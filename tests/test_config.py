@@ -9,14 +9,10 @@ import pytest
 
 from sts.backends.base import OpLibraries
 from sts.cli import load_settings
-from sts.config import (
-    ModelConfig,
-    ServerSettings,
-    VersionPolicy,
-    load_model_config_file,
-    parse_bool,
-)
 from sts.errors import ConfigError, ModelLoadError
+from sts.model_config import ModelConfig, VersionPolicy, load_model_config_file, parse_bool
+from sts.repository import ModelRepository, check_configs
+from sts.settings import ServerSettings
 from tests import fakes
 
 
@@ -272,7 +268,8 @@ def test_config_file_errors_name_the_entry(
     tmp_path: Path, entries: list[object], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_model_config_file(_write(tmp_path, entries))  # type: ignore[arg-type]
+        # Entries are read as data; the repository then checks each backend's options.
+        check_configs(load_model_config_file(_write(tmp_path, entries)))  # type: ignore[arg-type]
 
 
 def test_config_file_not_json(tmp_path: Path) -> None:
@@ -320,15 +317,12 @@ def test_settings_round_trip_for_workers() -> None:
 
 
 def test_unused_session_config_keys_are_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
-    from sts.backends.base import validate_model_configs
-    from sts.backends.onnx import OnnxBackend
-
     config = ModelConfig(
         name="warned-once", base_path="/m", platform="onnx", session_config={"allow_growth": True}
     )
-    with caplog.at_level("WARNING", "sts.backends"):
-        validate_model_configs([config])
-        OnnxBackend.build_options(config)
+    # The repository builds each model's options once: no set of warnings seen is needed.
+    with caplog.at_level("WARNING", "sts.repository"):
+        ModelRepository([config]).close()
     assert caplog.text.count("session_config keys ['allow_growth'] mean nothing") == 1
 
 

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from sts.config import load_model_config_file
+from sts.model_config import load_model_config_file
 from tests import fakes
 from tests.conftest import ROOT, LiveServer, fake_config, settings
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from sts.cli import build_parser
-from sts.config import ServerSettings
+from sts.settings import ServerSettings
 from tests.conftest import BIN, ROOT, free_port, wait_for
 
 DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile*"))

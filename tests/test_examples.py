@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from sklearn.datasets import load_digits
 
-from sts.config import load_model_config_file
+from sts.model_config import load_model_config_file
 from tests.conftest import app_client
 
 ROOT = Path(__file__).resolve().parent.parent

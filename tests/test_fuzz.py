@@ -10,7 +10,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from sts.config import ModelConfig
+from sts.model_config import ModelConfig
 from tests import fakes, onnx_models
 from tests.conftest import LiveServer, fake_config
 from tests.conftest import settings as server_settings

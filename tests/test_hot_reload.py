@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sts.config import ModelConfig, VersionPolicy
+from sts.model_config import ModelConfig, VersionPolicy
 from tests import onnx_models
 from tests.conftest import LiveServer, settings, wait_for
 

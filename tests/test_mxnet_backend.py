@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from sts.config import ModelConfig
+from sts.model_config import ModelConfig
 from tests.conftest import BIN, ROOT, app_client, running
 from tests.test_mxnet_environment import HAVE_MXNET, X, config, predict
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from sts.backends.base import validate_model_config
-from sts.config import ModelConfig
 from sts.errors import ConfigError
+from sts.model_config import ModelConfig
+from sts.repository import check_configs
 from tests.conftest import ROOT, app_client
 
 NUMPY = tuple(int(part) for part in np.__version__.split(".")[:2])
@@ -30,11 +30,11 @@ def predict(client: TestClient, model: str, data: Any, **extra: Any) -> Any:
 
 
 def test_context_option_is_checked_at_start_up() -> None:
-    validate_model_config(config("m", "/m", options={"context": "gpu(1)"}), "m")
+    check_configs([config("m", "/m", options={"context": "gpu(1)"})])
     with pytest.raises(ConfigError, match=r"context must be cpu or gpu\(N\)"):
-        validate_model_config(config("m", "/m", options={"context": "tpu"}), "m")
+        check_configs([config("m", "/m", options={"context": "tpu"})])
     with pytest.raises(ConfigError, match="contxt"):
-        validate_model_config(config("m", "/m", options={"contxt": "cpu"}), "m")
+        check_configs([config("m", "/m", options={"contxt": "cpu"})])
 
 
 @pytest.mark.skipif(HAVE_MXNET, reason="checks the environment without MXNet")

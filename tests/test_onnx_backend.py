@@ -11,8 +11,8 @@ import pytest
 
 from sts.backends.base import backend_class
 from sts.backends.onnx import OnnxBackend, OnnxOptions
-from sts.config import ModelConfig
 from sts.errors import ConfigError, InvalidInput, ModelLoadError
+from sts.model_config import ModelConfig
 from tests import onnx_models
 from tests.conftest import app_client
 
@@ -182,8 +182,8 @@ def test_runtime_refusal_is_a_400(tmp_path: Path) -> None:
 
 
 def test_unknown_onnx_option_is_a_config_error() -> None:
-    from sts.backends.base import validate_model_config
+    from sts.repository import check_configs
 
     config = ModelConfig(name="m", base_path="/m", platform="onnx", options={"threads": 2})
     with pytest.raises(ConfigError, match="bad options for onnx: threads"):
-        validate_model_config(config, "entry 0")
+        check_configs([config])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from sts.config import ModelConfig
+from sts.model_config import ModelConfig
 from tests import torch_models
 from tests.conftest import app_client
 
@@ -146,11 +146,11 @@ def test_bad_input_is_a_400(client: TestClient, model: str, data: Any, message: 
 
 def test_options_and_process_settings(root: Path) -> None:
     from sts.backends.pytorch import _PROCESS
-    from sts.config import _validate_together
     from sts.errors import ConfigError
+    from sts.repository import check_configs
 
     with pytest.raises(ConfigError, match="different num_threads"):
-        _validate_together(
+        check_configs(
             [
                 config("script", root, options={"num_threads": 1}),
                 config("exported", root, options={"num_threads": 2}),

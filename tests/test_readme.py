@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sts.config import ServerSettings
+from sts.settings import ServerSettings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sts.config import VersionPolicy
 from sts.errors import InvalidInput, ModelNotFound, ModelNotReady, VersionNotFound
+from sts.model_config import VersionPolicy
 from sts.repository import ModelRepository, VersionState
 from tests import fakes
 from tests.conftest import fake_config, wait_for

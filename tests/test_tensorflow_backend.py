@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sts.backends.tensorflow import TensorflowBackend, TensorflowOptions, _ProcessSettings
-from sts.config import ModelConfig
 from sts.errors import ConfigError, InvalidInput, ModelLoadError
+from sts.model_config import ModelConfig
 from tests import tf_models
 from tests.conftest import app_client
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sts.config import ModelConfig
+from sts.model_config import ModelConfig
 from sts.repository import ModelRepository, VersionState
 from tests import fakes, tf_models
 from tests.conftest import app_client, fake_config

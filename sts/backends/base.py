@@ -1,31 +1,33 @@
-"""The `Backend` interface every framework adapter implements, and the platform table.
+"""The `Backend` extension point every framework adapter implements, the one way framework
+errors become sts errors, and the platform table.
 
 To add a platform: write one module with a `Backend` subclass, add it to `PLATFORMS`,
-add an extra to `pyproject.toml`, and a test module that builds a tiny real model.
+add an extra to `pyproject.toml`, and a test module that builds a tiny real model
+(`tests/test_backend_contract.py` then runs the shared contract over it too).
 A config entry may also name any class directly as `platform: "package.module:Class"`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from sts.errors import ConfigError, InvalidInput, ModelLoadError, describe_errors
-from sts.signature import Signature, default_signature_name
+from sts.errors import BackendError, ConfigError, InvalidInput, ModelLoadError, StsError
+from sts.signature import DEFAULT_SIGNATURE, Signature, default_signature_name
 
 if TYPE_CHECKING:
-    from sts.config import ModelConfig
+    from sts.model_config import ModelConfig
 
 logger = logging.getLogger("sts.backends")
-_WARNED: set[tuple[str, str, tuple[str, ...]]] = set()
 
 
 class BackendOptions(BaseModel):
@@ -37,33 +39,58 @@ class BackendOptions(BaseModel):
     """Shared libraries with custom ops, loaded before the model."""
 
 
-class Backend(ABC):
-    """One loaded model version of one framework.
+OptionsT = TypeVar("OptionsT", bound=BackendOptions)
 
-    Override `load`, `signatures` and `predict`; `unload`, `discover_versions` and
-    `describe_missing` (for another folder layout) have defaults. `predict` is called
-    from several worker threads at once, so it must be thread-safe. Raise
-    `sts.errors.InvalidInput` for input the framework refuses, `BackendError` for
-    framework failures and `ModelLoadError` from `load`; never let a framework exception
-    escape.
+
+class Backend(ABC, Generic[OptionsT]):
+    """One loaded version of one model of one framework; sees numpy arrays only.
+
+    Required: `load` (read the artefact, place it on its device, load custom ops) and
+    `predict` (one batch: `inputs` holds exactly the signature's inputs, already in its
+    dtypes; return every output as an array). Then either set `self.signature` in `load`
+    (one signature, served as `serving_default`) or override `signatures` (several).
+    Optional, with defaults: `unload` (free memory, GPU too), `runtime_info` (status),
+    `discover_versions` and `describe_missing` (another folder layout), `plan_process`
+    (settings the framework keeps once per process), `session_config_keys` (the
+    original's TensorFlow `session_config` names -> option names).
+
+    Errors: raise `InvalidInput` (400) for input the framework refuses, `BackendError`
+    (500) for framework failures, `ModelLoadError` from `load`; never let a framework
+    exception escape. `translate_errors` does this from a small mapping. `predict` is
+    called from several worker threads at once, so it must be thread-safe.
+
+    A whole adapter, for a framework whose models are callables over numpy arrays::
+
+        class DoublerOptions(BackendOptions):
+            factor: float = 2.0
+
+        class DoublerBackend(Backend[DoublerOptions]):
+            platform = "doubler"
+            options_class = DoublerOptions
+
+            def load(self) -> None:
+                x = TensorSpec("x", "float32", (-1,))
+                self.signature = Signature({"x": x}, {"y": TensorSpec("y", "float32", (-1,))})
+
+            def predict(self, inputs, signature=None):
+                with translate_errors({ValueError: InvalidInput}):
+                    return {"y": inputs["x"] * self.options.factor}
     """
 
     platform: ClassVar[str]
-    options_class: ClassVar[type[BackendOptions]] = BackendOptions
+    options_class: ClassVar[type[OptionsT]]
     # session_config keys (the original's TensorFlow names) -> option names here
     session_config_keys: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
+    def __init__(self, path: Path, options: OptionsT) -> None:
         self.path = path
         self.options = options
+        self.signature: Signature | None = None
+        """The one signature of a single-signature backend, set by `load`."""
 
     @abstractmethod
     def load(self) -> None:
-        """Read the artefact, place it on its device and load custom ops."""
-
-    @abstractmethod
-    def signatures(self) -> dict[str, Signature]:
-        """Signature name -> inputs/outputs; `default_signature` picks the default."""
+        """Read the artefact, place it on its device and load custom ops (ModelLoadError)."""
 
     @abstractmethod
     def predict(
@@ -71,7 +98,14 @@ class Backend(ABC):
     ) -> dict[str, np.ndarray]:
         """Run one batch. `inputs` holds exactly the signature's inputs, already in its dtypes."""
 
-    def unload(self) -> None:  # noqa: B027 - optional hook
+    def signatures(self) -> dict[str, Signature]:
+        """Signature name -> inputs/outputs; `default_signature` picks the default.
+        By default the one `self.signature` set by `load`, as `serving_default`."""
+        if self.signature is None:
+            raise BackendError("model is not loaded")
+        return {DEFAULT_SIGNATURE: self.signature}
+
+    def unload(self) -> None:
         """Free the model's memory (GPU too). Called once, after the last request."""
 
     def runtime_info(self) -> dict[str, Any]:
@@ -104,31 +138,25 @@ class Backend(ABC):
         return f"no version folders (numbered sub-folders) under {base_path}"
 
     @classmethod
-    def plan_process(cls, options: Sequence[BackendOptions], names: Sequence[str]) -> None:
+    def plan_process(cls, options: Sequence[OptionsT], names: Sequence[str]) -> None:
         """Check settings the framework holds once per process across every model of this
         platform (`names[i]` owns `options[i]`); raise ConfigError when they conflict."""
         return None
 
     @classmethod
-    def build_options(cls, config: ModelConfig) -> BackendOptions:
-        """Options from a config entry: `options`, then `session_config` and `custom_op_paths`."""
-        values: dict[str, Any] = {}
-        unknown: list[str] = []
-        for key, value in config.session_config.items():
-            if key in cls.session_config_keys:
-                values[cls.session_config_keys[key]] = value
-            else:
-                unknown.append(key)
-        warning = (config.name, config.platform, tuple(sorted(unknown)))
-        if unknown and warning not in _WARNED:
-            # Options are built at validation and again for the repository: say it once.
-            _WARNED.add(warning)
-            logger.warning(
-                "model %r: session_config keys %s mean nothing to platform %s and are not used",
-                config.name,
-                sorted(unknown),
-                config.platform,
-            )
+    def unused_session_config(cls, config: ModelConfig) -> list[str]:
+        """The config's `session_config` keys that mean nothing to this platform."""
+        return sorted(k for k in config.session_config if k not in cls.session_config_keys)
+
+    @classmethod
+    def build_options(cls, config: ModelConfig) -> OptionsT:
+        """Options from a config entry: `options`, then `session_config` and `custom_op_paths`
+        (pydantic's ValidationError when they do not fit `options_class`)."""
+        values: dict[str, Any] = {
+            cls.session_config_keys[key]: value
+            for key, value in config.session_config.items()
+            if key in cls.session_config_keys
+        }
         values.update(config.options)
         if config.custom_op_paths:
             values["custom_op_libraries"] = [
@@ -136,6 +164,38 @@ class Backend(ABC):
                 *config.custom_op_paths,
             ]
         return cls.options_class.model_validate(values)
+
+
+ErrorMap = Mapping[type[BaseException], type[StsError]]
+"""A framework's exception types -> the sts error each becomes (the most specific match wins)."""
+
+
+def one_line(text: str, limit: int | None = None) -> str:
+    """A framework message as one line (whitespace runs collapsed), at most `limit` chars."""
+    message = " ".join(text.split())
+    return message if limit is None else message[:limit]
+
+
+@contextlib.contextmanager
+def translate_errors(
+    mapping: ErrorMap, describe: Callable[[BaseException], str] = lambda exc: one_line(str(exc))
+) -> Iterator[None]:
+    """Raise the framework exceptions named in `mapping` as sts errors worded by `describe`
+    (the backend's one message cleaner), without the framework's traceback. The most
+    specific matching type wins (`InvalidArgumentError` before its base `OpError`); sts
+    errors and unnamed exceptions pass through. After httpx's `map_exceptions`."""
+    try:
+        yield
+    except StsError:
+        raise
+    except Exception as exc:
+        chosen: tuple[type[BaseException], type[StsError]] | None = None
+        for source, target in mapping.items():
+            if isinstance(exc, source) and (chosen is None or issubclass(source, chosen[0])):
+                chosen = (source, target)
+        if chosen is None:
+            raise
+        raise chosen[1](describe(exc)) from None
 
 
 class OpLibraries:
@@ -192,7 +252,7 @@ PLATFORMS: dict[str, str] = {
 """Platform name -> `module:Class`, imported only when a model of that platform loads."""
 
 
-def backend_class(platform: str) -> type[Backend]:
+def backend_class(platform: str) -> type[Backend[Any]]:
     """The backend class for a platform name or a `module:Class` reference."""
     target = PLATFORMS.get(platform.lower()) if ":" not in platform else platform
     if target is None:
@@ -209,30 +269,6 @@ def backend_class(platform: str) -> type[Backend]:
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise ConfigError(f"platform {platform!r}: {target} is not an sts Backend")
     return cls
-
-
-def validate_model_config(config: ModelConfig, where: str) -> None:
-    """Start-up checks that need the backend: platform exists, options are valid."""
-    try:
-        cls = backend_class(config.platform)
-    except ConfigError as exc:
-        raise ConfigError(f"model config {where}: {exc}") from None
-    try:
-        cls.build_options(config)
-    except ValidationError as exc:
-        problems = describe_errors(exc.errors())
-        raise ConfigError(
-            f"model config {where}: bad options for {config.platform}: {problems}"
-        ) from None
-
-
-def validate_model_configs(configs: Sequence[ModelConfig]) -> None:
-    """Checks across models: settings each framework holds once per process must agree."""
-    by_class: dict[type[Backend], list[ModelConfig]] = {}
-    for config in configs:
-        by_class.setdefault(backend_class(config.platform), []).append(config)
-    for cls, group in by_class.items():
-        cls.plan_process([cls.build_options(c) for c in group], [c.name for c in group])
 
 
 def check_batch_size(inputs: Mapping[str, np.ndarray], signature: Signature) -> None:

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from pydantic import field_validator
 
-from sts.backends.base import Backend, BackendOptions, OpLibraries
-from sts.errors import BackendError, InvalidInput, ModelLoadError
+from sts.backends.base import Backend, BackendOptions, OpLibraries, one_line, translate_errors
+from sts.errors import InvalidInput, ModelLoadError
 from sts.signature import DEFAULT_SIGNATURE, DTYPES, Signature, TensorSpec, signature_from_json
 
 logger = logging.getLogger("sts.backends.mxnet")
@@ -95,20 +95,17 @@ def import_mxnet() -> Any:
     return mxnet
 
 
-class MxnetBackend(Backend):
+class MxnetBackend(Backend[MxnetOptions]):
     platform = "mxnet"
     options_class = MxnetOptions
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
+    def __init__(self, path: Path, options: MxnetOptions) -> None:
         super().__init__(path, options)
-        assert isinstance(options, MxnetOptions)
-        self.opts: MxnetOptions = options
         self._symbol: Any = None
         self._params: dict[str, Any] = {}
         self._aux: dict[str, Any] = {}
         self._executors: OrderedDict[tuple[tuple[int, ...], ...], Any] = OrderedDict()
         self._context: Any = None
-        self._signature: Signature | None = None
         self._lock = threading.Lock()
 
     # -- layout ----------------------------------------------------------------------
@@ -177,12 +174,12 @@ class MxnetBackend(Backend):
     def load(self) -> None:
         mx = import_mxnet()
         _LIBRARIES.load(
-            self.opts.custom_op_libraries,
+            self.options.custom_op_libraries,
             lambda path: mx.library.load(path, verbose=False),
             (mx.base.MXNetError,),
             _clean,
         )
-        self._context = _context(mx, self.opts.context)
+        self._context = _context(mx, self.options.context)
         symbol_file, params_file, signature_files = self.files()
         try:
             symbol = inference_symbol(mx, mx.sym.load(str(symbol_file)))
@@ -239,7 +236,7 @@ class MxnetBackend(Backend):
         self._aux = {
             a: weights[a].as_in_context(self._context) for a in symbol.list_auxiliary_states()
         }
-        self._signature = Signature(inputs, _output_specs(symbol, inputs, output_names))
+        self.signature = Signature(inputs, _output_specs(symbol, inputs, output_names))
         if all(spec.shape is not None for spec in inputs.values()):
             # Bind and run a batch of zeros now, so that a graph MXNet cannot run fails
             # its load instead of every request.
@@ -257,15 +254,10 @@ class MxnetBackend(Backend):
         features = mx.runtime.Features()
         return {
             "mxnet": mx.__version__,
-            "context": str(self._context or self.opts.context),
+            "context": str(self._context or self.options.context),
             "cuda": features.is_enabled("CUDA"),
             "onednn": features.is_enabled("MKLDNN"),
         }
-
-    def signatures(self) -> dict[str, Signature]:
-        if self._signature is None:
-            raise BackendError("model is not loaded")
-        return {DEFAULT_SIGNATURE: self._signature}
 
     # -- inference -------------------------------------------------------------------
 
@@ -290,26 +282,23 @@ class MxnetBackend(Backend):
     def _run(self, mx: Any, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """One forward pass on an executor bound for these shapes (bound on first use)."""
         key = tuple(a.shape for a in arrays)
-        try:
-            with self._lock:
-                executor = self._executors.get(key)
-                if executor is None:
-                    executor = self._bind(mx, arrays)
-                    self._executors[key] = executor
-                    if len(self._executors) > MAX_EXECUTORS:
-                        self._executors.popitem(last=False)  # the least recently used
-                else:
-                    self._executors.move_to_end(key)
-                for name, array in zip(
-                    self.signatures()[DEFAULT_SIGNATURE].inputs, arrays, strict=True
-                ):
-                    executor.arg_dict[name][:] = array
-                outputs = executor.forward(is_train=False)
-                return [output.asnumpy() for output in outputs]  # waits: errors surface here
-        except mx.base.MXNetError as exc:
-            # Inputs passed sts's checks; what MXNet still refuses is their shape or
-            # dtype for this graph (a wrong width, an operator's constraint).
-            raise InvalidInput(f"mxnet: {_clean(exc)}") from None
+        # Inputs passed sts's checks; what MXNet still refuses is their shape or dtype for
+        # this graph (a wrong width, an operator's constraint).
+        with translate_errors({mx.base.MXNetError: InvalidInput}, _describe), self._lock:
+            executor = self._executors.get(key)
+            if executor is None:
+                executor = self._bind(mx, arrays)
+                self._executors[key] = executor
+                if len(self._executors) > MAX_EXECUTORS:
+                    self._executors.popitem(last=False)  # the least recently used
+            else:
+                self._executors.move_to_end(key)
+            for name, array in zip(
+                self.signatures()[DEFAULT_SIGNATURE].inputs, arrays, strict=True
+            ):
+                executor.arg_dict[name][:] = array
+            outputs = executor.forward(is_train=False)
+            return [output.asnumpy() for output in outputs]  # waits: errors surface here
 
     def _bind(self, mx: Any, arrays: list[np.ndarray]) -> Any:
         """An executor without gradients (so operators need no backward) sharing the
@@ -483,4 +472,8 @@ def _clean(exc: BaseException) -> str:
     text = re.sub(r'Traceback \(most recent call last\):\s*(File "[^"]*", line \d+\s*)*', "", text)
     text = re.sub(r"^\s*MXNetError: ", "", text)
     text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", text)
-    return " ".join(text.split())[:500] or type(exc).__name__
+    return one_line(text, limit=500) or type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    return f"mxnet: {_clean(exc)}"

@@ -8,9 +8,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions
+from sts.backends.base import Backend, BackendOptions, ErrorMap, one_line, translate_errors
 from sts.errors import BackendError, InvalidInput, ModelLoadError
-from sts.signature import DEFAULT_SIGNATURE, PREDICT, Signature, TensorSpec
+from sts.signature import PREDICT, Signature, TensorSpec
 
 _ORT_TYPES = {
     "tensor(float16)": "float16",
@@ -44,7 +44,7 @@ class OnnxOptions(BackendOptions):
     """Execution providers in order; default: CUDA when available, then CPU."""
 
 
-class OnnxBackend(Backend):
+class OnnxBackend(Backend[OnnxOptions]):
     """Serves `model.onnx` (or the only `*.onnx`) of a version folder, or a single file."""
 
     platform = "onnx"
@@ -54,16 +54,12 @@ class OnnxBackend(Backend):
         "inter_op_parallelism_threads": "inter_op_num_threads",
     }
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
+    def __init__(self, path: Path, options: OnnxOptions) -> None:
         super().__init__(path, options)
-        assert isinstance(options, OnnxOptions)
-        self.opts: OnnxOptions = options
         self._session: Any = None
-        self._signature: Signature | None = None
         self._output_names: list[str] = []
         self._string_inputs: set[str] = set()
-        self._errors: tuple[type[BaseException], ...] = ()
-        self._invalid_argument: tuple[type[BaseException], ...] = ()
+        self._errors: ErrorMap = {}
 
     def model_file(self) -> Path:
         if self.path.is_file():
@@ -83,16 +79,19 @@ class OnnxBackend(Backend):
         import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as state
 
-        self._errors = (state.Fail, state.RuntimeException, state.InvalidArgument)
-        self._invalid_argument = (state.InvalidArgument,)
+        self._errors = {
+            state.InvalidArgument: InvalidInput,
+            state.Fail: BackendError,
+            state.RuntimeException: BackendError,
+        }
         model_file = self.model_file()
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = self.opts.intra_op_num_threads
-        so.inter_op_num_threads = self.opts.inter_op_num_threads
+        so.intra_op_num_threads = self.options.intra_op_num_threads
+        so.inter_op_num_threads = self.options.inter_op_num_threads
         so.execution_mode = (
             ort.ExecutionMode.ORT_PARALLEL
-            if self.opts.execution_mode == "parallel"
+            if self.options.execution_mode == "parallel"
             else ort.ExecutionMode.ORT_SEQUENTIAL
         )
         so.graph_optimization_level = {
@@ -100,9 +99,9 @@ class OnnxBackend(Backend):
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.opts.graph_optimization_level]
+        }[self.options.graph_optimization_level]
         so.log_severity_level = 3
-        for library in self.opts.custom_op_libraries:
+        for library in self.options.custom_op_libraries:
             if not Path(library).is_file():
                 raise ModelLoadError(f"custom op library not found: {library}")
             try:
@@ -121,18 +120,18 @@ class OnnxBackend(Backend):
         self._session = session
         self._output_names = list(outputs)
         self._string_inputs = {n for n, s in inputs.items() if s.dtype == "string"}
-        self._signature = Signature(inputs=inputs, outputs=outputs, method=PREDICT)
+        self.signature = Signature(inputs=inputs, outputs=outputs, method=PREDICT)
 
     def _providers(self, available: list[str]) -> list[str]:
-        if self.opts.providers is None:
+        if self.options.providers is None:
             preferred = ["CUDAExecutionProvider", "CPUExecutionProvider"]
             return [p for p in preferred if p in available] or ["CPUExecutionProvider"]
-        missing = [p for p in self.opts.providers if p not in available]
+        missing = [p for p in self.options.providers if p not in available]
         if missing:
             raise ModelLoadError(
                 f"execution providers {missing} are not available; available: {available}"
             )
-        return list(self.opts.providers)
+        return list(self.options.providers)
 
     @property
     def active_providers(self) -> list[str]:
@@ -143,11 +142,6 @@ class OnnxBackend(Backend):
 
         return {"onnxruntime": ort.__version__, "providers": self.active_providers}
 
-    def signatures(self) -> dict[str, Signature]:
-        if self._signature is None:
-            raise BackendError("model is not loaded")
-        return {DEFAULT_SIGNATURE: self._signature}
-
     def predict(
         self, inputs: Mapping[str, np.ndarray], signature: str | None = None
     ) -> dict[str, np.ndarray]:
@@ -155,12 +149,8 @@ class OnnxBackend(Backend):
         for name, array in inputs.items():
             # onnxruntime turns bytes into "b'...'" text: give it str.
             feeds[name] = _as_text(name, array) if name in self._string_inputs else array
-        try:
+        with translate_errors(self._errors, _clean):
             results = self._session.run(self._output_names, feeds)
-        except self._invalid_argument as exc:
-            raise InvalidInput(_clean(exc)) from None
-        except self._errors as exc:
-            raise BackendError(_clean(exc)) from None
         return dict(zip(self._output_names, results, strict=True))
 
     def unload(self) -> None:
@@ -192,8 +182,5 @@ def _as_text(name: str, array: np.ndarray) -> np.ndarray:
 
 
 def _clean(exc: BaseException) -> str:
-    message = str(exc)
-    for prefix in ("[ONNXRuntimeError] : ",):
-        if message.startswith(prefix):
-            message = message[len(prefix) :]
-    return "onnxruntime: " + " ".join(message.split())
+    """onnxruntime's message without its `[ONNXRuntimeError] : ` prefix."""
+    return "onnxruntime: " + one_line(str(exc).removeprefix("[ONNXRuntimeError] : "))

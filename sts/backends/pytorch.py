@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions, OpLibraries
+from sts.backends.base import (
+    Backend,
+    BackendOptions,
+    ErrorMap,
+    OpLibraries,
+    one_line,
+    translate_errors,
+)
 from sts.errors import BackendError, ConfigError, InvalidInput, ModelLoadError
 from sts.signature import DEFAULT_SIGNATURE, Signature, TensorSpec, signature_from_json
 
@@ -71,22 +78,20 @@ class _Process:
 _PROCESS = _Process()
 
 
-class TorchBackend(Backend):
+class TorchBackend(Backend[TorchOptions]):
     platform = "pytorch"
     options_class = TorchOptions
     session_config_keys = {"intra_op_parallelism_threads": "num_threads"}
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
+    def __init__(self, path: Path, options: TorchOptions) -> None:
         super().__init__(path, options)
-        assert isinstance(options, TorchOptions)
-        self.opts: TorchOptions = options
         self._module: Any = None
         self._signatures: dict[str, Signature] = {}
         self._outputs: dict[str, list[str]] = {}
 
     @classmethod
-    def plan_process(cls, options: Sequence[BackendOptions], names: Sequence[str]) -> None:
-        _PROCESS.plan([o for o in options if isinstance(o, TorchOptions)], names)
+    def plan_process(cls, options: Sequence[TorchOptions], names: Sequence[str]) -> None:
+        _PROCESS.plan(options, names)
 
     def model_file(self) -> Path:
         if self.path.is_file():
@@ -105,13 +110,13 @@ class TorchBackend(Backend):
     def load(self) -> None:
         import torch
 
-        _PROCESS.apply(torch, self.opts)
+        _PROCESS.apply(torch, self.options)
         try:
-            self._device = torch.device(self.opts.device)
+            self._device = torch.device(self.options.device)
             if self._device.type == "cuda" and not torch.cuda.is_available():
-                raise ModelLoadError(f"device {self.opts.device!r}: torch sees no CUDA device")
+                raise ModelLoadError(f"device {self.options.device!r}: torch sees no CUDA device")
         except RuntimeError as exc:
-            raise ModelLoadError(f"device {self.opts.device!r}: {exc}") from None
+            raise ModelLoadError(f"device {self.options.device!r}: {exc}") from None
         file = self.model_file()
         kind = _archive_kind(file)
         try:
@@ -146,7 +151,7 @@ class TorchBackend(Backend):
 
         return {
             "torch": torch.__version__,
-            "device": str(getattr(self, "_device", self.opts.device)),
+            "device": str(getattr(self, "_device", self.options.device)),
             "threads": torch.get_num_threads(),
         }
 
@@ -169,15 +174,8 @@ class TorchBackend(Backend):
             if not array.flags.writeable or not array.flags.c_contiguous:
                 array = np.ascontiguousarray(array).copy()
             args.append(torch.from_numpy(array).to(self._device))
-        try:
-            with torch.inference_mode():
-                result = method(*args)
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            # Inputs passed sts's checks; what torch still refuses is the input's shape or
-            # values for this model (a wrong width, an index out of range).
-            raise InvalidInput(f"torch: {_first_line(exc)}") from None
-        except Exception as exc:
-            raise BackendError(f"torch: {_first_line(exc)}") from None
+        with translate_errors(_PREDICT_ERRORS, _describe), torch.inference_mode():
+            result = method(*args)
         return _outputs(result, self._outputs[name])
 
     def unload(self) -> None:
@@ -207,7 +205,22 @@ def _archive_kind(file: Path) -> str:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.splitlines()[0].split())[:500]
+    return one_line(text.splitlines()[0], limit=500)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"torch: {_first_line(exc)}"
+
+
+# Inputs passed sts's checks; what torch still refuses is the input's shape or values for
+# this model (a wrong width, an index out of range). Anything else is torch failing.
+_PREDICT_ERRORS: ErrorMap = {
+    RuntimeError: InvalidInput,
+    ValueError: InvalidInput,
+    TypeError: InvalidInput,
+    IndexError: InvalidInput,
+    Exception: BackendError,
+}
 
 
 def _export_signature(program: Any) -> Signature:

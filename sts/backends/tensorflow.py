@@ -28,7 +28,15 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from sts.backends.base import Backend, BackendOptions, OpLibraries, check_batch_size
+from sts.backends.base import (
+    Backend,
+    BackendOptions,
+    ErrorMap,
+    OpLibraries,
+    check_batch_size,
+    one_line,
+    translate_errors,
+)
 from sts.errors import BackendError, ConfigError, InvalidInput, ModelLoadError
 from sts.signature import DTYPES, DType, Signature, TensorSpec
 
@@ -228,7 +236,7 @@ def _clean_message(exc: BaseException) -> str:
     message = " ".join(kept) or text
     message = re.sub(r"\[\[\{\{node [^}]*\}\}\]\]", "", message)
     message = re.sub(r"\[Op:[^\]]*\]", "", message)
-    message = re.sub(r"\s+", " ", message).strip()
+    message = one_line(message)
     if node is not None:
         message += f" (node {node.group(1)})"
     return "tensorflow: " + message
@@ -273,24 +281,21 @@ def _read_signature_defs(file: Path, tags: Sequence[str]) -> dict[str, Any]:
     raise ModelLoadError(f"no MetaGraph tagged {sorted(wanted)} in {path}; it has {found}")
 
 
-class TensorflowBackend(Backend):
+class TensorflowBackend(Backend[TensorflowOptions]):
     """Serves a SavedModel folder (`saved_model.pb` + `variables/`) of a version."""
 
     platform = "tensorflow"
     options_class = TensorflowOptions
     session_config_keys: ClassVar[dict[str, str]] = {key: key for key in PROCESS_KEYS}
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
+    def __init__(self, path: Path, options: TensorflowOptions) -> None:
         super().__init__(path, options)
-        assert isinstance(options, TensorflowOptions)
-        self.opts: TensorflowOptions = options
         self._tf: Any = None
         self._loaded: Any = None
         self._functions: dict[str, Any] = {}
         self._signatures: dict[str, Signature] = {}
         self._device: str | None = None
-        self._invalid: tuple[type[BaseException], ...] = ()
-        self._op_errors: tuple[type[BaseException], ...] = ()
+        self._errors: ErrorMap = {}
 
     @classmethod
     def discover_versions(cls, base_path: Path) -> dict[int, Path]:
@@ -300,8 +305,8 @@ class TensorflowBackend(Backend):
         return super().discover_versions(base_path)
 
     @classmethod
-    def plan_process(cls, options: Sequence[BackendOptions], names: Sequence[str]) -> None:
-        _PROCESS.plan([o for o in options if isinstance(o, TensorflowOptions)], names)
+    def plan_process(cls, options: Sequence[TensorflowOptions], names: Sequence[str]) -> None:
+        _PROCESS.plan(options, names)
 
     def load(self) -> None:
         saved_model = _saved_model_file(self.path)
@@ -309,26 +314,25 @@ class TensorflowBackend(Backend):
             raise ModelLoadError(f"no saved_model.pb in {self.path}")
         tf = _import_tensorflow()
         try:
-            _PROCESS.apply(self.opts)
+            _PROCESS.apply(self.options)
         except ConfigError as exc:
             raise ModelLoadError(str(exc)) from None
         # NotFoundError, AlreadyExistsError, ...
         _LIBRARIES.load(
-            self.opts.custom_op_libraries, tf.load_op_library, (Exception,), _clean_message
+            self.options.custom_op_libraries, tf.load_op_library, (Exception,), _clean_message
         )
-        self._device = _device_name(self.opts.device)
+        self._device = _device_name(self.options.device)
         if self._device is not None and not tf.config.list_logical_devices(
             self._device.split(":")[1]
         ):
-            raise ModelLoadError(f"device {self.opts.device!r}: TensorFlow sees no such device")
-        signature_defs = _read_signature_defs(saved_model, self.opts.tags)
-        try:
-            with tf.device(self._device) if self._device else contextlib.nullcontext():
-                loaded = tf.saved_model.load(str(self.path), tags=list(self.opts.tags))
-        except Exception as exc:  # NotFoundError for an unregistered op, ValueError, ...
-            raise ModelLoadError(
-                f"TensorFlow cannot load {self.path}: {_clean_message(exc)}"
-            ) from None
+            raise ModelLoadError(f"device {self.options.device!r}: TensorFlow sees no such device")
+        signature_defs = _read_signature_defs(saved_model, self.options.tags)
+        # NotFoundError for an unregistered op, ValueError, ...
+        with (
+            translate_errors({Exception: ModelLoadError}, self._describe_load_error),
+            tf.device(self._device) if self._device else contextlib.nullcontext(),
+        ):
+            loaded = tf.saved_model.load(str(self.path), tags=list(self.options.tags))
 
         functions: dict[str, Any] = {}
         signatures: dict[str, Signature] = {}
@@ -360,8 +364,17 @@ class TensorflowBackend(Backend):
         self._loaded = loaded
         self._functions = functions
         self._signatures = signatures
-        self._invalid = (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError)
-        self._op_errors = (tf.errors.OpError,)
+        self._errors = {
+            tf.errors.InvalidArgumentError: InvalidInput,
+            tf.errors.OutOfRangeError: InvalidInput,
+            tf.errors.OpError: BackendError,
+            # conversion refused before any op ran
+            TypeError: InvalidInput,
+            ValueError: InvalidInput,
+        }
+
+    def _describe_load_error(self, exc: BaseException) -> str:
+        return f"TensorFlow cannot load {self.path}: {_clean_message(exc)}"
 
     def signatures(self) -> dict[str, Signature]:
         if not self._signatures:
@@ -377,15 +390,11 @@ class TensorflowBackend(Backend):
             raise BackendError(f"signature {name!r} is not loaded")
         check_batch_size(inputs, self._signatures[name])
         tf = self._tf
-        try:
-            with tf.device(self._device) if self._device else contextlib.nullcontext():
-                results = function(**{key: tf.constant(value) for key, value in inputs.items()})
-        except self._invalid as exc:
-            raise InvalidInput(_clean_message(exc)) from None
-        except self._op_errors as exc:
-            raise BackendError(_clean_message(exc)) from None
-        except (TypeError, ValueError) as exc:  # conversion refused before any op ran
-            raise InvalidInput(_clean_message(exc)) from None
+        with (
+            translate_errors(self._errors, _clean_message),
+            tf.device(self._device) if self._device else contextlib.nullcontext(),
+        ):
+            results = function(**{key: tf.constant(value) for key, value in inputs.items()})
         return {key: results[key].numpy() for key in self._signatures[name].outputs}
 
     def runtime_info(self) -> dict[str, Any]:

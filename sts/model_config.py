@@ -1,0 +1,257 @@
+"""The model config file (the original's JSON `model_config_list`): `ModelConfig`,
+`VersionPolicy`, and the `Annotated` field types settings and configs share.
+
+Everything here is data: a backend's options are built and checked by the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+)
+
+from sts.batching import BatchingOptions
+from sts.errors import ConfigError, describe_errors
+from sts.images import ImageOptions
+
+logger = logging.getLogger("sts.model_config")
+
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off", ""}
+
+
+def parse_bool(value: Any) -> bool:
+    """`true/false/1/0/yes/no/on/off` (any case); an empty string is false, as in the original."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValueError(f"expected a boolean (true/false, 1/0, yes/no), got {value!r}")
+
+
+Bool = Annotated[bool, BeforeValidator(parse_bool)]
+"""A boolean flag or field that also takes the original's words (`parse_bool`)."""
+
+
+def _split_paths(value: Any) -> Any:
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return value
+
+
+PathList = Annotated[list[str], BeforeValidator(_split_paths)]
+"""A list of strings that also takes one comma-separated string, as the flags give it."""
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which of the versions on disk serve: the latest N, all, or a fixed list."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> VersionPolicy:
+        """`latest`, `latest:N`, `all`, `specific:1,3`, or TF Serving's JSON form."""
+        if isinstance(value, VersionPolicy):
+            return value
+        if isinstance(value, dict):
+            return cls._parse_tfserving(value)
+        if not isinstance(value, str):
+            raise ValueError(f"version policy must be a string, got {value!r}")
+        kind, _, arg = value.strip().partition(":")
+        kind = kind.strip().lower()
+        if kind == "latest":
+            num = int(arg) if arg.strip() else 1
+            if num < 1:
+                raise ValueError(f"latest:N needs N >= 1, got {num}")
+            return cls("latest", num_versions=num)
+        if kind == "all" and not arg:
+            return cls("all")
+        if kind == "specific":
+            try:
+                versions = tuple(sorted({int(v) for v in arg.split(",") if v.strip()}))
+            except ValueError:
+                raise ValueError(f"specific:N,M needs integer versions, got {arg!r}") from None
+            if not versions:
+                raise ValueError("specific: needs at least one version, e.g. specific:1,3")
+            return cls("specific", versions=versions)
+        raise ValueError(
+            f"unknown version policy {value!r}; use latest, latest:N, all or specific:1,3"
+        )
+
+    @classmethod
+    def _parse_tfserving(cls, value: dict[str, Any]) -> VersionPolicy:
+        if len(value) != 1:
+            raise ValueError(f"version policy needs exactly one of latest/all/specific: {value}")
+        ((kind, body),) = value.items()
+        body = body or {}
+        if kind == "latest":
+            return cls.parse(f"latest:{int(body.get('num_versions', 1))}")
+        if kind == "all":
+            return cls("all")
+        if kind == "specific":
+            return cls.parse("specific:" + ",".join(str(v) for v in body.get("versions", [])))
+        raise ValueError(f"unknown version policy {kind!r}")
+
+    def select(self, versions: set[int]) -> set[int]:
+        """The subset of `versions` this policy serves."""
+        if self.kind == "all":
+            return set(versions)
+        if self.kind == "specific":
+            return versions & set(self.versions)
+        return set(sorted(versions)[-self.num_versions :])
+
+    def __str__(self) -> str:
+        if self.kind == "latest":
+            return "latest" if self.num_versions == 1 else f"latest:{self.num_versions}"
+        if self.kind == "specific":
+            return "specific:" + ",".join(map(str, self.versions))
+        return "all"
+
+
+Policy = Annotated[
+    VersionPolicy, BeforeValidator(VersionPolicy.parse), PlainSerializer(str, return_type=str)
+]
+"""A version policy field: parsed from text (or TF Serving's JSON form), written as text."""
+
+
+class ModelConfig(BaseModel):
+    """One entry of `model_config_list` in the model config file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field(min_length=1)
+    """The name clients use (`model_name`)."""
+    base_path: str = Field(min_length=1)
+    """Folder holding numbered version folders, or a single model file (served as version 1)."""
+    platform: str = "tensorflow"
+    """Backend: tensorflow, onnx (or pytorch_onnx), pytorch, mxnet, or `module:Class`."""
+    custom_op_paths: PathList = []
+    """Custom-op libraries to load before the model (comma-separated string or list)."""
+    session_config: dict[str, Any] = {}
+    """The original's TensorFlow session config; other backends map the keys they know."""
+    version_policy: Policy = VersionPolicy()
+    """`latest`, `latest:N`, `all`, `specific:1,3` (or TF Serving's JSON form)."""
+    version_labels: dict[str, int] = {}
+    """Names for versions, e.g. `{"stable": 1, "canary": 2}`."""
+    options: dict[str, Any] = {}
+    """Backend options; each backend's typed options refuse unknown keys."""
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """Predictions of this model run at once in worker threads (default: CPU count)."""
+    max_queue: int | None = Field(default=None, ge=0)
+    """Requests that may wait for a worker; more get 503 (default: --max_queued_requests)."""
+    image: ImageOptions = ImageOptions()
+    """How uploaded images are scaled and sized for this model's numeric image input."""
+    batching: BatchingOptions | None = None
+    """Dynamic batching (TF Serving's parameter names); off when absent."""
+    source: str = Field(default="", exclude=True, repr=False)
+    """Where the entry was read, for error messages (`entry 0 ('a') in models.json`); not
+    part of the model's settings (`same_settings` ignores it) and never serialised."""
+
+    def same_settings(self, other: ModelConfig) -> bool:
+        """Whether `other` serves the same way (where either was read does not matter)."""
+        return self.model_dump() == other.model_dump()
+
+    @property
+    def where(self) -> str:
+        """The entry, for error messages: its `source`, else its name."""
+        return self.source or f"for model {self.name!r}"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # It goes into URL paths (TF Serving's `<name>:predict`) and generated code.
+        if any(c in value for c in "/:") or not value.isprintable():
+            raise ValueError(f"model name {value!r} may not contain '/', ':' or control characters")
+        return value
+
+    @field_validator("version_labels")
+    @classmethod
+    def _labels(cls, value: dict[str, int]) -> dict[str, int]:
+        for label in value:
+            if not label or label.isdigit():
+                raise ValueError(f"version label {label!r} must be a non-numeric name")
+        return value
+
+
+def build_entry(raw: dict[str, Any], where: str, source: str = "") -> ModelConfig:
+    """One entry, validated as data (ConfigError naming `where`); its backend options are
+    checked by the repository that serves it, naming `source`."""
+    try:
+        return ModelConfig.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(f"model config {where}: {describe_errors(exc.errors())}") from None
+
+
+def load_model_config_file(
+    path: Path,
+    default_policy: VersionPolicy | None = None,
+    tensorflow_defaults: dict[str, Any] | None = None,
+) -> list[ModelConfig]:
+    """Parse and validate a model config file; every problem names the entry."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read model config file {path}: {exc.strerror}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("model_config_list"), list):
+        raise ConfigError(f'model config file {path} needs a top-level "model_config_list" array')
+
+    configs: list[ModelConfig] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(document["model_config_list"]):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        where = f"entry {index}" + (f" ({name!r})" if name else "") + f" in {path}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"model config {where}: must be an object")
+        entry = dict(raw)
+        if default_policy is not None:
+            entry.setdefault("version_policy", default_policy)
+        if str(entry.get("platform", "tensorflow")).lower() == "tensorflow":
+            for key, value in (tensorflow_defaults or {}).items():
+                entry.setdefault(key, value)
+        if isinstance(entry.get("base_path"), str):
+            entry["base_path"] = str(_resolve_base_path(entry["base_path"], path.parent))
+        config = build_entry(entry, where, source=where)
+        if config.name in seen:
+            raise ConfigError(f"model config {where}: duplicate model name {config.name!r}")
+        seen.add(config.name)
+        configs.append(config)
+    return configs
+
+
+def _resolve_base_path(base_path: str, config_dir: Path) -> Path:
+    """Relative paths are relative to the config file; the working directory is the fallback."""
+    path = Path(os.path.expanduser(base_path))
+    if path.is_absolute():
+        return path
+    beside_config = (config_dir / path).resolve()
+    from_cwd = path.resolve()
+    if not beside_config.exists() and from_cwd.exists():
+        logger.info("base_path %s is relative to the working directory", base_path)
+        return from_cwd
+    return beside_config
