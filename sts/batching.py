@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sts.errors import BackendError, ConfigError, QueueFull
 
 if TYPE_CHECKING:
-    from sts.repository import ModelVersion
+    from sts.versions import ModelVersion
 
 logger = logging.getLogger("sts.batching")
 
@@ -188,11 +188,8 @@ class Batcher:
             waits = [started - w.enqueued for w in batch]
             # The batch holds the version itself: its requests may give up (time out)
             # while it runs, and the version must not be unloaded under it.
-            version._enter()
-            try:
+            with version.hold():
                 results = await loop.run_in_executor(self._executor, _execute, batch, self.options)
-            finally:
-                version._exit()
             if self._observe is not None:
                 rows = sum(w.rows for w in batch)
                 self._observe(rows, waits, time.perf_counter() - started)

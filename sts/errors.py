@@ -111,3 +111,9 @@ def describe_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "") -> st
         why = str(err["msg"]).removeprefix("Value error, ")
         parts.append(f"{prefix}{where}: {why}" if where else why)
     return "; ".join(parts)
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """A caller-supplied name to echo in a message, cut to `limit` characters."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sts.repository import ModelRepository, VersionState
+from sts.repository import ModelRepository
+from sts.versions import VersionState
 
 # Seconds: from a tenth of a millisecond (tiny models) to a minute (the request timeout).
 LATENCY_BUCKETS = (

@@ -1,30 +1,26 @@
 """`ModelRepository`: models -> versions -> loaded backends, with load-then-swap reloads.
 
-Requests take a *lease* on a version; a version leaves the serving set at once when
-it is replaced or removed, and is unloaded only after its last lease is returned,
-so no request fails during a swap. All filesystem and framework work happens in
-the caller's thread (the watcher runs it off the event loop).
+Requests take a *lease* (a `ModelVersion.hold`) on a version; a version leaves the
+serving set at once when it is replaced or removed, and is unloaded only after its last
+lease is returned, so no request fails during a swap. All filesystem and framework work
+happens in the caller's thread (the watcher runs it off the event loop). The version
+types live in `sts.versions`, the collector's schedule in `sts.garbage`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import gc
 import logging
-import math
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from sts.backends.base import Backend, BackendOptions, backend_class
+from sts.backends.base import Backend, backend_class
 from sts.errors import (
     ConfigError,
     InvalidInput,
@@ -32,143 +28,20 @@ from sts.errors import (
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
-    SignatureNotFound,
     StsError,
     VersionNotFound,
     describe_errors,
+    shorten,
 )
+from sts.garbage import garbage_settler
 from sts.model_config import ModelConfig
-from sts.signature import Signature
+from sts.versions import ModelVersion, ServedModel, VersionState, fingerprint
 from sts.warmup import warm_up
 
 logger = logging.getLogger("sts.repository")
 
-Fingerprint = tuple[tuple[str, int, int], ...]
-
 # How long an unload waits for in-flight requests before it frees the model anyway.
 UNLOAD_DRAIN_SECONDS = 300.0
-
-
-class VersionState(enum.StrEnum):
-    """TensorFlow Serving's version states."""
-
-    START = "START"
-    LOADING = "LOADING"
-    AVAILABLE = "AVAILABLE"
-    UNLOADING = "UNLOADING"
-    END = "END"
-
-
-def fingerprint(path: Path) -> Fingerprint:
-    """Names, sizes and mtimes of every file under `path`: it changes while files are copied."""
-    entries: list[tuple[str, int, int]] = []
-    try:
-        if path.is_file():
-            st = path.stat()
-            return ((path.name, st.st_size, st.st_mtime_ns),)
-        for root, _dirs, files in os.walk(path):
-            for name in files:
-                full = os.path.join(root, name)
-                with contextlib.suppress(OSError):
-                    st = os.stat(full)
-                    entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
-    except OSError:
-        return ()
-    return tuple(sorted(entries))
-
-
-class ModelVersion:
-    """One version of one model: its state, its backend once loaded, its in-flight count."""
-
-    def __init__(self, model: str, version: int, path: Path) -> None:
-        self.model = model
-        self.version = version
-        self.path = path
-        self.state = VersionState.START
-        self.error = ""
-        self.backend: Backend[Any] | None = None
-        self.signatures: dict[str, Signature] = {}
-        self.default_signature = ""
-        self.fingerprint: Fingerprint | None = None
-        self.loaded_at: float | None = None
-        self.load_seconds: float | None = None
-        self.warmup_requests = 0
-        self._inflight = 0
-        self._idle = threading.Condition()
-
-    @property
-    def inflight(self) -> int:
-        return self._inflight
-
-    def signature(self, name: str | None) -> tuple[str, Signature]:
-        """The named signature (default when None), or SignatureNotFound naming those that exist."""
-        key = name or self.default_signature
-        try:
-            return key, self.signatures[key]
-        except KeyError:
-            raise SignatureNotFound(
-                f"model '{self.model}' version {self.version} has no signature "
-                f"'{_short(key)}'; signatures: {sorted(self.signatures)}"
-            ) from None
-
-    def _enter(self) -> None:
-        with self._idle:
-            self._inflight += 1
-
-    def _exit(self) -> None:
-        with self._idle:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.notify_all()
-
-    def _wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
-
-    def status(self) -> dict[str, Any]:
-        backend = self.backend
-        return {
-            "version": self.version,
-            "state": self.state.value,
-            "error": self.error,
-            "path": str(self.path),
-            "loaded_at": self.loaded_at,
-            "load_seconds": self.load_seconds,
-            "warmup_requests": self.warmup_requests,
-            "runtime": backend.runtime_info() if backend is not None else {},
-        }
-
-
-def _short(text: object) -> str:
-    value = str(text)
-    return value if len(value) <= 80 else value[:77] + "..."
-
-
-@dataclass
-class ServedModel:
-    """A configured model and its versions. `serving` is replaced whole, never mutated."""
-
-    config: ModelConfig
-    backend_cls: type[Backend[Any]]
-    options: BackendOptions
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
-    serving: dict[int, ModelVersion] = field(default_factory=dict)
-    problem: str = ""  # why nothing can load (e.g. the base path is missing)
-    polled: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def base_path(self) -> Path:
-        return Path(self.config.base_path)
-
-    def latest(self) -> ModelVersion | None:
-        return self.serving[max(self.serving)] if self.serving else None
-
-    def version_list(self) -> list[ModelVersion]:
-        return [self.versions[v] for v in sorted(self.versions)]
 
 
 def check_configs(configs: Sequence[ModelConfig]) -> None:
@@ -248,7 +121,7 @@ class ModelRepository:
             model = self._models.get(name)
             known = sorted(self._models)
         if model is None:
-            raise ModelNotFound(f"model '{_short(name)}' not found; models: {known}")
+            raise ModelNotFound(f"model '{shorten(name)}' not found; models: {known}")
         return model
 
     def is_unloaded(self, name: str) -> bool:
@@ -261,7 +134,7 @@ class ModelRepository:
             return model.config.version_labels[label]
         except KeyError:
             raise LabelNotFound(
-                f"model '{model.name}' has no version label '{_short(label)}'; "
+                f"model '{model.name}' has no version label '{shorten(label)}'; "
                 f"labels: {sorted(model.config.version_labels)}"
             ) from None
 
@@ -299,13 +172,11 @@ class ModelRepository:
     def lease(self, name: Any, version: Any = None) -> Iterator[ModelVersion]:
         """Hold a serving version for one request; it is not unloaded while held."""
         model = self.model(name)
-        with self._lock:
-            chosen = self._resolve_locked(model, version)
-            chosen._enter()
-        try:
+        with contextlib.ExitStack() as stack:
+            with self._lock:  # resolved and held at once: a swap cannot unload it between
+                chosen = self._resolve_locked(model, version)
+                stack.enter_context(chosen.hold())
             yield chosen
-        finally:
-            chosen._exit()
 
     # ------------------------------------------------------------ loading
 
@@ -482,7 +353,7 @@ class ModelRepository:
             self._unloads.append(future)
 
     def _unload(self, mv: ModelVersion) -> None:
-        if not mv._wait_idle(UNLOAD_DRAIN_SECONDS):
+        if not mv.wait_idle(UNLOAD_DRAIN_SECONDS):
             logger.warning(
                 "model %r version %d: %d requests still running after %.0fs; unloading anyway",
                 mv.model,
@@ -578,51 +449,6 @@ class ModelRepository:
             future.result()
 
 
-class _GarbageSettler:
-    """Collects once, then freezes every object that survives out of the collector's sight.
-
-    A framework leaves hundreds of thousands of long-lived objects (TensorFlow: ~340k), and
-    every full collection walks them all. JSON requests allocate many lists, which triggers
-    such collections: a 4 MB nested-list request measured 220 ms with TensorFlow loaded and
-    45 ms once they were frozen. Loads and unloads ask for a settle, so what an unloaded
-    model leaves in reference cycles is still collected; the full collection holds the GIL
-    (~0.2 s with TensorFlow), so it runs at most once per `interval`, later ones coalesced.
-    """
-
-    interval = 10.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last = -math.inf
-        self._timer: threading.Timer | None = None
-
-    def request(self) -> None:
-        with self._lock:
-            wait = self._last + self.interval - time.monotonic()
-            if wait > 0:
-                if self._timer is None:
-                    self._timer = threading.Timer(wait, self._deferred)
-                    self._timer.daemon = True
-                    self._timer.start()
-                return
-            self._last = time.monotonic()
-        self._settle()
-
-    def _deferred(self) -> None:
-        with self._lock:
-            self._timer = None
-            self._last = time.monotonic()
-        self._settle()
-
-    def _settle(self) -> None:
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
-
-
-garbage_settler = _GarbageSettler()
-
-
 def _version_number(model: ServedModel, version: Any) -> int:
     if isinstance(version, bool):
         raise InvalidInput("model_version must be an integer or a version label")
@@ -636,7 +462,7 @@ def _version_number(model: ServedModel, version: Any) -> int:
         if text in labels:
             return labels[text]
         raise LabelNotFound(
-            f"model '{model.name}' has no version label '{_short(text)}'; labels: {sorted(labels)}"
+            f"model '{model.name}' has no version label '{shorten(text)}'; labels: {sorted(labels)}"
         )
     raise InvalidInput("model_version must be an integer or a version label")
 

@@ -25,8 +25,9 @@ from sts.batching import Batcher, BatchingOptions
 from sts.errors import BackendError, GatewayTimeout, QueueFull, StsError
 from sts.metrics import UNKNOWN_MODEL, NullMetrics, RequestMetrics
 from sts.model_config import ModelConfig
-from sts.repository import ModelRepository, ModelVersion
+from sts.repository import ModelRepository
 from sts.signature import Signature
+from sts.versions import ModelVersion
 
 T = TypeVar("T")
 

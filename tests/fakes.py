@@ -18,9 +18,9 @@ import numpy as np
 from sts.backends.base import Backend, BackendOptions
 from sts.errors import ModelLoadError
 from sts.model_config import ModelConfig
-from sts.repository import ModelVersion
 from sts.service import Call, Codec
 from sts.signature import PREDICT, Signature, TensorSpec
+from sts.versions import ModelVersion
 
 T = TypeVar("T")
 

@@ -12,9 +12,10 @@ import pytest
 
 from sts.errors import InvalidInput, ModelNotFound, ModelNotReady, VersionNotFound
 from sts.model_config import VersionPolicy
-from sts.repository import ModelRepository, VersionState
+from sts.repository import ModelRepository
+from sts.versions import VersionState
 from tests import fakes
-from tests.conftest import fake_config, wait_for
+from tests.conftest import fake_config
 
 
 def serving(repo: ModelRepository, name: str = "m") -> list[int]:
@@ -156,7 +157,6 @@ def test_files_changing_during_load_are_not_served(base: Path) -> None:
     folder = fakes.write_version(base, 2, load_delay=1.5)  # room for a loaded machine
 
     def keep_copying() -> None:
-        import time
 
         time.sleep(0.2)
         (folder / "weights.bin").write_bytes(b"x" * 100)
@@ -238,38 +238,15 @@ def test_close_unloads_everything(base: Path) -> None:
 def test_loaded_objects_are_frozen_out_of_the_garbage_collector(base: Path) -> None:
     import gc
 
-    from sts import repository
+    from sts.garbage import garbage_settler
 
-    repository.garbage_settler._last = float("-inf")  # the first load settles at once
+    garbage_settler._last = float("-inf")  # the first load settles at once
     gc.unfreeze()
     fakes.write_version(base, 1)
     repo = make_repo(base)
     assert gc.get_freeze_count() > 0  # the load froze what it left behind
     repo.close()
     gc.unfreeze()
-
-
-def test_settles_are_coalesced() -> None:
-    from sts.repository import _GarbageSettler
-
-    runs: list[float] = []
-
-    class Counting(_GarbageSettler):
-        interval = 0.3
-
-        def _settle(self) -> None:
-            runs.append(time.monotonic())
-
-    settler = Counting()
-    settler.request()
-    assert len(runs) == 1  # the first runs at once
-    settler.request()
-    settler.request()
-    assert len(runs) == 1  # later ones wait for the interval, as one
-    wait_for(lambda: len(runs) == 2, timeout=5, what="the deferred settle")
-    time.sleep(0.5)
-    assert len(runs) == 2
-    assert runs[1] - runs[0] >= 0.25
 
 
 def test_unload_and_load_a_model(base: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from sts.model_config import ModelConfig
-from sts.repository import ModelRepository, VersionState
+from sts.repository import ModelRepository
+from sts.versions import VersionState
 from tests import fakes, tf_models
 from tests.conftest import app_client, fake_config
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sts.repository import ModelVersion
+from sts.versions import ModelVersion
 
 
 def version_status(mv: ModelVersion) -> dict[str, Any]:

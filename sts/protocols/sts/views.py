@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sts.api.views import version_status
-from sts.repository import ServedModel
 from sts.signature import Signature, TensorSpec
+from sts.versions import ServedModel
 
 
 def tensor_info(spec: TensorSpec) -> dict[str, Any]:

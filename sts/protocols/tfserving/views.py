@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sts.api.views import version_status
-from sts.repository import ModelVersion
 from sts.signature import Signature, TensorSpec
+from sts.versions import ModelVersion
 
 
 def status_document(mv: ModelVersion) -> dict[str, Any]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sts.repository import ModelVersion, ServedModel, VersionState
 from sts.signature import TensorSpec
+from sts.versions import ModelVersion, ServedModel, VersionState
 
 # TF Serving's version states (sts's) as the repository extension names them.
 STATES = {
