@@ -186,9 +186,9 @@ class InferenceService:
             name, signature = leased.signature(codec.signature_name)
             config = self.repository.model(leased.model).config
             call = Call(leased, name, signature, config)
-            batched = config.batching is not None
-            if config.batching is not None:
-                future = await self._batched(call, codec, config.batching)
+            batching = config.batching
+            if batching is not None:
+                future = await self._batched(call, codec, batching)
             else:
                 future = await self._direct(call, codec, lease, held, deadline)
         except BaseException:
@@ -201,7 +201,7 @@ class InferenceService:
             # The thread cannot be stopped: its slot stays taken until it ends, and it (or,
             # batched, the batch) holds the version itself. A request still waiting to be
             # batched leaves its queue instead of running for nobody.
-            if batched:
+            if batching is not None:
                 future.cancel()
             self._release_when_done(future, held)
             if isinstance(exc, TimeoutError):

@@ -22,6 +22,7 @@ def test_wheel_ships_templates_and_static(tmp_path: Path) -> None:
     assert "sts/templates/index.html" in names
     assert "sts/static/sts.css" in names
     assert "sts/backends/onnx.py" in names
+    assert "sts/protocols/tfserving/codec.py" in names
     entry_points = (
         zipfile.ZipFile(wheel)
         .read(next(n for n in names if n.endswith("entry_points.txt")))
