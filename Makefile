@@ -18,14 +18,15 @@ UV_INSTALL = $(UV) pip install --quiet --python $(BIN)/python $(FIND_LINKS)
 MX_VENV := .venv-mx
 MX_BIN  := $(MX_VENV)/bin
 MX_INSTALL = $(UV) pip install --quiet --python $(MX_BIN)/python $(FIND_LINKS)
-MX_TESTS := tests/test_mxnet_backend.py tests/test_mxnet_environment.py \
+MX_TESTS := tests/backends/test_mxnet_backend.py tests/backends/test_mxnet_environment.py \
+	tests/test_backend_contract.py tests/test_versions.py tests/test_garbage.py \
 	tests/protocols/sts/test_routes.py tests/protocols/sts/test_codec.py \
 	tests/protocols/tfserving/test_routes.py tests/protocols/tfserving/test_codec.py \
 	tests/protocols/tfserving/test_example.py \
 	tests/protocols/v2/test_routes.py tests/protocols/v2/test_codec.py \
 	tests/test_codecs.py tests/test_images.py tests/test_config.py tests/test_repository.py \
 	tests/test_service.py tests/test_batching.py tests/test_hot_reload.py tests/test_metrics.py \
-	tests/test_security.py tests/test_onnx_backend.py
+	tests/test_security.py tests/backends/test_onnx_backend.py
 
 # What the tests run: Go (Debian's golang-go), Node 18+ and curl for the generated
 # clients, Debian's chromium for the dashboard (driven by Playwright, never its download).

@@ -319,6 +319,7 @@ class MxnetBackend(Backend[MxnetOptions]):
         with self._lock:
             self._executors.clear()
             self._params, self._aux, self._symbol = {}, {}, None
+            self.signature = None
 
 
 def inference_symbol(mx: Any, symbol: Any) -> Any:

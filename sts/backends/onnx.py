@@ -145,6 +145,8 @@ class OnnxBackend(Backend[OnnxOptions]):
     def predict(
         self, inputs: Mapping[str, np.ndarray], signature: str | None = None
     ) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise BackendError("model is not loaded")
         feeds: dict[str, np.ndarray] = {}
         for name, array in inputs.items():
             # onnxruntime turns bytes into "b'...'" text: give it str.
@@ -155,6 +157,7 @@ class OnnxBackend(Backend[OnnxOptions]):
 
     def unload(self) -> None:
         self._session = None
+        self.signature = None
 
 
 def _spec(node: Any) -> TensorSpec:

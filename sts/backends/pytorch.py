@@ -163,6 +163,8 @@ class TorchBackend(Backend[TorchOptions]):
     ) -> dict[str, np.ndarray]:
         import torch
 
+        if self._module is None:
+            raise BackendError("model is not loaded")
         name = signature or DEFAULT_SIGNATURE
         spec = self._signatures[name]
         method = self._module if name == DEFAULT_SIGNATURE else getattr(self._module, name)

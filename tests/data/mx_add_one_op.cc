@@ -1,5 +1,5 @@
 // A tiny MXNet extension library for the tests: operator `sts_add_one` (y = x + 1, float32),
-// built by tests/test_mxnet_backend.py against the lib_api.h that ships in the mxnet wheel.
+// built by tests/backends/test_mxnet_backend.py against the lib_api.h that ships in the mxnet wheel.
 #include <string>
 #include <unordered_map>
 #include <vector>

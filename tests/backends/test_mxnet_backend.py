@@ -21,8 +21,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sts.model_config import ModelConfig
+from tests.backends.test_mxnet_environment import HAVE_MXNET, X, config, predict
 from tests.conftest import BIN, ROOT, app_client, running
-from tests.test_mxnet_environment import HAVE_MXNET, X, config, predict
 
 if not HAVE_MXNET:
     pytest.skip("MXNet runs in .venv-mx; `make test` runs this file there", allow_module_level=True)

@@ -16,7 +16,7 @@ from tests import tf_models
 from tests.conftest import BIN, run, running
 
 pytestmark = pytest.mark.slow
-SOURCE = Path(__file__).parent / "data" / "zero_out_op.cc"
+SOURCE = Path(__file__).parents[1] / "data" / "zero_out_op.cc"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Tests of the framework adapters (`sts/backends/`), each on tiny real models."""
