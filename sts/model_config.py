@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     ValidationError,
     field_validator,
 )
@@ -165,9 +166,9 @@ class ModelConfig(BaseModel):
     """How uploaded images are scaled and sized for this model's numeric image input."""
     batching: BatchingOptions | None = None
     """Dynamic batching (TF Serving's parameter names); off when absent."""
-    source: str = Field(default="", exclude=True, repr=False)
-    """Where the entry was read, for error messages (`entry 0 ('a') in models.json`); not
-    part of the model's settings (`same_settings` ignores it) and never serialised."""
+    _source: str = PrivateAttr(default="")
+    # Where the entry was read (`entry 0 ('a') in models.json`), for error messages; not a
+    # setting: a file cannot set it, `same_settings` ignores it, it is never serialised.
 
     def same_settings(self, other: ModelConfig) -> bool:
         """Whether `other` serves the same way (where either was read does not matter)."""
@@ -175,8 +176,8 @@ class ModelConfig(BaseModel):
 
     @property
     def where(self) -> str:
-        """The entry, for error messages: its `source`, else its name."""
-        return self.source or f"for model {self.name!r}"
+        """The entry, for error messages: where it was read, else its name."""
+        return self._source or f"for model {self.name!r}"
 
     @field_validator("name")
     @classmethod
@@ -199,9 +200,11 @@ def build_entry(raw: dict[str, Any], where: str, source: str = "") -> ModelConfi
     """One entry, validated as data (ConfigError naming `where`); its backend options are
     checked by the repository that serves it, naming `source`."""
     try:
-        return ModelConfig.model_validate({**raw, "source": source})
+        config = ModelConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"model config {where}: {describe_errors(exc.errors())}") from None
+    config._source = source
+    return config
 
 
 def load_model_config_file(

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sts.errors import InvalidInput, ModelNotFound, ModelNotReady, VersionNotFound
-from sts.model_config import VersionPolicy
+from sts.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, VersionNotFound
+from sts.model_config import VersionPolicy, load_model_config_file
 from sts.repository import ModelRepository
 from sts.versions import VersionState
 from tests import fakes
@@ -213,6 +213,30 @@ def test_config_updates(tmp_path: Path) -> None:
         repo.resolve("a")
     repo.wait_unloads()
     assert new.state == VersionState.END
+    repo.close()
+
+
+def test_bad_options_in_a_config_change_change_nothing(tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    fakes.write_version(a, 1, add=1)
+    models = tmp_path / "models.json"
+    entry = {"name": "a", "base_path": str(a), "platform": fakes.PLATFORM}
+    models.write_text(json.dumps({"model_config_list": [entry]}))
+    repo = ModelRepository(load_model_config_file(models))
+    repo.load_all()
+    old = repo.resolve("a")
+
+    bad = {**entry, "options": {"scael": 2}}
+    models.write_text(json.dumps({"model_config_list": [{**entry, "name": "b"}, bad]}))
+    with pytest.raises(ConfigError, match=r"entry 1 \('a'\) in .*bad options.*scael"):
+        repo.update_configs(load_model_config_file(models))
+    assert [m.name for m in repo.models()] == ["a"]  # b was not added either
+
+    # The same entry read from another place in the file is the same model: no reload.
+    models.write_text(json.dumps({"model_config_list": [{**entry, "name": "b"}, entry]}))
+    repo.update_configs(load_model_config_file(models))
+    repo.poll()
+    assert repo.resolve("a") is old
     repo.close()
 
 
