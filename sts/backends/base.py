@@ -56,8 +56,10 @@ class Backend(ABC, Generic[OptionsT]):
 
     Errors: raise `InvalidInput` (400) for input the framework refuses, `BackendError`
     (500) for framework failures, `ModelLoadError` from `load`; never let a framework
-    exception escape. `translate_errors` does this from a small mapping. `predict` is
-    called from several worker threads at once, so it must be thread-safe.
+    exception escape. `translate_errors` does this from a small mapping. After `unload`,
+    `predict` raises `BackendError("model is not loaded")`. `predict` is called from
+    several worker threads at once, so it must be thread-safe.
+    `tests/test_backend_contract.py` checks all of this for every platform it lists.
 
     A whole adapter, for a framework whose models are callables over numpy arrays::
 
