@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from sts import __version__
 from sts.api import codegen
 from sts.api import metrics as metrics_api
+from sts.api.docs import install_docs
 from sts.api.errors import install_error_handlers
 from sts.api.limits import BodySizeLimit
 from sts.auth.guard import HEALTH_PATHS, BasicAuth, FailureLimiter
@@ -73,6 +74,8 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
         version=__version__,
         summary="Serves TensorFlow, PyTorch, ONNX and MXNet models over HTTP",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves both pages from local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.repository = repository
@@ -87,6 +90,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     app.include_router(tfserving_routes.router)
     app.include_router(v2_routes.router)
     app.include_router(tfserving_routes.fallback)  # last: the rest of /v1/ is a malformed request
+    install_docs(app)
     app.mount("/static", StaticFiles(directory=resource_dir("static")), name="static")
 
     # Added innermost first: BodySizeLimit(CORS(BasicAuth(app))). CORS answers preflights

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -206,3 +207,36 @@ def test_everything_works_under_basic_auth(tmp_path: Path, browser: Browser) -> 
         assert page.locator("#request-status").inner_text().startswith("200")
         assert page.goto(live.url + "/static/sts.css").status == 200
         logged_in.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        # Swagger UI: one block per operation, with its path.
+        ("/docs", ".opblock-summary-path[data-path='/v2/models/{model_name}/infer']"),
+        # ReDoc: a heading per operation.
+        ("/redoc", "h2:has-text('Predict (the original protocol)')"),
+    ],
+)
+def test_api_docs_render_with_the_network_blocked(
+    server: LiveServer, browser: Browser, path: str, shown: str
+) -> None:
+    """Air-gapped hosts: every asset of /docs and /redoc comes from sts itself."""
+    context = browser.new_context()
+    outside: list[str] = []
+
+    def only_loopback(route: Any) -> None:
+        host = urlsplit(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    page.goto(server.url + path)
+    page.locator(shown).first.wait_for(timeout=30_000)
+    shot(page, path.strip("/"))
+    context.close()
+    assert outside == [], f"{path} asked for {outside}"
