@@ -29,8 +29,9 @@ MX_TESTS := tests/backends/test_mxnet_backend.py tests/backends/test_mxnet_envir
 	tests/test_security.py tests/backends/test_onnx_backend.py
 
 # What the tests run: Go (Debian's golang-go), Node 18+ and curl for the generated
-# clients, Debian's chromium for the dashboard (driven by Playwright, never its download).
-MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/chromium),,chromium))
+# clients, Debian's chromium for the dashboard (driven by Playwright, never its download),
+# strace and ip (iproute2) for the test that the server reaches nothing beyond loopback.
+MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(shell command -v strace),,strace) $(if $(shell command -v ip),,iproute2))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help serve serve-mxnet test test-main test-mxnet lint tools bench soak examples clean

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sts import __version__
 from sts.errors import ConfigError, StsError, describe_errors
 from sts.settings import ServerSettings
+from sts.telemetry import disable_library_telemetry
 
 logger = logging.getLogger("sts")
 
@@ -68,6 +69,7 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    disable_library_telemetry()
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["gen-client"]:
         return gen_client_command(args[1:])

@@ -11,6 +11,7 @@ import numpy as np
 from sts.backends.base import Backend, BackendOptions, ErrorMap, one_line, translate_errors
 from sts.errors import BackendError, InvalidInput, ModelLoadError
 from sts.signature import PREDICT, Signature, TensorSpec
+from sts.telemetry import disable_library_telemetry
 
 _ORT_TYPES = {
     "tensor(float16)": "float16",
@@ -76,6 +77,7 @@ class OnnxBackend(Backend[OnnxOptions]):
         raise ModelLoadError(f"several .onnx files in {self.path} ({names}); name one model.onnx")
 
     def load(self) -> None:
+        disable_library_telemetry()  # before onnxruntime's environment exists
         import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as state
 
