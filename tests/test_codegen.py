@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -27,7 +28,17 @@ from sts.images import ImageOptions
 from sts.model_config import ModelConfig, load_model_config_file
 from sts.signature import Signature, TensorSpec
 from tests import fakes
-from tests.conftest import BIN, ROOT, LiveServer, app_client, fake_config, run, settings
+from tests.conftest import (
+    BIN,
+    ROOT,
+    LiveServer,
+    app_client,
+    fake_config,
+    run,
+    running,
+    self_signed_certificate,
+    settings,
+)
 
 LANGUAGES = ("bash", "python", "golang", "javascript")
 PROTOCOLS = ("sts", "tfserving", "v2")
@@ -261,14 +272,42 @@ def test_image_clients_send_the_file_they_are_given(server: LiveServer, tmp_path
 
 
 def test_clients_report_errors_and_exit_1(server: LiveServer, tmp_path: Path) -> None:
+    """The README's contract, the same in every language: nothing on stdout, `HTTP
+    <status>: <error>` on stderr, exit status 1."""
     for language in LANGUAGES:
         source = httpx.get(
             f"{server.url}/v1/models/iris/gen_client", params={"language": language}
         ).text
         broken = source.replace("features", "nope")
         done = run_client(tmp_path / language, language, broken)
-        assert done.returncode != 0, language
-        assert "missing input(s) ['features']" in done.stderr + done.stdout, language
+        assert done.returncode == 1, (language, done.stderr)
+        assert done.stdout == "", language
+        assert done.stderr.startswith("HTTP 400: {"), (language, done.stderr)
+        assert "missing input(s) ['features']" in done.stderr, language
+
+
+def test_clients_trust_a_private_certificate_authority(tmp_path: Path) -> None:
+    """STS_CA_BUNDLE names the certificates to trust; without it a self-signed server is
+    refused (and reported as unreachable, exit status 1)."""
+    cert, key = self_signed_certificate(tmp_path)
+    iris = ROOT / "examples" / "models" / "iris_logreg"
+    args = ["--model_base_path", str(iris), "--model_platform", "onnx", "--enable_ssl"]
+    args += ["--secret_pem", str(cert), "--secret_key", str(key)]
+    trust = ssl.create_default_context(cafile=str(cert))
+    with running(str(BIN / "sts"), *args, scheme="https", verify=trust) as url:
+        for language in LANGUAGES:
+            source = httpx.get(
+                f"{url}/v1/models/default/gen_client", params={"language": language}, verify=trust
+            ).text
+            assert url in source, language
+            env = {**tool_env(), "STS_CA_BUNDLE": str(cert)}
+            done = run_client(tmp_path / language, language, source, env=env)
+            assert done.returncode == 0, (language, done.stderr)
+            assert "probabilities" in json.loads(done.stdout), language
+            done = run_client(tmp_path / language, language, source)
+            assert done.returncode == 1, (language, done.stdout)
+            assert done.stdout == "", language
+            assert "cannot reach" in done.stderr, (language, done.stderr)
 
 
 class _Recorder(BaseHTTPRequestHandler):

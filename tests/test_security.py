@@ -27,7 +27,16 @@ from sts.cli import load_settings
 from sts.errors import ConfigError
 from sts.model_config import ModelConfig
 from tests import fakes
-from tests.conftest import BIN, ROOT, LiveServer, app_client, fake_config, running, settings
+from tests.conftest import (
+    BIN,
+    ROOT,
+    LiveServer,
+    app_client,
+    fake_config,
+    running,
+    self_signed_certificate,
+    settings,
+)
 
 AUTH = {"enable_auth": True, "host": "127.0.0.1", "auth_password": "pw"}
 GOOD = ("admin", "pw")
@@ -257,13 +266,7 @@ def test_cors(model: list[ModelConfig]) -> None:
 
 
 def test_https_with_a_self_signed_certificate(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path)
     iris = ROOT / "examples" / "models" / "iris_logreg"
     args = ["--model_base_path", str(iris), "--model_platform", "onnx", "--enable_ssl"]
     args += ["--secret_pem", str(cert), "--secret_key", str(key)]
