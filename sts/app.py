@@ -22,6 +22,7 @@ from sts.api import metrics as metrics_api
 from sts.api.docs import install_docs
 from sts.api.errors import install_error_handlers
 from sts.api.limits import BodySizeLimit
+from sts.api.transport import HeadAsGet, ResponseCompression
 from sts.auth.guard import HEALTH_PATHS, BasicAuth, FailureLimiter
 from sts.metrics import Metrics
 from sts.model_config import ModelConfig
@@ -93,7 +94,8 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     install_docs(app)
     app.mount("/static", StaticFiles(directory=resource_dir("static")), name="static")
 
-    # Added innermost first: BodySizeLimit(CORS(BasicAuth(app))). CORS answers preflights
+    # Added innermost first: RequestAccounting(HeadAsGet(ResponseCompression(BodySizeLimit(
+    # CORS(BasicAuth(app)))))). CORS answers preflights
     # (which carry no credentials) and adds its headers to 401s, so browsers can read them.
     if settings.enable_auth:
         exempt = HEALTH_PATHS if settings.auth_exempt_health else frozenset()
@@ -113,6 +115,10 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
             allow_credentials="*" not in origins,
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ResponseCompression)
+    app.add_middleware(HeadAsGet)
+    # Outermost: sees every answer, the refusals of the layers inside included.
+    app.add_middleware(metrics_api.RequestAccounting, metrics=metrics, repository=repository)
     return app
 
 

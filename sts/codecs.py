@@ -260,6 +260,14 @@ def _text_or_b64(value: Any) -> Any:
     return value
 
 
+def _b64_or_plain(value: Any) -> Any:
+    """Text and bytes as `{"b64"}`; other elements (JSON values of a structured output)
+    as they are."""
+    if isinstance(value, str):
+        return b64_object(value.encode("utf-8"))
+    return b64_object(value) if isinstance(value, bytes) else _text_or_b64(value)
+
+
 def b64_object(value: bytes) -> dict[str, str]:
     return {"b64": base64.b64encode(value).decode("ascii")}
 
@@ -271,7 +279,7 @@ def jsonable(value: Any, binary: bool = False) -> Any:
         if value.dtype.kind in "OSU":
             if not value.size:
                 return value.tolist()
-            convert = b64_object if binary else _text_or_b64
+            convert = _b64_or_plain if binary else _text_or_b64
             return np.vectorize(convert, otypes=[object])(value).tolist()
         if value.ndim == 0:
             return jsonable(value[()], binary)
@@ -328,11 +336,32 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def dumps(document: Any) -> bytes:
+# Non-finite floats as strings, as protobuf's JSON mapping writes float and double
+# (https://protobuf.dev/programming-guides/json/: "NaN", "Infinity", "-Infinity").
+NON_FINITE_STRINGS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _finite_or_string(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else NON_FINITE_STRINGS[repr(value)]
+    if isinstance(value, np.ndarray | np.generic):
+        return _finite_or_string(value.tolist())
+    if isinstance(value, list):
+        return [_finite_or_string(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_string(v) for k, v in value.items()}
+    return value
+
+
+def dumps(document: Any, strict: bool = False) -> bytes:
     """Serialise a response holding arrays (prepared by `jsonable` where needed). NaN and
     Infinity are written as those literals (as TensorFlow Serving and Python's json do),
-    not as null."""
+    not as null; with `strict`, as the strings "NaN", "Infinity" and "-Infinity", so the
+    answer is valid JSON (RFC 8259) for every parser. Finite documents take orjson's
+    fast path either way."""
     prepared = jsonable(document)
     if not _non_finite(prepared):
         return orjson.dumps(prepared, option=orjson.OPT_SERIALIZE_NUMPY)
+    if strict:
+        return orjson.dumps(_finite_or_string(prepared))
     return json.dumps(prepared, separators=(",", ":"), default=_plain).encode("utf-8")

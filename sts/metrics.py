@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,6 +34,19 @@ RECENT_MAX = 200_000
 # What requests for a model that does not exist are counted under: client-chosen names
 # must not become label values (each would be a new time series).
 UNKNOWN_MODEL = "_unknown"
+
+
+class Observed:
+    """Set by `Metrics.observe` for the request being handled (through `OBSERVED`), so the
+    HTTP layer counts only the requests the service did not."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+
+OBSERVED: ContextVar[Observed | None] = ContextVar("sts_observed", default=None)
 
 
 class _RepositoryCollector(Collector):
@@ -162,6 +176,9 @@ class Metrics:
         self._lock = threading.Lock()
 
     def observe(self, model: str, version: str, protocol: str, status: int, seconds: float) -> None:
+        observed = OBSERVED.get()
+        if observed is not None:
+            observed.seen = True
         self.requests.labels(model, version, protocol, str(status)).inc()
         self.latency.labels(model, protocol).observe(seconds)
         with self._lock:

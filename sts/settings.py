@@ -108,6 +108,13 @@ class ServerSettings(BaseSettings):
     """Dynamic batching for every model without its own `batching` config (TF Serving's flag)."""
     batching_parameters_file: str = ""
     """TF Serving's batching parameters (text proto or JSON) for `enable_batching`."""
+    strict_readiness: Bool = True
+    """Ready (`/health/ready`, `/v2/health/ready`) only while every configured model has a
+    version that can serve, as KServe v2 and Triton define it; false: ready once the first
+    load of every model is done, even if some failed."""
+    strict_json: Bool = False
+    """The original and TF Serving protocols write NaN and Infinity outputs as the strings
+    "NaN", "Infinity", "-Infinity" (valid JSON) instead of TF Serving's bare literals."""
     enable_model_control: Bool = False
     """KServe v2 repository extension: list, load and unload models at run time."""
     public_url: str = ""

@@ -1,14 +1,19 @@
-"""Prometheus metrics, at `/metrics` and at TF Serving's path, and a JSON summary."""
+"""Prometheus metrics, at `/metrics` and at TF Serving's path, and a JSON summary; the
+layer that counts requests refused before they reached the inference service."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sts.metrics import Metrics
+from sts.errors import StsError
+from sts.metrics import OBSERVED, UNKNOWN_MODEL, Metrics, Observed
+from sts.repository import ModelRepository
 
 router = APIRouter(tags=["metrics"])
 
@@ -36,3 +41,67 @@ async def summary(
 ) -> JSONResponse:
     """Per model and per `step` seconds: requests, errors, p50 and p99 latency (ms)."""
     return JSONResponse(_metrics(request).summary(window, step))
+
+
+class RequestAccounting:
+    """Counts the requests the inference service never saw, outermost around the app:
+    those refused before a model was looked up (bad JSON 400, 413, 415, 431, 401, 429,
+    unknown routes 404, ...). Only answers of 400 and above are counted (health probes
+    and scrapes are not inference requests), under the protocol the path belongs to and
+    the model it names when that model exists, else `_unknown`, version "". A request
+    the service observed (`OBSERVED`) is not counted twice."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, repository: ModelRepository) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.repository = repository
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the server answers when the app raises before a response
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        observed = Observed()
+        token = OBSERVED.set(observed)
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, noting_status)
+        finally:
+            OBSERVED.reset(token)
+            if status >= 400 and not observed.seen:
+                path: str = scope["path"]
+                self.metrics.observe(
+                    self._model(path),
+                    "",
+                    protocol_of(path),
+                    status,
+                    time.perf_counter() - started,
+                )
+
+    def _model(self, path: str) -> str:
+        parts = path.split("/", 4)  # "", "v1"|"v2", "models", name[:method], rest
+        if len(parts) < 4 or parts[2] != "models" or parts[1] not in ("v1", "v2"):
+            return UNKNOWN_MODEL
+        try:
+            return self.repository.model(parts[3].split(":", 1)[0]).name
+        except StsError:
+            return UNKNOWN_MODEL
+
+
+def protocol_of(path: str) -> str:
+    """The protocol label of a request path: `sts` (`POST /`), `tfserving` (`/v1/...`),
+    `v2` (`/v2...`), else `http`."""
+    if path == "/":
+        return "sts"
+    if path.startswith("/v1/"):
+        return "tfserving"
+    if path == "/v2" or path.startswith("/v2/"):
+        return "v2"
+    return "http"

@@ -35,12 +35,14 @@ def request_target(fields: Mapping[str, Any]) -> tuple[str, Version, str | None]
 
 
 class OutputsAsJson(Codec[Reply]):
-    """Outputs -> `{output: values}`, the original's answer to every request."""
+    """Outputs -> `{output: values}`, the original's answer to every request. NaN and
+    Infinity as TF Serving's literals, or as strings when `strict_json` (`--strict_json`)."""
 
-    __slots__ = ()
+    __slots__ = ("strict_json",)
+    strict_json: bool
 
     def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> Reply:
-        return Reply(dumps(outputs))
+        return Reply(dumps(outputs, self.strict_json))
 
 
 class JsonCodec(OutputsAsJson):
@@ -49,15 +51,23 @@ class JsonCodec(OutputsAsJson):
     __slots__ = ("base64_strings", "data", "max_pixels", "signature_name")
 
     def __init__(
-        self, data: Any, base64_strings: bool, max_pixels: int, signature_name: str | None
+        self,
+        data: Any,
+        base64_strings: bool,
+        max_pixels: int,
+        signature_name: str | None,
+        strict_json: bool = False,
     ) -> None:
+        self.strict_json = strict_json
         self.data = data
         self.base64_strings = base64_strings
         self.max_pixels = max_pixels
         self.signature_name = signature_name
 
     @classmethod
-    def from_document(cls, document: Any, max_pixels: int) -> tuple[str, Version, JsonCodec]:
+    def from_document(
+        cls, document: Any, max_pixels: int, strict_json: bool = False
+    ) -> tuple[str, Version, JsonCodec]:
         """The model, version and codec of a request body, its fields checked."""
         if not isinstance(document, dict):
             raise InvalidInput("the request body must be a JSON object")
@@ -71,7 +81,8 @@ class JsonCodec(OutputsAsJson):
         if not isinstance(base64_strings, bool):
             raise InvalidInput('"base64_decode" must be true or false')
         model, version, signature = request_target(document)
-        return model, version, cls(document["data"], base64_strings, max_pixels, signature)
+        codec = cls(document["data"], base64_strings, max_pixels, signature, strict_json)
+        return model, version, codec
 
     def decode(self, call: Call) -> Mapping[str, np.ndarray]:
         images = ImageDecoding(call.config.image, self.max_pixels)
@@ -95,6 +106,7 @@ class UploadCodec(OutputsAsJson):
     def __init__(
         self, upload: ImageUpload, settings: ServerSettings, signature_name: str | None
     ) -> None:
+        self.strict_json = settings.strict_json
         self.upload = upload
         self.settings = settings
         self.signature_name = signature_name

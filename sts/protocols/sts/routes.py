@@ -7,8 +7,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
 
 from sts.api.bodies import media_type, read_json_body
-from sts.api.deps import RepositoryDep
+from sts.api.deps import RepositoryDep, SettingsDep
 from sts.api.schemas import STS_PREDICT
+from sts.api.views import server_ready
 from sts.codecs import short
 from sts.errors import InvalidInput
 from sts.images import MEDIA_TYPES
@@ -43,7 +44,9 @@ async def predict(request: Request) -> Response:
         reply = await service.infer(model, version, UploadCodec(upload, settings, signature))
     else:
         document = await read_json_body(request, kind)
-        model, version, codec = JsonCodec.from_document(document, settings.max_image_pixels)
+        model, version, codec = JsonCodec.from_document(
+            document, settings.max_image_pixels, settings.strict_json
+        )
         reply = await service.infer(model, version, codec)
     return Response(reply.body, media_type=reply.media_type)
 
@@ -105,7 +108,7 @@ async def health() -> str:
     return "healthy"
 
 
-@router.get("/health/ready", summary="Readiness: the first load of every model is done")
-async def ready(repository: RepositoryDep) -> JSONResponse:
-    is_ready = repository.ready.is_set()
+@router.get("/health/ready", summary="Readiness: every model can serve (see --strict_readiness)")
+async def ready(repository: RepositoryDep, settings: SettingsDep) -> JSONResponse:
+    is_ready = server_ready(repository, settings.strict_readiness)
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)

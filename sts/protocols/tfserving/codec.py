@@ -258,17 +258,21 @@ def _decode_columnar(
     }
 
 
-def encode_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
+def encode_predict(
+    outputs: Mapping[str, np.ndarray], row_format: bool, strict: bool = False
+) -> bytes:
     """`{"predictions": [...]}` (one entry per batch row) or `{"outputs": ...}`. String
-    outputs whose name ends in `_bytes` are written as `{"b64": ...}`, as TF Serving does."""
+    outputs whose name ends in `_bytes` are written as `{"b64": ...}`, as TF Serving does.
+    `strict`: NaN and Infinity as strings (`--strict_json`), else TF Serving's literals."""
     if not outputs:
         raise InvalidInput("Cannot convert empty tensor map to JSON")
     if not row_format:
         if len(outputs) == 1:
             ((name, value),) = outputs.items()
-            return dumps({"outputs": jsonable(value, _bytes_name(name))})
+            return dumps({"outputs": jsonable(value, _bytes_name(name))}, strict)
         return dumps(
-            {"outputs": {name: jsonable(v, _bytes_name(name)) for name, v in outputs.items()}}
+            {"outputs": {name: jsonable(v, _bytes_name(name)) for name, v in outputs.items()}},
+            strict,
         )
     batch = -1
     for name, value in outputs.items():
@@ -285,11 +289,11 @@ def encode_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes
         batch = value.shape[0]
     if len(outputs) == 1:
         ((name, value),) = outputs.items()
-        return dumps({"predictions": jsonable(value, _bytes_name(name))})
+        return dumps({"predictions": jsonable(value, _bytes_name(name))}, strict)
     # Numeric outputs stay numpy: indexing gives rows (or numpy scalars) orjson writes as is.
     columns = {name: jsonable(value, _bytes_name(name)) for name, value in outputs.items()}
     rows = [{name: column[i] for name, column in columns.items()} for i in range(batch)]
-    return dumps({"predictions": rows})
+    return dumps({"predictions": rows}, strict)
 
 
 def _bytes_name(name: str) -> bool:
@@ -315,7 +319,7 @@ def check_method(signature_name: str, signature: Signature, method: str) -> None
         )
 
 
-def classify_results(outputs: Mapping[str, np.ndarray], count: int) -> bytes:
+def classify_results(outputs: Mapping[str, np.ndarray], count: int, strict: bool = False) -> bytes:
     """`{"results": [[[label, score], ...], ...]}`, one list per example."""
     classes, scores = outputs.get("classes"), outputs.get("scores")
     if classes is None and scores is None:
@@ -338,10 +342,10 @@ def classify_results(outputs: Mapping[str, np.ndarray], count: int) -> bytes:
             score = np.float32(scores[i, j]) if scores is not None else np.float32(0)
             row.append([label, score])
         results.append(row)
-    return dumps({"results": results})
+    return dumps({"results": results}, strict)
 
 
-def regress_results(outputs: Mapping[str, np.ndarray], count: int) -> bytes:
+def regress_results(outputs: Mapping[str, np.ndarray], count: int, strict: bool = False) -> bytes:
     """`{"results": [value, ...]}`, one value per example."""
     values = outputs.get("outputs")
     if values is None:
@@ -355,7 +359,7 @@ def regress_results(outputs: Mapping[str, np.ndarray], count: int) -> bytes:
             "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] "
             f"with batch_size {count}, but got {list(values.shape)}"
         )
-    return dumps({"results": values.astype(np.float32, copy=False)})
+    return dumps({"results": values.astype(np.float32, copy=False)}, strict)
 
 
 def _per_example(value: np.ndarray | None, name: str, count: int) -> np.ndarray | None:
@@ -384,15 +388,24 @@ class TfServingCodec(Codec[Reply]):
     """What every TF Serving request shares: its parsed body, the model and version it
     named (for the errors TF Serving words itself), its signature."""
 
-    __slots__ = ("document", "max_pixels", "model", "signature_name", "version")
+    __slots__ = ("document", "max_pixels", "model", "signature_name", "strict_json", "version")
 
-    def __init__(self, document: Any, model: str, version: int | None, max_pixels: int) -> None:
-        """`document` is the parsed body; anything but a JSON object is refused here."""
+    def __init__(
+        self,
+        document: Any,
+        model: str,
+        version: int | None,
+        max_pixels: int,
+        strict_json: bool = False,
+    ) -> None:
+        """`document` is the parsed body; anything but a JSON object is refused here.
+        `strict_json`: NaN and Infinity outputs as strings (`--strict_json`)."""
         self.signature_name = signature_name(document)
         self.document: dict[str, Any] = document
         self.model = model
         self.version = version
         self.max_pixels = max_pixels
+        self.strict_json = strict_json
 
     def reword(self, error: StsError) -> StsError:
         return in_tf_words(error, self.model, self.version, self.signature_name)
@@ -409,7 +422,7 @@ class PredictCodec(TfServingCodec):
         return decode_predict(self.document, call.signature, images)[0]
 
     def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> Reply:
-        return Reply(encode_predict(outputs, "instances" in self.document))
+        return Reply(encode_predict(outputs, "instances" in self.document, self.strict_json))
 
 
 class ExamplesCodec(TfServingCodec):
@@ -431,7 +444,7 @@ class ClassifyCodec(ExamplesCodec):
     method = "classify"
 
     def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> Reply:
-        return Reply(classify_results(outputs, len(self.document["examples"])))
+        return Reply(classify_results(outputs, len(self.document["examples"]), self.strict_json))
 
 
 class RegressCodec(ExamplesCodec):
@@ -441,7 +454,7 @@ class RegressCodec(ExamplesCodec):
     method = "regress"
 
     def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> Reply:
-        return Reply(regress_results(outputs, len(self.document["examples"])))
+        return Reply(regress_results(outputs, len(self.document["examples"]), self.strict_json))
 
 
 # The `:method` of a request path -> its codec.

@@ -94,7 +94,8 @@ async def _infer(
     if label is not None:
         version = _label_version(state.repository, model, label)
     document = await parse_body(await request.body(), parse_document)
-    codec = codec_class(document, model, version, state.settings.max_image_pixels)
+    settings = state.settings
+    codec = codec_class(document, model, version, settings.max_image_pixels, settings.strict_json)
     reply = await service.infer(model, version, codec, "tfserving")
     return Response(reply.body, media_type=reply.media_type)
 

@@ -329,7 +329,7 @@ def encode_response(
         }
         binary = default_binary if requested.binary is None else requested.binary
         if binary:
-            raw = _to_binary(array, dt)
+            raw = _to_binary(array, dt, requested.name)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -339,16 +339,28 @@ def encode_response(
     if request.id is not None:
         document["id"] = request.id
     document["outputs"] = entries
-    header = dumps(document)
+    # Always valid JSON: NaN and Infinity as strings, as protobuf's JSON mapping (and so
+    # the v2 gRPC gateway's JSON) writes them; binary outputs keep the exact values.
+    header = dumps(document, strict=True)
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
 
 
-def _to_binary(array: np.ndarray, dt: DType) -> bytes:
+def _to_binary(array: np.ndarray, dt: DType, name: str) -> bytes:
+    """Raw little-endian values, or length-prefixed BYTES elements. A structured output (a
+    sequence or map of an ONNX model, held as JSON values) has no binary form: 400."""
     if dt.v2 == "BYTES":
         parts = []
         for value in array.reshape(-1):
+            if not isinstance(value, bytes | str | np.generic):
+                raise InvalidInput(
+                    f"output '{name}' is a sequence or map (elements are JSON objects or "
+                    "lists), which binary tensor data cannot carry; ask for it as JSON "
+                    f'({{"name": "{name}", "parameters": {{"binary_data": false}}}} in '
+                    '"outputs"). skl2onnx gives a plain probabilities tensor instead of a '
+                    "ZipMap with options={id(model): {'zipmap': False}}"
+                )
             raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
             parts.append(len(raw).to_bytes(_LENGTH_PREFIX, "little"))
             parts.append(raw)

@@ -15,8 +15,9 @@ from sts import __version__
 from sts.api.bodies import parse_body
 from sts.api.deps import RepositoryDep, SettingsDep
 from sts.api.schemas import V2_INDEX, V2_INFER
+from sts.api.views import server_ready
 from sts.codecs import parse_json
-from sts.errors import Forbidden, InvalidInput, StsError, UnsupportedMediaType
+from sts.errors import Forbidden, InvalidInput, StsError
 from sts.protocols.v2.codec import HEADER_LENGTH, V2Codec, parse_request, split_body
 from sts.protocols.v2.views import index_entries, metadata_document
 from sts.repository import ModelRepository
@@ -41,10 +42,10 @@ async def live() -> JSONResponse:
     return JSONResponse({"live": True})
 
 
-@router.get("/v2/health/ready", summary="Readiness: 200 once every model's first load is done")
-async def ready(repository: RepositoryDep) -> JSONResponse:
+@router.get("/v2/health/ready", summary="Readiness: every model can serve (see --strict_readiness)")
+async def ready(repository: RepositoryDep, settings: SettingsDep) -> JSONResponse:
     # The protocol answers "false" with a 4xx (Triton uses 400).
-    is_ready = repository.ready.is_set()
+    is_ready = server_ready(repository, settings.strict_readiness)
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 400)
 
 
@@ -111,9 +112,6 @@ async def infer_version(model_name: str, model_version: str, request: Request) -
 async def _infer(request: Request, model: str, version: str | None) -> Response:
     state = request.app.state
     service: InferenceService = state.service
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise UnsupportedMediaType(f"Content-Encoding '{encoding}' is not supported; send it plain")
     header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
     infer_request = await parse_body(header, parse_request)
     codec = V2Codec(infer_request, binary, state.settings.max_image_pixels)

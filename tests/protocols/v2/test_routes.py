@@ -72,7 +72,10 @@ def test_server_metadata_and_health(client: TestClient) -> None:
     assert body["name"] == "sts"
     assert body["extensions"] == ["binary_tensor_data"]
     assert client.get("/v2/health/live").json() == {"live": True}
-    assert client.get("/v2/health/ready").json() == {"ready": True}
+    # Strict readiness (the default): the 'broken' model, whose every version failed to
+    # load, keeps the server not ready (400, as Triton answers).
+    ready = client.get("/v2/health/ready")
+    assert (ready.status_code, ready.json()) == (400, {"ready": False})
 
 
 def test_model_metadata(client: TestClient) -> None:
@@ -394,10 +397,11 @@ VALID = json.dumps({"inputs": [x_input([1, 2], shape=[1, 2])]}).encode()
         (
             "/v2/models/default/infer",
             b"\x1f\x8b",
-            {"content-encoding": "gzip"},
+            {"content-encoding": "br"},
             415,
-            "Content-Encoding 'gzip' is not supported",
+            "Content-Encoding 'br' is not supported; send the body plain (identity), gzip",
         ),
+        ("/v2/models/default/infer", b"\x1f\x8b", {"content-encoding": "gzip"}, 400, "truncated"),
         ("/v2/models/broken/infer", VALID, {}, 503, "the weights are corrupt"),
     ],
 )
