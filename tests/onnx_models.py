@@ -97,3 +97,61 @@ def transposed(path: Path) -> Path:
         ],
     )
     return save(graph, path)
+
+
+def _zipmap_type(key: int) -> onnx.TypeProto:
+    scalar = helper.make_tensor_type_proto(TensorProto.FLOAT, [])
+    return helper.make_sequence_type_proto(helper.make_map_type_proto(key, scalar))
+
+
+def output_kinds(path: Path) -> Path:
+    """Every kind of result ONNX Runtime returns from float32 x [n, 3]: a tensor, a sequence
+    of tensors (length 2), sequences of maps with int64 and string keys (ZipMap, one map
+    per row), an optional holding a tensor, and an empty optional (`empty`)."""
+    optional_x = helper.make_optional_type_proto(
+        helper.make_tensor_type_proto(TensorProto.FLOAT, ["n", 3])
+    )
+    empty_type = helper.make_tensor_type_proto(TensorProto.FLOAT, None)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["tensor"]),
+            helper.make_node("SequenceConstruct", ["x", "x"], ["sequence"]),
+            helper.make_node(
+                "ZipMap", ["x"], ["zipmap"], domain="ai.onnx.ml", classlabels_int64s=[10, 20, 30]
+            ),
+            helper.make_node(
+                "ZipMap",
+                ["x"],
+                ["zipmap_str"],
+                domain="ai.onnx.ml",
+                classlabels_strings=["a", "b", "c"],
+            ),
+            helper.make_node("Optional", ["x"], ["optional"]),
+            helper.make_node("Optional", [], ["empty"], type=empty_type),
+        ],
+        "output_kinds",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [
+            helper.make_tensor_value_info("tensor", TensorProto.FLOAT, ["n", 3]),
+            helper.make_tensor_sequence_value_info("sequence", TensorProto.FLOAT, None),
+            helper.make_value_info("zipmap", _zipmap_type(TensorProto.INT64)),
+            helper.make_value_info("zipmap_str", _zipmap_type(TensorProto.STRING)),
+            helper.make_value_info("optional", optional_x),
+            helper.make_value_info("empty", helper.make_optional_type_proto(empty_type)),
+        ],
+    )
+    return save(graph, path, {"ai.onnx.ml": 3})
+
+
+def map_passthrough(path: Path) -> Path:
+    """A map input returned as a map output: the only way ONNX Runtime returns a map."""
+    map_type = helper.make_map_type_proto(
+        TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])
+    )
+    graph = helper.make_graph(
+        [],
+        "map_passthrough",
+        [helper.make_value_info("m", map_type)],
+        [helper.make_value_info("m", map_type)],
+    )
+    return save(graph, path)

@@ -117,6 +117,12 @@ class OnnxBackend(Backend[OnnxOptions]):
         except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile, ...
             raise ModelLoadError(f"onnxruntime cannot load {model_file}: {exc}") from None
 
+        for node in session.get_inputs():
+            if not node.type.startswith(("tensor(", "optional(tensor(")):
+                raise ModelLoadError(
+                    f"input {node.name!r} of {model_file} is an ONNX {node.type}, which no "
+                    "protocol can send; give the model tensor inputs"
+                )
         inputs = {i.name: _spec(i) for i in session.get_inputs()}
         outputs = {o.name: _spec(o) for o in session.get_outputs()}
         self._session = session
@@ -155,7 +161,9 @@ class OnnxBackend(Backend[OnnxOptions]):
             feeds[name] = _as_text(name, array) if name in self._string_inputs else array
         with translate_errors(self._errors, _clean):
             results = self._session.run(self._output_names, feeds)
-        return dict(zip(self._output_names, results, strict=True))
+        return {
+            name: structured(value) for name, value in zip(self._output_names, results, strict=True)
+        }
 
     def unload(self) -> None:
         self._session = None
@@ -163,11 +171,46 @@ class OnnxBackend(Backend[OnnxOptions]):
 
 
 def _spec(node: Any) -> TensorSpec:
-    dtype = _ORT_TYPES.get(node.type)
-    if dtype is None:  # sequences and maps (e.g. sklearn ZipMap) come back as Python lists
-        return TensorSpec(node.name, "string", None)
+    """A tensor's dtype and shape; an optional tensor's as its tensor's. A sequence (as
+    skl2onnx's ZipMap gives) reports strings of shape [-1], a map strings of shape []:
+    each is answered as JSON (see `structured`), as v2's BYTES."""
+    kind: str = node.type
+    inner = kind[len("optional(") : -1] if kind.startswith("optional(") else kind
+    dtype = _ORT_TYPES.get(inner)
+    if dtype is None:
+        return TensorSpec(node.name, "string", (-1,) if inner.startswith("seq(") else ())
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
     return TensorSpec(node.name, dtype, shape)
+
+
+def structured(value: Any) -> np.ndarray:
+    """One ONNX Runtime result as an array every protocol encodes.
+
+    A tensor stays as it is. A sequence (`list`: of arrays, or of dicts for skl2onnx's
+    ZipMap) becomes an object array of shape [length] and a map (`dict`) or an empty
+    optional (`None`) one of shape []; their elements are plain JSON values (a dict with
+    text keys, nested lists, null), written as JSON objects and lists by every JSON
+    protocol and refused by v2's binary tensor data (400)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, list):
+        out = np.empty(len(value), dtype=object)
+        for i, item in enumerate(value):
+            out[i] = _plain(item)
+        return out
+    scalar = np.empty((), dtype=object)
+    scalar[()] = _plain(value)
+    return scalar
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _as_text(name: str, array: np.ndarray) -> np.ndarray:
