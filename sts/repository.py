@@ -298,13 +298,59 @@ class ModelRepository:
         for mv in [*removed, *unused]:
             logger.info("model %r: unloading version %d", model.name, mv.version)
             self._schedule_unload(mv)
+        self._reload_changed(model, on_disk)
 
-    def _load_version(self, model: ServedModel, version: int, path: Path) -> ModelVersion:
+    def _reload_changed(self, model: ServedModel, on_disk: dict[int, Path]) -> None:
+        """A serving version whose files changed (a re-export into `1/`, an added
+        `signature.json`) is loaded again beside the serving one, then swapped in and the
+        old one drained, as a new version is. When the new files fail to load, the old
+        ones keep serving and the version shows the error until its files change again."""
+        for number, old in sorted(model.serving.items()):
+            path = on_disk.get(number)
+            if path is None:
+                continue
+            now = fingerprint(path)
+            if now in (old.fingerprint, old.rejected_fingerprint):
+                continue
+            logger.info(
+                "model %r: files of serving version %d changed; loading them beside it",
+                model.name,
+                number,
+            )
+            new = self._load_version(model, number, path, replacing=True)
+            if new.backend is None:
+                old.error = (
+                    f"changed files failed to load, still serving the earlier ones: {new.error}"
+                )
+                old.rejected_fingerprint = new.fingerprint
+                continue
+            with self._lock:
+                if model.serving.get(number) is not old:  # unloaded or replaced meanwhile
+                    stale = new
+                else:
+                    new.state = VersionState.AVAILABLE
+                    model.versions[number] = new
+                    model.serving = {**model.serving, number: new}
+                    old.state = VersionState.UNLOADING
+                    stale = old
+            if stale is old:
+                logger.info(
+                    "model %r: version %d reloaded from its changed files", model.name, number
+                )
+            else:
+                stale.state = VersionState.UNLOADING
+            self._schedule_unload(stale)
+
+    def _load_version(
+        self, model: ServedModel, version: int, path: Path, replacing: bool = False
+    ) -> ModelVersion:
+        """Load one version; `replacing`: beside the serving one, which stays listed."""
         self._loads += 1
         mv = ModelVersion(model.name, version, path)
         mv.state = VersionState.LOADING
-        with self._lock:
-            model.versions[version] = mv
+        if not replacing:
+            with self._lock:
+                model.versions[version] = mv
         logger.info("model %r: loading version %d from %s", model.name, version, path)
         before = fingerprint(path)
         started = time.perf_counter()

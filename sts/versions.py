@@ -62,6 +62,9 @@ class ModelVersion:
         self.signatures: dict[str, Signature] = {}
         self.default_signature = ""
         self.fingerprint: Fingerprint | None = None
+        # Changed files that failed to load while this version kept serving: not retried
+        # until they change again.
+        self.rejected_fingerprint: Fingerprint | None = None
         self.loaded_at: float | None = None
         self.load_seconds: float | None = None
         self.warmup_requests = 0

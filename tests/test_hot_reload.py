@@ -84,6 +84,39 @@ def test_corrupt_version_never_serves(base: Path) -> None:
         wait_for(lambda: version_of(ask(server.url)) == 2, timeout=5, what="v2 served")
 
 
+def version_one(url: str) -> dict[str, object]:
+    (entry,) = [v for v in httpx.get(f"{url}/v1/models/m").json()["versions"] if v["version"] == 1]
+    return entry  # type: ignore[no-any-return]
+
+
+def test_changed_files_of_a_serving_version_are_reloaded(base: Path) -> None:
+    """A re-export into `1/` is loaded beside the serving one and swapped in; a broken one
+    leaves the serving one in place and shows the error until the files change again."""
+    with live(base) as server:
+        first = server.repository.resolve("m", 1)
+        staging = base.parent / "staging.onnx"
+        good = onnx_models.add_constant(staging, 5).read_bytes()
+        (staging.with_suffix(".tmp")).write_bytes(good)
+        (staging.with_suffix(".tmp")).replace(base / "1" / "model.onnx")  # an atomic re-export
+        wait_for(lambda: version_of(ask(server.url)) == 5, timeout=10, what="re-export served")
+        wait_for(lambda: first.backend is None, timeout=10, what="old files unloaded")
+        assert version_one(server.url)["error"] == ""
+
+        (base / "1" / "model.onnx").write_bytes(good[: len(good) // 2])  # broken
+        wait_for(
+            lambda: "still serving the earlier ones" in str(version_one(server.url)["error"]),
+            timeout=10,
+            what="failed reload reported",
+        )
+        assert version_one(server.url)["state"] == "AVAILABLE"
+        assert version_of(ask(server.url)) == 5
+
+        onnx_models.add_constant(staging, 7)
+        staging.replace(base / "1" / "model.onnx")
+        wait_for(lambda: version_of(ask(server.url)) == 7, timeout=10, what="fixed re-export")
+        assert version_one(server.url)["error"] == ""
+
+
 def test_no_request_fails_while_versions_swap(base: Path) -> None:
     """200 concurrent requests (and more) while versions appear and vanish."""
     with live(base) as server:
