@@ -31,10 +31,13 @@ MX_TESTS := tests/backends/test_mxnet_backend.py tests/backends/test_mxnet_envir
 # What the tests run: Go (Debian's golang-go), Node 18+ and curl for the generated
 # clients, Debian's chromium for the dashboard (driven by Playwright, never its download),
 # strace and ip (iproute2) for the test that the server reaches nothing beyond loopback.
-MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(shell command -v strace),,strace) $(if $(shell command -v ip),,iproute2))
+# The h2o and pmml platforms run on a JVM in the server's process (JPype): a headless JRE
+# unless Java is already there (JAVA_HOME or java on PATH).
+MISSING_JAVA := $(if $(or $(JAVA_HOME),$(shell command -v java)),,default-jre-headless)
+MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(shell command -v strace),,strace) $(if $(shell command -v ip),,iproute2) $(MISSING_JAVA))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help serve serve-mxnet test test-main test-mxnet lint tools bench soak examples clean
+.PHONY: help serve serve-mxnet test test-main test-mxnet lint tools java bench soak examples clean
 
 help:
 	@echo "make serve     install and serve examples/models on port $(PORT)"
@@ -52,11 +55,11 @@ $(UV): | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
 $(VENV)/.serve-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o]'
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o,test,dev]'
 	touch $@ $(VENV)/.serve-installed
 
 $(MX_BIN)/python:
@@ -70,7 +73,7 @@ $(MX_VENV)/.test-installed: pyproject.toml | $(MX_BIN)/python $(UV)
 	$(MX_INSTALL) -e '.[mxnet-convert,onnx,test]'
 	touch $@ $(MX_VENV)/.serve-installed
 
-serve: $(VENV)/.serve-installed
+serve: $(VENV)/.serve-installed java
 	$(BIN)/sts --model_config_file examples/models.json --port $(PORT)
 
 serve-mxnet: $(MX_VENV)/.serve-installed
@@ -83,6 +86,12 @@ test-main: lint tools
 
 test-mxnet: $(MX_VENV)/.test-installed | $(VENV)/.test-installed
 	STS_MAIN_PYTHON=$(abspath $(BIN)/python) $(MX_BIN)/python -m pytest $(MX_TESTS)
+
+java:
+ifneq ($(MISSING_JAVA),)
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q --no-install-recommends $(MISSING_JAVA)
+endif
 
 tools:
 ifneq ($(MISSING_TOOLS),)
@@ -108,8 +117,10 @@ soak: $(VENV)/.bench-installed
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
 	$(BIN)/python benchmarks/bench.py --seconds 2 --long 5 --soak 600
 
-examples: $(VENV)/.test-installed $(MX_VENV)/.test-installed
+examples: $(VENV)/.test-installed $(MX_VENV)/.test-installed java
 	$(BIN)/python examples/build_models.py
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o,h2o-build,test,dev]'
+	$(BIN)/python examples/build_jvm_models.py
 	$(MX_BIN)/python examples/build_mxnet_models.py
 
 clean:

@@ -250,6 +250,9 @@ PLATFORMS: dict[str, str] = {
     "pytorch_onnx": "sts.backends.onnx:OnnxBackend",
     "pytorch": "sts.backends.pytorch:TorchBackend",
     "mxnet": "sts.backends.mxnet:MxnetBackend",
+    "h2o": "sts.backends.h2o:H2oBackend",
+    "pmml": "sts.backends.pmml:PmmlBackend",
+    "spark": "sts.backends.spark:SparkBackend",
 }
 """Platform name -> `module:Class`, imported only when a model of that platform loads."""
 

@@ -1,0 +1,190 @@
+"""H2O adapter (platform h2o): MOJO zips scored in this process by H2O's genmodel on the
+JVM (`sts.backends.jvm`), through `EasyPredictModelWrapper`, the scoring API H2O documents
+for MOJOs. No H2O cluster runs: the original started one per model.
+
+Signature: one input per feature column, named as in the MOJO, float64 `[-1]` for numeric
+columns and string `[-1]` for categorical ones (their levels from the MOJO's domains);
+outputs `predictions` (the label, or the value for regression), and for classifiers
+`probabilities` float64 `[-1, K]` and `classes` string `[-1, K]` (the response's levels,
+in the order of the probabilities). NaN in a numeric column is a missing value, as in H2O.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sts.backends.base import Backend, BackendOptions
+from sts.backends.jvm import JVM, java_errors, text_value
+from sts.errors import BackendError, InvalidInput, ModelLoadError
+from sts.signature import DEFAULT_SIGNATURE, PREDICT, Signature, TensorSpec
+
+CLASSIFIERS = ("Binomial", "Multinomial", "Ordinal")
+SERVED = (*CLASSIFIERS, "Regression", "Clustering")
+
+
+class H2oOptions(BackendOptions):
+    """How genmodel treats values the model has not seen."""
+
+    unknown_levels_as_missing: bool = True
+    """A categorical value the model was not trained on counts as missing (H2O's own
+    scoring does this); false: such a value is refused with a 400."""
+
+
+class H2oBackend(Backend):
+    """Serves `model.zip` (or the only `*.zip`) of a version folder, or a single MOJO zip."""
+
+    platform = "h2o"
+    options_class = H2oOptions
+    session_config_keys: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        super().__init__(path, options)
+        assert isinstance(options, H2oOptions)
+        self.opts: H2oOptions = options
+        self._jpype: Any = None
+        self._wrapper: Any = None
+        self._signature: Signature | None = None
+        self._category = ""
+        self._classes: list[str] = []
+        self._columns: list[tuple[str, Any, bool]] = []  # name, Java name, categorical
+        self._input_errors: tuple[Any, ...] = ()
+        self._serial: AbstractContextManager[Any] = nullcontext()
+
+    def model_file(self) -> Path:
+        if self.path.is_file():
+            return self.path
+        preferred = self.path / "model.zip"
+        if preferred.is_file():
+            return preferred
+        found = sorted(self.path.glob("*.zip"))
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise ModelLoadError(f"no MOJO (model.zip) in {self.path}")
+        names = ", ".join(p.name for p in found)
+        raise ModelLoadError(f"several .zip files in {self.path} ({names}); name one model.zip")
+
+    def load(self) -> None:
+        model_file = self.model_file()
+        jpype = JVM.require("h2o")
+        self._jpype = jpype
+        prefix = f"H2O cannot load {model_file.name}: "
+        with java_errors(jpype, ModelLoadError, prefix):
+            mojo = jpype.JClass("hex.genmodel.MojoModel").load(str(model_file))
+            wrapper_class = jpype.JClass("hex.genmodel.easy.EasyPredictModelWrapper")
+            config = (
+                wrapper_class.Config()
+                .setModel(mojo)
+                .setConvertUnknownCategoricalLevelsToNa(self.opts.unknown_levels_as_missing)
+            )
+            wrapper = wrapper_class(config)
+            category = str(mojo.getModelCategory().toString())
+            names = [str(n) for n in mojo.getNames()][: int(mojo.getNumCols())]
+            domains = [mojo.getDomainValues(i) for i in range(len(names))]
+            classes = wrapper.getResponseDomainValues()
+            algorithm = str(mojo.getClass().getSimpleName())
+            self._input_errors = (
+                jpype.JClass("hex.genmodel.easy.exception.PredictException"),
+                jpype.JClass("java.lang.IllegalArgumentException"),
+            )
+        if category not in SERVED:
+            raise ModelLoadError(
+                f"{model_file.name} is an H2O {category} model; sts serves "
+                f"{', '.join(SERVED)} MOJOs"
+            )
+        self._category = category
+        self._classes = [str(c) for c in classes] if classes is not None else []
+        self._columns = [
+            (name, jpype.JString(name), domain is not None)
+            for name, domain in zip(names, domains, strict=True)
+        ]
+        if algorithm.startswith("Deeplearning"):
+            # H2O's deep learning MOJOs kept scratch state per model (h2o-3 issue 9016);
+            # every other algorithm scores concurrently (issue 8675).
+            self._serial = threading.Lock()
+        self._wrapper = wrapper
+        self._signature = self._build_signature()
+
+    def _build_signature(self) -> Signature:
+        inputs = {
+            name: TensorSpec(name, "string" if categorical else "float64", (-1,))
+            for name, _, categorical in self._columns
+        }
+        outputs: dict[str, TensorSpec]
+        if self._category in CLASSIFIERS:
+            k = len(self._classes)
+            outputs = {
+                "predictions": TensorSpec("predictions", "string", (-1,)),
+                "probabilities": TensorSpec("probabilities", "float64", (-1, k)),
+                "classes": TensorSpec("classes", "string", (-1, k)),
+            }
+        elif self._category == "Clustering":
+            outputs = {"predictions": TensorSpec("predictions", "int64", (-1,))}
+        else:
+            outputs = {"predictions": TensorSpec("predictions", "float64", (-1,))}
+        return Signature(inputs=inputs, outputs=outputs, method=PREDICT)
+
+    def signatures(self) -> dict[str, Signature]:
+        if self._signature is None:
+            raise BackendError("model is not loaded")
+        return {DEFAULT_SIGNATURE: self._signature}
+
+    def runtime_info(self) -> dict[str, Any]:
+        return {"java": JVM.version(), "model_category": self._category}
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], signature: str | None = None
+    ) -> dict[str, np.ndarray]:
+        jpype = self._jpype
+        rows = _batch_size(inputs)
+        row_class = jpype.JClass("hex.genmodel.easy.RowData")
+        columns = [(java, inputs[name].reshape(-1), cat) for name, java, cat in self._columns]
+        labels: list[Any] = []
+        probabilities: list[np.ndarray] = []
+        with (
+            self._serial,
+            java_errors(jpype, BackendError, "H2O: ", self._input_errors, InvalidInput),
+        ):
+            for i in range(rows):
+                row = row_class()
+                for (name, _, _), (java, values, categorical) in zip(
+                    self._columns, columns, strict=True
+                ):
+                    value = values[i]
+                    if categorical:
+                        row.put(java, jpype.JString(text_value(name, value)))
+                    elif not np.isnan(value):  # NaN: missing, as H2O reads an empty cell
+                        row.put(java, jpype.JDouble(float(value)))
+                prediction = self._wrapper.predict(row)
+                if self._category in CLASSIFIERS:
+                    labels.append(str(prediction.label))
+                    probabilities.append(np.array(prediction.classProbabilities, np.float64))
+                elif self._category == "Clustering":
+                    labels.append(int(prediction.cluster))
+                else:
+                    labels.append(float(prediction.value))
+        if self._category in CLASSIFIERS:
+            k = len(self._classes)
+            return {
+                "predictions": np.array(labels, dtype=object),
+                "probabilities": np.array(probabilities, np.float64).reshape(rows, k),
+                "classes": np.array([self._classes] * rows, dtype=object).reshape(rows, k),
+            }
+        dtype = np.int64 if self._category == "Clustering" else np.float64
+        return {"predictions": np.array(labels, dtype=dtype)}
+
+    def unload(self) -> None:
+        self._wrapper = None
+
+
+def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:
+    sizes = {array.shape[0] if array.ndim else 1 for array in inputs.values()}
+    if len(sizes) > 1:
+        raise InvalidInput(f"columns disagree on the number of rows: {sorted(sizes)}")
+    return sizes.pop() if sizes else 0
