@@ -68,6 +68,15 @@ def _records(frame: pd.DataFrame) -> dict[str, list[Any]]:
     return {c: frame[c].tolist() for c in frame.columns}
 
 
+def _warmup(version: Path, inputs: dict[str, list[Any]]) -> None:
+    """A warm-up request beside the model (the JVM compiles the scoring code before the
+    version takes traffic), and an example request in examples/requests/."""
+    (version / "warmup.json").write_text(json.dumps({"requests": [{"data": inputs}]}) + "\n")
+    two_rows = {column: values[:2] for column, values in inputs.items()}
+    request = {"model_name": version.parent.name, "data": two_rows}
+    (HERE / "requests" / f"{version.parent.name}.json").write_text(json.dumps(request) + "\n")
+
+
 def h2o_models() -> None:
     import h2o
     from h2o.estimators import H2OGeneralizedLinearEstimator, H2OGradientBoostingEstimator
@@ -121,6 +130,7 @@ def h2o_models() -> None:
                 "classes": list(predicted.columns[1:]),
             }
             (MODELS / name / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+            _warmup(version, expected["inputs"])
             size = (version / "model.zip").stat().st_size
             print(f"wrote examples/models/{name}/1/model.zip ({size} bytes) and expected.json")
     finally:
@@ -152,6 +162,7 @@ def iris_pmml() -> float:
         "classes": [str(c) for c in pipeline.classes_],
     }
     (MODELS / "iris_pmml" / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    _warmup(path.parent, expected["inputs"])
     print(f"wrote examples/models/iris_pmml/1/model.pmml ({path.stat().st_size} bytes)")
     return float(pipeline.score(x, y))
 

@@ -363,3 +363,27 @@ print(json.dumps({{"errors": errors, "onnx": status}}))
         for message in result["errors"]:
             assert "default-jre-headless" in message, message
             assert ("JAVA_HOME=" in message) == ("JAVA_HOME" in env)
+
+
+def test_the_examples_config_serves_the_jvm_examples() -> None:
+    from sts.config import load_model_config_file
+
+    configs = [
+        c
+        for c in load_model_config_file(ROOT / "examples" / "models.json")
+        if c.platform in ("h2o", "pmml")
+    ]
+    assert {c.name for c in configs} == {"cancer_h2o", "diabetes_h2o", "iris_pmml"}
+    with app_client(configs) as client:
+        for model in ("cancer_h2o", "diabetes_h2o", "iris_pmml"):
+            body = json.loads((ROOT / "examples" / "requests" / f"{model}.json").read_text())
+            r = client.post("/", json=body)
+            assert r.status_code == 200, r.text
+            want = expected(model)
+            got = r.json()
+            if model == "iris_pmml":
+                assert got["species"] == want["species"][:2]
+            elif model == "cancer_h2o":
+                assert got["predictions"] == want["predict"][:2]
+            else:
+                assert np.allclose(got, want["predict"][:2], rtol=1e-12)
