@@ -71,6 +71,14 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "broken_h2o" / "1" / "model.zip").write_bytes(b"PK\x03\x04 not a zip at all")
     (root / "broken_pmml" / "1").mkdir(parents=True)
     (root / "broken_pmml" / "1" / "model.pmml").write_text("<PMML><DataDictionary>")
+    # An external entity would read a local file into the model: refused with the DOCTYPE.
+    document = (EXAMPLES / "iris_pmml" / "1" / "model.pmml").read_text()
+    document = document.replace(
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>',
+        '<?xml version="1.0"?><!DOCTYPE PMML [<!ENTITY x SYSTEM "file:///etc/passwd">]>',
+    ).replace('name="SkLearn2PMML package"', 'name="&x;"')
+    (root / "entity_pmml" / "1").mkdir(parents=True)
+    (root / "entity_pmml" / "1" / "model.pmml").write_text(document)
     (root / "spark_model" / "metadata").mkdir(parents=True)
     (root / "spark_model" / "metadata" / "part-00000").write_text("{}")
     return root
@@ -92,6 +100,7 @@ def client(root: Path, cancer_pmml: tuple[Path, Any, Any]) -> Iterator[TestClien
         config("cancer_pmml", cancer_pmml[0], "pmml", batching={"max_batch_size": 8}),
         config("broken_h2o", root / "broken_h2o", "h2o"),
         config("broken_pmml", root / "broken_pmml", "pmml"),
+        config("entity_pmml", root / "entity_pmml", "pmml"),
         config("spark_model", root / "spark_model", "spark"),
     ]
     with app_client(configs) as c:
@@ -259,6 +268,7 @@ def test_broken_files_and_spark_fail_their_load_with_the_reason(client: TestClie
 
     assert "H2O cannot load model.zip" in error("broken_h2o")
     assert "JPMML cannot load model.pmml" in error("broken_pmml")
+    assert "DOCTYPE is disallowed" in error("entity_pmml")
     spark = error("spark_model")
     assert "platform 'pmml'" in spark
     assert "convert_sparkml" in spark
@@ -386,4 +396,4 @@ def test_the_examples_config_serves_the_jvm_examples() -> None:
             elif model == "cancer_h2o":
                 assert got["predictions"] == want["predict"][:2]
             else:
-                assert np.allclose(got, want["predict"][:2], rtol=1e-12)
+                assert np.allclose(got["predictions"], want["predict"][:2], rtol=1e-12)

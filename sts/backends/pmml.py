@@ -40,19 +40,13 @@ class PmmlOptions(BackendOptions):
 class _Field:
     """One input or output field: its name as sts shows it, as Java holds it, and dtype."""
 
-    def __init__(self, jpype: Any, field: Any, fallback: str) -> None:
+    def __init__(self, field: Any, fallback: str) -> None:
         name = field.getName()
         self.java_name = name  # may be Java null: a model without a named target
         self.name = str(name) if name is not None else fallback
         data_type = field.getDataType()
         self.dtype = _DTYPES.get(str(data_type.value()) if data_type else "", "string")
         self.field = field
-        self.box: Any = {
-            "float64": jpype.JDouble,
-            "float32": jpype.JFloat,
-            "int64": jpype.JLong,
-            "bool": jpype.JBoolean,
-        }.get(self.dtype)
 
     def spec(self) -> TensorSpec:
         return TensorSpec(self.name, self.dtype, (-1,))
@@ -96,16 +90,12 @@ class PmmlBackend(Backend):
             builder = jpype.JClass("org.jpmml.evaluator.LoadingModelEvaluatorBuilder")()
             evaluator = builder.load(jpype.JClass("java.io.File")(str(model_file))).build()
             evaluator.verify()  # checks the document's own ModelVerification rows, if any
-            inputs = [
-                _Field(jpype, f, f"input_{i}") for i, f in enumerate(evaluator.getInputFields())
-            ]
+            inputs = [_Field(f, f"input_{i}") for i, f in enumerate(evaluator.getInputFields())]
             targets = [
-                _Field(jpype, f, "predictions" if i == 0 else f"target_{i}")
+                _Field(f, "predictions" if i == 0 else f"target_{i}")
                 for i, f in enumerate(evaluator.getTargetFields())
             ]
-            outputs = [
-                _Field(jpype, f, f"output_{i}") for i, f in enumerate(evaluator.getOutputFields())
-            ]
+            outputs = [_Field(f, f"output_{i}") for i, f in enumerate(evaluator.getOutputFields())]
             self._summary = str(evaluator.getSummary())
             self._input_errors = (jpype.JClass("org.jpmml.evaluator.EvaluationException"),)
         self._evaluator = evaluator
@@ -165,7 +155,9 @@ def _java_value(field: _Field, value: Any) -> Any:
         return text_value(field.name, value)
     if field.dtype in ("float64", "float32") and np.isnan(value):
         return None
-    return field.box(value.item() if isinstance(value, np.generic) else value)
+    # A plain Python value: JPype boxes it (Double, Long, Boolean) far faster than an
+    # explicit wrapper, and prepare() converts to the field's own type.
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _column(field: _Field, values: list[Any], rows: int) -> np.ndarray:
