@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from sts.config import ModelConfig
+from sts.model_config import ModelConfig
 from tests.conftest import ROOT, app_client, wait_for
 
 pytestmark = pytest.mark.skipif(
@@ -333,7 +333,7 @@ def test_new_version_and_warm_up(client: TestClient, root: Path, tmp_path: Path)
 def test_without_java_the_jvm_platforms_fail_and_the_others_serve(tmp_path: Path) -> None:
     script = f"""
 import json
-from sts.config import ModelConfig
+from sts.model_config import ModelConfig
 from tests.conftest import app_client
 configs = [
     ModelConfig(name="iris_pmml", base_path={str(EXAMPLES / "iris_pmml")!r}, platform="pmml"),
@@ -376,7 +376,7 @@ print(json.dumps({{"errors": errors, "onnx": status}}))
 
 
 def test_the_examples_config_serves_the_jvm_examples() -> None:
-    from sts.config import load_model_config_file
+    from sts.model_config import load_model_config_file
 
     configs = [
         c
@@ -397,3 +397,33 @@ def test_the_examples_config_serves_the_jvm_examples() -> None:
                 assert got["predictions"] == want["predict"][:2]
             else:
                 assert np.allclose(got["predictions"], want["predict"][:2], rtol=1e-12)
+
+
+@pytest.mark.parametrize(("platform", "name"), [("h2o", "cancer_h2o"), ("pmml", "iris_pmml")])
+def test_backend_contract(platform: str, name: str) -> None:
+    """What tests/test_backend_contract.py asks of every backend, on the example models:
+    well-formed signature, dtypes as declared, 400 for a wrong shape, and no predictions
+    after unload."""
+    from sts.backends.base import backend_class
+    from sts.errors import BackendError, InvalidInput
+    from sts.signature import DTYPES
+
+    cls = backend_class(platform)
+    versions = cls.discover_versions(EXAMPLES / name)
+    backend = cls(versions[1], cls.options_class())
+    backend.load()
+    signature = backend.signatures()[backend.default_signature()]
+    inputs = {
+        key: np.array(values, dtype=DTYPES[signature.inputs[key].dtype].numpy)
+        for key, values in expected(name)["inputs"].items()
+    }
+    outputs = backend.predict(inputs)
+    for key, spec in signature.outputs.items():
+        kind = "OSU" if spec.dtype == "string" else DTYPES[spec.dtype].numpy.kind
+        assert outputs[key].dtype.kind in kind, key
+        assert spec.shape_matches(outputs[key].shape), key
+    with pytest.raises(InvalidInput, match="one value per row"):
+        backend.predict({k: np.stack([v, v], axis=1) for k, v in inputs.items()})
+    backend.unload()
+    with pytest.raises(BackendError, match="not loaded"):
+        backend.predict(inputs)

@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions
-from sts.backends.jvm import JVM, java_errors, text_value
-from sts.errors import BackendError, InvalidInput, ModelLoadError
-from sts.signature import DEFAULT_SIGNATURE, PREDICT, Signature, TensorSpec
+from sts.backends.base import Backend, BackendOptions, translate_errors
+from sts.backends.jvm import JVM, column_rows, java_error_map, java_message, text_value
+from sts.errors import BackendError, ModelLoadError
+from sts.signature import PREDICT, Signature, TensorSpec
 
 CLASSIFIERS = ("Binomial", "Multinomial", "Ordinal")
 SERVED = (*CLASSIFIERS, "Regression", "Clustering")
@@ -36,20 +36,17 @@ class H2oOptions(BackendOptions):
     scoring does this); false: such a value is refused with a 400."""
 
 
-class H2oBackend(Backend):
+class H2oBackend(Backend[H2oOptions]):
     """Serves `model.zip` (or the only `*.zip`) of a version folder, or a single MOJO zip."""
 
     platform = "h2o"
     options_class = H2oOptions
     session_config_keys: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
+    def __init__(self, path: Path, options: H2oOptions) -> None:
         super().__init__(path, options)
-        assert isinstance(options, H2oOptions)
-        self.opts: H2oOptions = options
         self._jpype: Any = None
         self._wrapper: Any = None
-        self._signature: Signature | None = None
         self._category = ""
         self._classes: list[str] = []
         self._columns: list[tuple[str, Any, bool]] = []  # name, Java name, categorical
@@ -74,14 +71,14 @@ class H2oBackend(Backend):
         model_file = self.model_file()
         jpype = JVM.require("h2o")
         self._jpype = jpype
-        prefix = f"H2O cannot load {model_file.name}: "
-        with java_errors(jpype, ModelLoadError, prefix):
+        describe = java_message(f"H2O cannot load {model_file.name}: ")
+        with translate_errors(java_error_map(jpype, ModelLoadError), describe):
             mojo = jpype.JClass("hex.genmodel.MojoModel").load(str(model_file))
             wrapper_class = jpype.JClass("hex.genmodel.easy.EasyPredictModelWrapper")
             config = (
                 wrapper_class.Config()
                 .setModel(mojo)
-                .setConvertUnknownCategoricalLevelsToNa(self.opts.unknown_levels_as_missing)
+                .setConvertUnknownCategoricalLevelsToNa(self.options.unknown_levels_as_missing)
             )
             wrapper = wrapper_class(config)
             category = str(mojo.getModelCategory().toString())
@@ -109,7 +106,7 @@ class H2oBackend(Backend):
             # every other algorithm scores concurrently (issue 8675).
             self._serial = threading.Lock()
         self._wrapper = wrapper
-        self._signature = self._build_signature()
+        self.signature = self._build_signature()
 
     def _build_signature(self) -> Signature:
         inputs = {
@@ -130,27 +127,22 @@ class H2oBackend(Backend):
             outputs = {"predictions": TensorSpec("predictions", "float64", (-1,))}
         return Signature(inputs=inputs, outputs=outputs, method=PREDICT)
 
-    def signatures(self) -> dict[str, Signature]:
-        if self._signature is None:
-            raise BackendError("model is not loaded")
-        return {DEFAULT_SIGNATURE: self._signature}
-
     def runtime_info(self) -> dict[str, Any]:
         return {"java": JVM.version(), "model_category": self._category}
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], signature: str | None = None
     ) -> dict[str, np.ndarray]:
+        if self._wrapper is None:
+            raise BackendError("model is not loaded")
         jpype = self._jpype
-        rows = _batch_size(inputs)
+        rows = column_rows(inputs)
         row_class = jpype.JClass("hex.genmodel.easy.RowData")
         columns = [(java, inputs[name].reshape(-1), cat) for name, java, cat in self._columns]
         labels: list[Any] = []
         probabilities: list[np.ndarray] = []
-        with (
-            self._serial,
-            java_errors(jpype, BackendError, "H2O: ", self._input_errors, InvalidInput),
-        ):
+        errors = java_error_map(jpype, BackendError, self._input_errors)
+        with self._serial, translate_errors(errors, java_message("H2O: ")):
             for i in range(rows):
                 row = row_class()
                 for (name, _, _), (java, values, categorical) in zip(
@@ -183,10 +175,4 @@ class H2oBackend(Backend):
 
     def unload(self) -> None:
         self._wrapper = None
-
-
-def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:
-    sizes = {array.shape[0] if array.ndim else 1 for array in inputs.values()}
-    if len(sizes) > 1:
-        raise InvalidInput(f"columns disagree on the number of rows: {sorted(sizes)}")
-    return sizes.pop() if sizes else 0
+        self.signature = None

@@ -8,22 +8,24 @@ ships, 0.5 MB, instead of the 280 MB `h2o.jar` of the `h2o` package).
 
 Java itself is a system dependency: `JAVA_HOME` when set, else `java` on `PATH`. Without
 it, or without JPype, loading a JVM model fails with a message saying what to install;
-the other platforms are unaffected. Java exceptions never leave a backend: `java_errors`
-turns them into sts errors.
+the other platforms are unaffected. Java exceptions never leave a backend:
+`java_error_map` and `java_message` feed `translate_errors`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from sts.backends.base import ErrorMap
 from sts.errors import InvalidInput, ModelLoadError, StsError
 
 logger = logging.getLogger("sts.backends.jvm")
@@ -177,27 +179,27 @@ def describe_java_error(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-@contextlib.contextmanager
-def java_errors(
+def java_error_map(
     jpype: Any,
-    wrap: type[StsError],
-    prefix: str,
-    input_errors: tuple[Any, ...] = (),
-    invalid: type[StsError] | None = None,
-) -> Iterator[None]:
-    """Turn Java exceptions raised inside the block into sts errors (httpx's
-    `map_exceptions` pattern): `input_errors` (Java classes) become `invalid`, every other
-    Java exception or JPype conversion error becomes `wrap`; messages start with `prefix`."""
-    try:
-        yield
-    except StsError:
-        raise
-    except jpype.JException as exc:
-        is_input = invalid is not None and any(isinstance(exc, cls) for cls in input_errors)
-        error = invalid if is_input and invalid is not None else wrap
-        raise error(f"{prefix}{describe_java_error(exc)}") from None
-    except (TypeError, ValueError, OverflowError) as exc:  # JPype's own conversions
-        raise wrap(f"{prefix}{describe_java_error(exc)}") from None
+    failure: type[StsError],
+    input_errors: Sequence[Any] = (),
+) -> ErrorMap:
+    """The mapping for `translate_errors`: Java exceptions (and JPype's own conversion
+    errors) become `failure`, the Java exception classes in `input_errors` (caused by the
+    caller's values) become InvalidInput; the most specific class wins."""
+    mapping: dict[type[BaseException], type[StsError]] = {
+        jpype.JException: failure,
+        TypeError: failure,
+        ValueError: failure,
+        OverflowError: failure,
+    }
+    mapping.update(dict.fromkeys(input_errors, InvalidInput))
+    return mapping
+
+
+def java_message(prefix: str) -> Callable[[BaseException], str]:
+    """`translate_errors`' describe: `prefix` + `describe_java_error`."""
+    return lambda exc: prefix + describe_java_error(exc)
 
 
 def text_value(name: str, value: Any) -> str:
@@ -208,3 +210,19 @@ def text_value(name: str, value: Any) -> str:
         except UnicodeDecodeError:
             raise InvalidInput(f"input '{name}': string value is not UTF-8") from None
     return str(value)
+
+
+def column_rows(inputs: Mapping[str, np.ndarray]) -> int:
+    """The number of rows in named one-dimensional columns (InvalidInput when a column is
+    not one value per row, or the columns disagree)."""
+    sizes: dict[str, int] = {}
+    for name, array in inputs.items():
+        if array.ndim != 1:
+            raise InvalidInput(
+                f"input '{name}' has shape {list(array.shape)}; send one value per row ([-1])"
+            )
+        sizes[name] = array.shape[0]
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"'{n}' has {s}" for n, s in sizes.items())
+        raise InvalidInput(f"columns disagree on the number of rows: {shown}")
+    return next(iter(sizes.values()), 0)

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions
-from sts.backends.jvm import JVM, java_errors, text_value
+from sts.backends.base import Backend, BackendOptions, translate_errors
+from sts.backends.jvm import JVM, column_rows, java_error_map, java_message, text_value
 from sts.errors import BackendError, InvalidInput, ModelLoadError
-from sts.signature import DEFAULT_SIGNATURE, PREDICT, Signature, TensorSpec
+from sts.signature import PREDICT, Signature, TensorSpec
 
 SUFFIXES = (".pmml", ".xml")
 _DTYPES = {
@@ -52,19 +52,18 @@ class _Field:
         return TensorSpec(self.name, self.dtype, (-1,))
 
 
-class PmmlBackend(Backend):
+class PmmlBackend(Backend[PmmlOptions]):
     """Serves `model.pmml` (or the only `*.pmml` / `*.xml`) of a version folder, or a file."""
 
     platform = "pmml"
     options_class = PmmlOptions
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
+    def __init__(self, path: Path, options: PmmlOptions) -> None:
         super().__init__(path, options)
         self._jpype: Any = None
         self._evaluator: Any = None
         self._inputs: list[_Field] = []
         self._outputs: list[_Field] = []
-        self._signature: Signature | None = None
         self._input_errors: tuple[Any, ...] = ()
         self._summary = ""
 
@@ -86,7 +85,8 @@ class PmmlBackend(Backend):
         model_file = self.model_file()
         jpype = JVM.require("pmml")
         self._jpype = jpype
-        with java_errors(jpype, ModelLoadError, f"JPMML cannot load {model_file.name}: "):
+        describe = java_message(f"JPMML cannot load {model_file.name}: ")
+        with translate_errors(java_error_map(jpype, ModelLoadError), describe):
             builder = jpype.JClass("org.jpmml.evaluator.LoadingModelEvaluatorBuilder")()
             evaluator = builder.load(jpype.JClass("java.io.File")(str(model_file))).build()
             evaluator.verify()  # checks the document's own ModelVerification rows, if any
@@ -104,16 +104,11 @@ class PmmlBackend(Backend):
         names = [f.name for f in self._outputs]
         if len(set(names)) != len(names):
             raise ModelLoadError(f"{model_file.name}: output names repeat: {names}")
-        self._signature = Signature(
+        self.signature = Signature(
             inputs={f.name: f.spec() for f in inputs},
             outputs={f.name: f.spec() for f in self._outputs},
             method=PREDICT,
         )
-
-    def signatures(self) -> dict[str, Signature]:
-        if self._signature is None:
-            raise BackendError("model is not loaded")
-        return {DEFAULT_SIGNATURE: self._signature}
 
     def runtime_info(self) -> dict[str, Any]:
         return {"java": JVM.version(), "model": self._summary}
@@ -121,16 +116,16 @@ class PmmlBackend(Backend):
     def predict(
         self, inputs: Mapping[str, np.ndarray], signature: str | None = None
     ) -> dict[str, np.ndarray]:
+        if self._evaluator is None:
+            raise BackendError("model is not loaded")
         jpype = self._jpype
-        columns = [(f, inputs[f.name].reshape(-1)) for f in self._inputs]
-        sizes = {len(values) for _, values in columns}
-        if len(sizes) > 1:
-            raise InvalidInput(f"columns disagree on the number of rows: {sorted(sizes)}")
-        rows = sizes.pop() if sizes else 1
+        rows = column_rows(inputs)
+        columns = [(f, inputs[f.name]) for f in self._inputs]
         hash_map = jpype.JClass("java.util.HashMap")
         decode = jpype.JClass("org.jpmml.evaluator.EvaluatorUtil").decodeAll
         results: list[list[Any]] = [[] for _ in self._outputs]
-        with java_errors(jpype, BackendError, "JPMML: ", self._input_errors, InvalidInput):
+        errors = java_error_map(jpype, BackendError, self._input_errors)
+        with translate_errors(errors, java_message("JPMML: ")):
             for i in range(rows):
                 arguments = hash_map()
                 for field, values in columns:
@@ -147,6 +142,7 @@ class PmmlBackend(Backend):
 
     def unload(self) -> None:
         self._evaluator = None
+        self.signature = None
 
 
 def _java_value(field: _Field, value: Any) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sts.backends.base import Backend
+from sts.backends.base import Backend, BackendOptions
 from sts.errors import BackendError, ModelLoadError
 from sts.signature import Signature
 
@@ -27,10 +27,11 @@ ROUTES = (
 )
 
 
-class SparkBackend(Backend):
+class SparkBackend(Backend[BackendOptions]):
     """Never loads: says how to serve a Spark ML model instead."""
 
     platform = "spark"
+    options_class = BackendOptions
 
     @classmethod
     def discover_versions(cls, base_path: Path) -> dict[int, Path]:
