@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -18,12 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from sts.model_config import ModelConfig
-from tests.conftest import ROOT, app_client, wait_for
+from tests.conftest import BIN, ROOT, app_client, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
@@ -427,3 +429,34 @@ def test_backend_contract(platform: str, name: str) -> None:
     backend.unload()
     with pytest.raises(BackendError, match="not loaded"):
         backend.predict(inputs)
+
+
+@pytest.mark.slow
+def test_the_server_stops_gracefully_with_a_jvm_inside() -> None:
+    """The JVM leaves SIGINT and SIGTERM to Python (-Xrs): `docker stop` (and Ctrl-C)
+    drain and exit as with any other platform, and the JVM ends with the process."""
+    stop = signal.SIGTERM
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
+    command = [str(BIN / "sts"), "--model_base_path", str(EXAMPLES / "iris_pmml")]
+    command += ["--model_platform", "pmml", "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert process.poll() is None, process.communicate()[0]
+        try:
+            return httpx.get(f"{url}/health/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(ready, timeout=90, what="server ready")
+        body = {"data": expected("iris_pmml")["inputs"]}
+        assert httpx.post(url, json=body).json()["species"] == expected("iris_pmml")["species"]
+        process.send_signal(stop)
+        assert process.wait(timeout=30) in (0, -stop)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
