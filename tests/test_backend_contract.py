@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,23 @@ def _mxnet(base: Path) -> None:
     from tests import mx_models
 
     mx_models.classifier(base / "1")
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "models"
+
+
+def _h2o(base: Path) -> None:
+    # An H2O MOJO needs an H2O cluster to make: the example (numeric and string columns).
+    shutil.copytree(EXAMPLES / "cancer_h2o" / "1", base / "1")
+
+
+def _pmml(base: Path) -> None:
+    shutil.copytree(EXAMPLES / "iris_pmml" / "1", base / "1")
+
+
+def _have_java() -> bool:
+    java = shutil.which("java") is not None or bool(os.environ.get("JAVA_HOME"))
+    return java and importlib.util.find_spec("jpype") is not None
 
 
 def _have_mxnet() -> bool:
@@ -95,6 +114,9 @@ CASES = [
         shapes={"x": (2, 2)},
         available=_have_mxnet,
     ),
+    # Named columns of one value per row; float64 is already what they take.
+    Case("h2o", "h2o", "java", _h2o, frozenset({"shape"}), available=_have_java),
+    Case("pmml", "pmml", "java", _pmml, frozenset({"shape"}), available=_have_java),
 ]
 
 

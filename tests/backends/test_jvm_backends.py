@@ -401,36 +401,6 @@ def test_the_examples_config_serves_the_jvm_examples() -> None:
                 assert np.allclose(got["predictions"], want["predict"][:2], rtol=1e-12)
 
 
-@pytest.mark.parametrize(("platform", "name"), [("h2o", "cancer_h2o"), ("pmml", "iris_pmml")])
-def test_backend_contract(platform: str, name: str) -> None:
-    """What tests/test_backend_contract.py asks of every backend, on the example models:
-    well-formed signature, dtypes as declared, 400 for a wrong shape, and no predictions
-    after unload."""
-    from sts.backends.base import backend_class
-    from sts.errors import BackendError, InvalidInput
-    from sts.signature import DTYPES
-
-    cls = backend_class(platform)
-    versions = cls.discover_versions(EXAMPLES / name)
-    backend = cls(versions[1], cls.options_class())
-    backend.load()
-    signature = backend.signatures()[backend.default_signature()]
-    inputs = {
-        key: np.array(values, dtype=DTYPES[signature.inputs[key].dtype].numpy)
-        for key, values in expected(name)["inputs"].items()
-    }
-    outputs = backend.predict(inputs)
-    for key, spec in signature.outputs.items():
-        kind = "OSU" if spec.dtype == "string" else DTYPES[spec.dtype].numpy.kind
-        assert outputs[key].dtype.kind in kind, key
-        assert spec.shape_matches(outputs[key].shape), key
-    with pytest.raises(InvalidInput, match="one value per row"):
-        backend.predict({k: np.stack([v, v], axis=1) for k, v in inputs.items()})
-    backend.unload()
-    with pytest.raises(BackendError, match="not loaded"):
-        backend.predict(inputs)
-
-
 @pytest.mark.slow
 def test_the_server_stops_gracefully_with_a_jvm_inside() -> None:
     """The JVM leaves SIGINT and SIGTERM to Python (-Xrs): `docker stop` (and Ctrl-C)
