@@ -168,6 +168,23 @@ class Backend(ABC, Generic[OptionsT]):
         return cls.options_class.model_validate(values)
 
 
+def find_model_file(path: Path, preferred: str, suffixes: Sequence[str]) -> Path:
+    """A version's artefact: `path` itself when it is a file, else `path/preferred`, else
+    the only file in `path` ending in one of `suffixes` (ModelLoadError: none or several)."""
+    if path.is_file():
+        return path
+    if (path / preferred).is_file():
+        return path / preferred
+    found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ModelLoadError(f"no {preferred} in {path}")
+    names = ", ".join(p.name for p in found)
+    kinds = "/".join(suffixes)
+    raise ModelLoadError(f"several {kinds} files in {path} ({names}); name one {preferred}")
+
+
 ErrorMap = Mapping[type[BaseException], type[StsError]]
 """A framework's exception types -> the sts error each becomes (the most specific match wins)."""
 

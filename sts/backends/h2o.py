@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions, translate_errors
+from sts.backends.base import Backend, BackendOptions, find_model_file, translate_errors
 from sts.backends.jvm import JVM, column_rows, java_error_map, java_message, text_value
 from sts.errors import BackendError, ModelLoadError
 from sts.signature import PREDICT, Signature, TensorSpec
@@ -54,18 +54,7 @@ class H2oBackend(Backend[H2oOptions]):
         self._serial: AbstractContextManager[Any] = nullcontext()
 
     def model_file(self) -> Path:
-        if self.path.is_file():
-            return self.path
-        preferred = self.path / "model.zip"
-        if preferred.is_file():
-            return preferred
-        found = sorted(self.path.glob("*.zip"))
-        if len(found) == 1:
-            return found[0]
-        if not found:
-            raise ModelLoadError(f"no MOJO (model.zip) in {self.path}")
-        names = ", ".join(p.name for p in found)
-        raise ModelLoadError(f"several .zip files in {self.path} ({names}); name one model.zip")
+        return find_model_file(self.path, "model.zip", (".zip",))
 
     def load(self) -> None:
         model_file = self.model_file()

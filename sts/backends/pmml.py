@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions, translate_errors
+from sts.backends.base import Backend, BackendOptions, find_model_file, translate_errors
 from sts.backends.jvm import JVM, column_rows, java_error_map, java_message, text_value
 from sts.errors import BackendError, InvalidInput, ModelLoadError
 from sts.signature import PREDICT, Signature, TensorSpec
@@ -68,18 +68,7 @@ class PmmlBackend(Backend[PmmlOptions]):
         self._summary = ""
 
     def model_file(self) -> Path:
-        if self.path.is_file():
-            return self.path
-        preferred = self.path / "model.pmml"
-        if preferred.is_file():
-            return preferred
-        found = sorted(p for p in self.path.iterdir() if p.suffix.lower() in SUFFIXES)
-        if len(found) == 1:
-            return found[0]
-        if not found:
-            raise ModelLoadError(f"no model.pmml in {self.path}")
-        names = ", ".join(p.name for p in found)
-        raise ModelLoadError(f"several PMML files in {self.path} ({names}); name one model.pmml")
+        return find_model_file(self.path, "model.pmml", SUFFIXES)
 
     def load(self) -> None:
         model_file = self.model_file()

@@ -430,3 +430,22 @@ def test_the_server_stops_gracefully_with_a_jvm_inside() -> None:
         if process.poll() is None:
             process.kill()
         process.communicate()
+
+
+def test_which_file_of_a_version_folder_loads(tmp_path: Path) -> None:
+    from sts.backends.h2o import H2oBackend, H2oOptions
+    from sts.errors import ModelLoadError
+
+    folder = tmp_path / "1"
+    folder.mkdir()
+    backend = H2oBackend(folder, H2oOptions())
+    with pytest.raises(ModelLoadError, match=r"no model\.zip in"):
+        backend.model_file()
+    shutil.copy(EXAMPLES / "cancer_h2o" / "1" / "model.zip", folder / "gbm.zip")
+    assert backend.model_file() == folder / "gbm.zip"
+    shutil.copy(folder / "gbm.zip", folder / "glm.zip")
+    with pytest.raises(ModelLoadError, match=r"several \.zip files .*gbm\.zip, glm\.zip"):
+        backend.model_file()
+    shutil.copy(folder / "gbm.zip", folder / "model.zip")
+    assert backend.model_file() == folder / "model.zip"
+    assert H2oBackend(folder / "glm.zip", H2oOptions()).model_file() == folder / "glm.zip"
