@@ -45,6 +45,13 @@ def fake_config(name: str, base: Path, **extra: Any) -> ModelConfig:
     return ModelConfig(name=name, base_path=str(base), platform=fakes.PLATFORM, **extra)
 
 
+# How long a server may take to load its models before a test gives up: the whole example
+# set (TensorFlow, PyTorch, ONNX, scikit-learn, tree models and a JVM) loads in well under a
+# minute on an idle 2-core machine, but CI machines are slower and noisier. Waiting longer
+# costs nothing when the load succeeds sooner.
+FIRST_LOAD_SECONDS = 240.0
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -68,7 +75,7 @@ def app_client(configs: list[ModelConfig], **overrides: Any) -> Iterator[TestCli
     """A TestClient whose models have finished their first load."""
     app = create_app(settings(**overrides), configs)
     with TestClient(app, raise_server_exceptions=False) as client:
-        wait_for(app.state.repository.ready.is_set, timeout=60, what="first load")
+        wait_for(app.state.repository.ready.is_set, timeout=FIRST_LOAD_SECONDS, what="first load")
         yield client
 
 
@@ -118,7 +125,7 @@ class LiveServer:
     def __enter__(self) -> LiveServer:
         self.thread.start()
         wait_for(lambda: self.server.started, what="server start")
-        wait_for(self.repository.ready.is_set, timeout=60, what="first load")
+        wait_for(self.repository.ready.is_set, timeout=FIRST_LOAD_SECONDS, what="first load")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -174,7 +181,7 @@ def running(
             return False
 
     try:
-        wait_for(ready, timeout=60, what="server ready")
+        wait_for(ready, timeout=FIRST_LOAD_SECONDS, what="server ready")
         yield url
     finally:
         proc.send_signal(signal.SIGINT)

@@ -19,7 +19,7 @@ import yaml
 
 from sts.cli import build_parser
 from sts.settings import ServerSettings
-from tests.conftest import BIN, ROOT, free_port, wait_for
+from tests.conftest import BIN, FIRST_LOAD_SECONDS, ROOT, free_port, wait_for
 
 DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile*"))
 MANIFESTS = sorted((ROOT / "deploy").rglob("*.yaml"))
@@ -202,7 +202,7 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
             except httpx.TransportError:
                 return False
 
-        wait_for(ready, timeout=60, what="server ready")
+        wait_for(ready, timeout=FIRST_LOAD_SECONDS, what="server ready")
 
         def ask(_: int) -> int:
             body = {"data": {"x": [[1, 2]]}}

@@ -25,7 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sts.model_config import ModelConfig
-from tests.conftest import BIN, ROOT, app_client, free_port, wait_for
+from tests.conftest import BIN, FIRST_LOAD_SECONDS, ROOT, app_client, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
@@ -421,7 +421,7 @@ def test_the_server_stops_gracefully_with_a_jvm_inside() -> None:
             return False
 
     try:
-        wait_for(ready, timeout=90, what="server ready")
+        wait_for(ready, timeout=FIRST_LOAD_SECONDS, what="server ready")
         body = {"data": expected("iris_pmml")["inputs"]}
         assert httpx.post(url, json=body).json()["species"] == expected("iris_pmml")["species"]
         process.send_signal(stop)
