@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +86,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sts: error: {exc}", file=sys.stderr)
         return 2
+    if not settings.allow_missing_models and not settings.gen_client:
+        from sts.repository import missing_base_paths
+
+        try:
+            missing = missing_base_paths(configs)
+        except ConfigError as exc:
+            print(f"sts: error: {exc}", file=sys.stderr)
+            return 2
+        if missing:
+            print(
+                f"sts: error: {'; '.join(missing)}. Give the folder of numbered version "
+                "folders (--model_base_path or the config file's base_path), or start with "
+                "--allow_missing_models to serve it once it appears",
+                file=sys.stderr,
+            )
+            return 2
     configure_logging(settings.effective_log_level)
     if settings.gen_client:  # the original's flag: print a client and exit
         return write_client(settings, configs, settings.gen_client)
@@ -282,8 +299,30 @@ def write_client(
     return 0
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything loads (as uvicorn binds it: IPv6 when
+    the host has a colon, SO_REUSEADDR). ConfigError naming the address when it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        raise ConfigError(
+            f"cannot listen on port {port} ({where}): {exc.strerror or exc}; stop what "
+            "holds it or choose another port with --port"
+        ) from None
+    sock.set_inheritable(True)  # the workers of --workers serve it too
+    return sock
+
+
 def serve(settings: ServerSettings, configs: list[Any]) -> int:
+    """Bind the port, check the configs, then start uvicorn (whose lifespan loads the
+    models): a taken port or a bad option is the last line, before any model loads."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from sts.app import SETTINGS_ENV, create_app
     from sts.repository import check_configs
@@ -303,19 +342,35 @@ def serve(settings: ServerSettings, configs: list[Any]) -> int:
     if settings.enable_ssl:
         options["ssl_certfile"] = settings.secret_pem
         options["ssl_keyfile"] = settings.secret_key
-    try:  # backend options are checked before the port is bound
-        if settings.workers > 1:
-            check_configs(configs)  # each worker's repository checks them again
-        else:
-            app = create_app(settings, configs)
+    try:  # the port is bound and backend options checked before anything loads
+        sock = listen(settings.host, settings.port)
     except ConfigError as exc:
         print(f"sts: error: {exc}", file=sys.stderr)
         return 2
-    if settings.workers > 1:
-        os.environ[SETTINGS_ENV] = settings.model_dump_json(exclude_unset=True)
-        uvicorn.run(
-            "sts.app:app_from_environment", factory=True, workers=settings.workers, **options
-        )
-    else:
-        uvicorn.run(app, **options)
-    return 0
+    try:
+        if settings.workers > 1:
+            check_configs(configs)  # each worker's repository checks them again
+            config = uvicorn.Config(
+                "sts.app:app_from_environment",
+                factory=True,
+                workers=settings.workers,
+                **options,
+            )
+        else:
+            config = uvicorn.Config(create_app(settings, configs), **options)
+    except ConfigError as exc:
+        sock.close()
+        print(f"sts: error: {exc}", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(config)
+    try:
+        if settings.workers > 1:
+            os.environ[SETTINGS_ENV] = settings.model_dump_json(exclude_unset=True)
+            Multiprocess(config, sockets=[sock]).run()
+            return 0
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0 if server.started else 3

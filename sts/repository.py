@@ -50,6 +50,21 @@ def check_configs(configs: Sequence[ModelConfig]) -> None:
     _new_models(configs)
 
 
+def missing_base_paths(configs: Sequence[ModelConfig]) -> list[str]:
+    """`model 'name': base path /absolute/path does not exist` for each local base path
+    that neither exists nor names a model in another layout (the original's checkpoint
+    prefix); URLs are not checked here."""
+    missing = []
+    for config in configs:
+        if "://" in config.base_path:
+            continue
+        base = Path(config.base_path).absolute()
+        if base.exists() or backend_class(config.platform).discover_versions(base):
+            continue
+        missing.append(f"model {config.name!r}: base path {base} does not exist")
+    return missing
+
+
 def _new_models(configs: Sequence[ModelConfig]) -> list[ServedModel]:
     """A served model per config, its backend options built and checked once (and across
     models, for settings a framework keeps per process); ConfigError naming the entry."""
@@ -246,12 +261,11 @@ class ModelRepository:
     def _reconcile_model(self, model: ServedModel) -> None:
         base = model.base_path
         on_disk = model.backend_cls.discover_versions(base)
-        if not on_disk:
-            model.problem = model.backend_cls.describe_missing(base)
-            if model.problem and not model.serving:
-                logger.warning("model %r: %s", model.name, model.problem)
-        else:
-            model.problem = ""
+        # Said once per change, not once per poll.
+        problem = "" if on_disk else model.backend_cls.describe_missing(base)
+        if problem and problem != model.problem and not model.serving:
+            logger.warning("model %r: %s", model.name, problem)
+        model.problem = problem
 
         # A version that failed stays failed until its files change.
         failed = {

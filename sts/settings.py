@@ -52,6 +52,9 @@ class ServerSettings(BaseSettings):
     """JSON file with `model_config_list`; polled for changes like the model folders."""
     reload_models: Bool = True
     """Poll model folders (and the config file) for new and removed versions."""
+    allow_missing_models: Bool = False
+    """Start even when a model's base path does not exist yet (serve it once it appears);
+    otherwise a missing base path stops the server at start-up."""
     custom_op_paths: PathList = []
     """Custom-op libraries for the single model, comma-separated."""
     session_config: dict[str, Any] = {}
