@@ -9,12 +9,13 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 from pydantic import ValidationError
 
 from sts import __version__
 from sts.errors import ConfigError, StsError, describe_errors
+from sts.flags import GROUPS, add_flags
 from sts.settings import ServerSettings
 from sts.telemetry import disable_library_telemetry
 
@@ -23,35 +24,54 @@ logger = logging.getLogger("sts")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _is_bool(annotation: Any) -> bool:
-    if annotation is bool:
-        return True
-    return get_origin(annotation) is not None and bool in get_args(annotation)
+SUBCOMMANDS = {
+    "gen-client": "write a client for a model without serving",
+    "hash-password": "print a password hash for --auth_password_hash or an htpasswd line",
+    "convert": "convert a model to ONNX (mxnet-to-onnx)",
+}
+
+# What `gen-client` reads of the server flags: the models, and the URL clients will use.
+GEN_CLIENT_FLAGS = (
+    *(
+        f
+        for f in GROUPS["models"]
+        if f not in ("reload_models", "file_system_poll_wait_seconds", "allow_missing_models")
+    ),
+    "host",
+    "port",
+    "public_url",
+    "enable_ssl",
+    "secret_pem",
+    "secret_key",
+    "debug",
+    "log_level",
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One `--flag` per settings field, with the original's names. Booleans take
-    `--flag`, `--flag=false` or `--flag false`."""
+def program_name() -> str:
+    """The name this process was started by: `sts`, `simple_tensorflow_serving`, or
+    `python -m sts`."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "sts"
+    return "python -m sts" if name in ("__main__.py", "-m", "-c", "") else name
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """One `--flag` per settings field, with the original's names, grouped as in the
+    README (`sts.flags`)."""
+    prog = prog or program_name()
+    commands = "\n".join(f"  {prog} {c:<14} {text}" for c, text in SUBCOMMANDS.items())
     parser = argparse.ArgumentParser(
-        prog="simple_tensorflow_serving",
-        description="Serve TensorFlow, PyTorch, ONNX and MXNet models over HTTP. "
-        "Every flag can also be set as an STFS_<FLAG> environment variable.",
+        prog=prog,
+        usage="%(prog)s [--flag VALUE ...]\n       %(prog)s COMMAND [--help]",
+        description="Serve TensorFlow, PyTorch, ONNX and MXNet models over HTTP.\n"
+        "Every flag can also be set as its STFS_<FLAG> environment variable (shown in\n"
+        "brackets); flags win over variables.",
         argument_default=argparse.SUPPRESS,
-        epilog="Other commands (each takes --help): `sts gen-client` writes a client for a "
-        "model without serving; `sts hash-password` prints a hash for --auth_password_hash; "
-        "`sts convert mxnet-to-onnx` converts an MXNet checkpoint for any environment.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"commands (each takes --help):\n{commands}",
     )
     parser.add_argument("--version", action="version", version=f"sts {__version__}")
-    for name, field in ServerSettings.model_fields.items():
-        default = field.default
-        shown = str(default) if not isinstance(default, list | dict) or default else '""'
-        help_text = f"{field.description or ''} (default: {shown})"
-        if _is_bool(field.annotation):
-            parser.add_argument(
-                f"--{name}", nargs="?", const="true", metavar="true|false", help=help_text
-            )
-        else:
-            parser.add_argument(f"--{name}", metavar=name.upper(), help=help_text)
+    add_flags(parser)
     return parser
 
 
@@ -124,11 +144,13 @@ def hash_password_command(argv: Sequence[str]) -> int:
     from sts.auth.passwords import SCHEMES, hash_password
 
     parser = argparse.ArgumentParser(
-        prog="sts hash-password",
+        prog=f"{program_name()} hash-password",
         description="Print a password hash for --auth_password_hash or an htpasswd file. "
         "The password is asked for twice on a terminal, or read from standard input.",
     )
-    parser.add_argument("--scheme", choices=SCHEMES, default="argon2")
+    parser.add_argument(
+        "--scheme", choices=SCHEMES, default="argon2", help="hash scheme (default: argon2)"
+    )
     parser.add_argument("--user", help="print an htpasswd line, user:hash")
     options = parser.parse_args(argv)
     if sys.stdin.isatty():
@@ -149,7 +171,7 @@ def hash_password_command(argv: Sequence[str]) -> int:
 def convert_command(argv: Sequence[str]) -> int:
     """`sts convert mxnet-to-onnx --model_base_path P --output F [--input_shape N=D,...]`"""
     parser = argparse.ArgumentParser(
-        prog="sts convert",
+        prog=f"{program_name()} convert",
         description="Convert a model to ONNX, which every sts environment serves. Run it "
         "where the source framework is installed (MXNet: sts[mxnet-convert]).",
     )
@@ -205,9 +227,14 @@ def convert_command(argv: Sequence[str]) -> int:
 
 def gen_client_command(argv: Sequence[str]) -> int:
     """`sts gen-client [server flags] --language L [--protocol P] [--output FILE] ...`"""
-    parser = build_parser()
-    parser.prog = "sts gen-client"
-    parser.description = "Write a client for a model without starting the server."
+    parser = argparse.ArgumentParser(
+        prog=f"{program_name()} gen-client",
+        description="Write a client for a model without starting the server. The model "
+        "flags say which model to load; --host, --port, --enable_ssl and --public_url say "
+        "where the client will find the server.",
+        argument_default=argparse.SUPPRESS,
+    )
+    add_flags(parser, GEN_CLIENT_FLAGS)
     extra = {
         "language": ("bash", "bash, python, golang, javascript or json"),
         "protocol": ("sts", "sts, tfserving or v2"),
@@ -217,7 +244,8 @@ def gen_client_command(argv: Sequence[str]) -> int:
         "output": ("-", "file to write (default: standard output)"),
     }
     for name, (default, help_text) in extra.items():
-        parser.add_argument(f"--{name}", default=default, help=f"{help_text} (default: {default})")
+        shown = "" if "default" in help_text else f" (default: {default})"
+        parser.add_argument(f"--{name}", default=default, help=help_text + shown)
     values = vars(parser.parse_args(argv))
     options = {name: values.pop(name) for name in extra}
     try:

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 class ServerSettings(BaseSettings):
     """Every flag of `simple_tensorflow_serving`; each also reads `STFS_<FLAG>`."""
 
-    model_config = SettingsConfigDict(env_prefix="STFS_", extra="forbid", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="STFS_", extra="forbid", populate_by_name=True, use_attribute_docstrings=True
+    )
 
     host: str = "0.0.0.0"
     """Address to listen on."""
