@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sts.backends.artefacts import platform_hint
 from sts.backends.base import Backend, backend_class
 from sts.errors import (
     ConfigError,
@@ -263,6 +264,8 @@ class ModelRepository:
         on_disk = model.backend_cls.discover_versions(base)
         # Said once per change, not once per poll.
         problem = "" if on_disk else model.backend_cls.describe_missing(base)
+        if problem and base.exists():  # a model file straight in the base path?
+            problem += platform_hint(base, model.config.platform)
         if problem and problem != model.problem and not model.serving:
             logger.warning("model %r: %s", model.name, problem)
         model.problem = problem
@@ -384,6 +387,8 @@ class ModelRepository:
                 )
         except Exception as exc:
             message = exc.message if isinstance(exc, StsError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ModelLoadError):  # another framework's files? name its platform
+                message += platform_hint(path, model.config.platform)
             if not isinstance(exc, StsError):
                 logger.exception(
                     "model %r version %d: unexpected load failure", model.name, version
