@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Sequence
@@ -12,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from sts import __version__
 from sts.errors import ConfigError, StsError, describe_errors
-from sts.flags import GROUPS, add_flags
+from sts.flags import GROUPS, add_flags, env_names
 from sts.settings import ServerSettings
 from sts.telemetry import disable_library_telemetry
 
@@ -81,7 +83,37 @@ def load_settings(argv: Sequence[str] | None = None) -> ServerSettings:
     try:
         return ServerSettings(**args)
     except ValidationError as exc:
-        raise ConfigError(describe_errors(exc.errors(), prefix="--")) from None
+        raise ConfigError(describe_setting_errors(exc, given=set(args))) from None
+    except SettingsError as exc:  # a variable of a JSON-typed field that is not JSON
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = found.group(1) if found else ""
+        variables = env_names(name) if name in ServerSettings.model_fields else []
+        where = "/".join(v for v in variables if v.upper() in _set_variables()) or name
+        raise ConfigError(f"{where}: not valid JSON ({exc})") from None
+
+
+def _set_variables() -> set[str]:
+    return {key.upper() for key in os.environ}
+
+
+def describe_setting_errors(exc: ValidationError, given: set[str]) -> str:
+    """Each bad value under the name it was given by: `--flag` on the command line, else
+    the `STFS_*` variable that was set."""
+    set_variables = _set_variables()
+    parts = []
+    for error in exc.errors():
+        loc = error["loc"]
+        name = str(loc[0]) if loc else ""
+        if name.upper().startswith("STFS_"):  # read through an alias: already its name
+            parts.append(describe_errors([error]))
+            continue
+        if name in ServerSettings.model_fields and name not in given:
+            variables = [v for v in env_names(name) if v.upper() in set_variables]
+            if variables:
+                parts.append(describe_errors([{**error, "loc": (variables[0], *loc[1:])}]))
+                continue
+        parts.append(describe_errors([error], prefix="--"))
+    return "; ".join(parts)
 
 
 def configure_logging(level: str) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sts.cli import load_settings
+from sts.errors import ConfigError
 from sts.model_config import ModelConfig
 from sts.repository import ModelRepository
 from tests import onnx_models
@@ -108,3 +110,22 @@ def test_a_missing_base_path_is_logged_once_per_change(
             assert len(caplog.records) == 2
     finally:
         repository.close()
+
+
+@pytest.mark.parametrize(
+    ("variables", "argv", "message"),
+    [
+        ({"STFS_PORT": "abc"}, [], "STFS_PORT: Input should be a valid integer"),
+        ({"STFS_PORT": "abc"}, ["--port", "x"], "--port: Input should be a valid integer"),
+        ({"STFS_B64_AUTOCONVERT": "maybe"}, [], "STFS_B64_AUTOCONVERT: expected a boolean"),
+        ({"STFS_SESSION_CONFIG": "{"}, [], "STFS_SESSION_CONFIG: not valid JSON"),
+    ],
+)
+def test_a_bad_variable_is_named_as_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], argv: list[str], message: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(argv)
+    assert caught.value.message.startswith(message)
