@@ -7,6 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 PORT   ?= 8500
+# `make serve` listens on loopback only; HOST=0.0.0.0 for every interface (the CLI and the
+# containers keep the original's 0.0.0.0 default).
+HOST   ?= 127.0.0.1
 # A local wheel folder (the CPU torch wheel lives there on these machines); uv does not
 # read pip's config, so it is passed on the command line, never written into pyproject.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
@@ -40,7 +43,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .PHONY: help serve serve-mxnet test test-main test-mxnet lint tools java bench soak examples clean
 
 help:
-	@echo "make serve     install and serve examples/models on port $(PORT)"
+	@echo "make serve     install and serve examples/models on $(HOST):$(PORT) (make serve HOST=0.0.0.0 PORT=9000)"
 	@echo "make serve-mxnet  the same in the MXNet environment (.venv-mx, numpy < 1.24)"
 	@echo "make test      install everything, lint, and run the whole test suite (both environments)"
 	@echo "make lint      ruff and mypy"
@@ -74,10 +77,10 @@ $(MX_VENV)/.test-installed: pyproject.toml | $(MX_BIN)/python $(UV)
 	touch $@ $(MX_VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed java
-	$(BIN)/sts --model_config_file examples/models.json --port $(PORT)
+	$(BIN)/sts --model_config_file examples/models.json --host $(HOST) --port $(PORT)
 
 serve-mxnet: $(MX_VENV)/.serve-installed
-	$(MX_BIN)/sts --model_config_file examples/models-mxnet.json --port $(PORT)
+	$(MX_BIN)/sts --model_config_file examples/models-mxnet.json --host $(HOST) --port $(PORT)
 
 test: test-main test-mxnet
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from sts import __version__
 from sts.errors import ConfigError, StsError, describe_errors
+from sts.flags import GROUPS, add_flags, env_names
 from sts.settings import ServerSettings
 from sts.telemetry import disable_library_telemetry
 
@@ -22,35 +26,54 @@ logger = logging.getLogger("sts")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _is_bool(annotation: Any) -> bool:
-    if annotation is bool:
-        return True
-    return get_origin(annotation) is not None and bool in get_args(annotation)
+SUBCOMMANDS = {
+    "gen-client": "write a client for a model without serving",
+    "hash-password": "print a password hash for --auth_password_hash or an htpasswd line",
+    "convert": "convert a model to ONNX (mxnet-to-onnx)",
+}
+
+# What `gen-client` reads of the server flags: the models, and the URL clients will use.
+GEN_CLIENT_FLAGS = (
+    *(
+        f
+        for f in GROUPS["models"]
+        if f not in ("reload_models", "file_system_poll_wait_seconds", "allow_missing_models")
+    ),
+    "host",
+    "port",
+    "public_url",
+    "enable_ssl",
+    "secret_pem",
+    "secret_key",
+    "debug",
+    "log_level",
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One `--flag` per settings field, with the original's names. Booleans take
-    `--flag`, `--flag=false` or `--flag false`."""
+def program_name() -> str:
+    """The name this process was started by: `sts`, `simple_tensorflow_serving`, or
+    `python -m sts`."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "sts"
+    return "python -m sts" if name in ("__main__.py", "-m", "-c", "") else name
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """One `--flag` per settings field, with the original's names, grouped as in the
+    README (`sts.flags`)."""
+    prog = prog or program_name()
+    commands = "\n".join(f"  {prog} {c:<14} {text}" for c, text in SUBCOMMANDS.items())
     parser = argparse.ArgumentParser(
-        prog="simple_tensorflow_serving",
-        description="Serve TensorFlow, PyTorch, ONNX and MXNet models over HTTP. "
-        "Every flag can also be set as an STFS_<FLAG> environment variable.",
+        prog=prog,
+        usage="%(prog)s [--flag VALUE ...]\n       %(prog)s COMMAND [--help]",
+        description="Serve TensorFlow, PyTorch, ONNX and MXNet models over HTTP.\n"
+        "Every flag can also be set as its STFS_<FLAG> environment variable (shown in\n"
+        "brackets); flags win over variables.",
         argument_default=argparse.SUPPRESS,
-        epilog="Other commands (each takes --help): `sts gen-client` writes a client for a "
-        "model without serving; `sts hash-password` prints a hash for --auth_password_hash; "
-        "`sts convert mxnet-to-onnx` converts an MXNet checkpoint for any environment.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"commands (each takes --help):\n{commands}",
     )
     parser.add_argument("--version", action="version", version=f"sts {__version__}")
-    for name, field in ServerSettings.model_fields.items():
-        default = field.default
-        shown = str(default) if not isinstance(default, list | dict) or default else '""'
-        help_text = f"{field.description or ''} (default: {shown})"
-        if _is_bool(field.annotation):
-            parser.add_argument(
-                f"--{name}", nargs="?", const="true", metavar="true|false", help=help_text
-            )
-        else:
-            parser.add_argument(f"--{name}", metavar=name.upper(), help=help_text)
+    add_flags(parser)
     return parser
 
 
@@ -60,7 +83,37 @@ def load_settings(argv: Sequence[str] | None = None) -> ServerSettings:
     try:
         return ServerSettings(**args)
     except ValidationError as exc:
-        raise ConfigError(describe_errors(exc.errors(), prefix="--")) from None
+        raise ConfigError(describe_setting_errors(exc, given=set(args))) from None
+    except SettingsError as exc:  # a variable of a JSON-typed field that is not JSON
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = found.group(1) if found else ""
+        variables = env_names(name) if name in ServerSettings.model_fields else []
+        where = "/".join(v for v in variables if v.upper() in _set_variables()) or name
+        raise ConfigError(f"{where}: not valid JSON ({exc})") from None
+
+
+def _set_variables() -> set[str]:
+    return {key.upper() for key in os.environ}
+
+
+def describe_setting_errors(exc: ValidationError, given: set[str]) -> str:
+    """Each bad value under the name it was given by: `--flag` on the command line, else
+    the `STFS_*` variable that was set."""
+    set_variables = _set_variables()
+    parts = []
+    for error in exc.errors():
+        loc = error["loc"]
+        name = str(loc[0]) if loc else ""
+        if name.upper().startswith("STFS_"):  # read through an alias: already its name
+            parts.append(describe_errors([error]))
+            continue
+        if name in ServerSettings.model_fields and name not in given:
+            variables = [v for v in env_names(name) if v.upper() in set_variables]
+            if variables:
+                parts.append(describe_errors([{**error, "loc": (variables[0], *loc[1:])}]))
+                continue
+        parts.append(describe_errors([error], prefix="--"))
+    return "; ".join(parts)
 
 
 def configure_logging(level: str) -> None:
@@ -85,6 +138,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sts: error: {exc}", file=sys.stderr)
         return 2
+    if not settings.allow_missing_models and not settings.gen_client:
+        from sts.repository import missing_base_paths
+
+        try:
+            missing = missing_base_paths(configs)
+        except ConfigError as exc:
+            print(f"sts: error: {exc}", file=sys.stderr)
+            return 2
+        if missing:
+            print(
+                f"sts: error: {'; '.join(missing)}. Give the folder of numbered version "
+                "folders (--model_base_path or the config file's base_path), or start with "
+                "--allow_missing_models to serve it once it appears",
+                file=sys.stderr,
+            )
+            return 2
     configure_logging(settings.effective_log_level)
     if settings.gen_client:  # the original's flag: print a client and exit
         return write_client(settings, configs, settings.gen_client)
@@ -107,11 +176,13 @@ def hash_password_command(argv: Sequence[str]) -> int:
     from sts.auth.passwords import SCHEMES, hash_password
 
     parser = argparse.ArgumentParser(
-        prog="sts hash-password",
+        prog=f"{program_name()} hash-password",
         description="Print a password hash for --auth_password_hash or an htpasswd file. "
         "The password is asked for twice on a terminal, or read from standard input.",
     )
-    parser.add_argument("--scheme", choices=SCHEMES, default="argon2")
+    parser.add_argument(
+        "--scheme", choices=SCHEMES, default="argon2", help="hash scheme (default: argon2)"
+    )
     parser.add_argument("--user", help="print an htpasswd line, user:hash")
     options = parser.parse_args(argv)
     if sys.stdin.isatty():
@@ -132,7 +203,7 @@ def hash_password_command(argv: Sequence[str]) -> int:
 def convert_command(argv: Sequence[str]) -> int:
     """`sts convert mxnet-to-onnx --model_base_path P --output F [--input_shape N=D,...]`"""
     parser = argparse.ArgumentParser(
-        prog="sts convert",
+        prog=f"{program_name()} convert",
         description="Convert a model to ONNX, which every sts environment serves. Run it "
         "where the source framework is installed (MXNet: sts[mxnet-convert]).",
     )
@@ -188,9 +259,14 @@ def convert_command(argv: Sequence[str]) -> int:
 
 def gen_client_command(argv: Sequence[str]) -> int:
     """`sts gen-client [server flags] --language L [--protocol P] [--output FILE] ...`"""
-    parser = build_parser()
-    parser.prog = "sts gen-client"
-    parser.description = "Write a client for a model without starting the server."
+    parser = argparse.ArgumentParser(
+        prog=f"{program_name()} gen-client",
+        description="Write a client for a model without starting the server. The model "
+        "flags say which model to load; --host, --port, --enable_ssl and --public_url say "
+        "where the client will find the server.",
+        argument_default=argparse.SUPPRESS,
+    )
+    add_flags(parser, GEN_CLIENT_FLAGS)
     extra = {
         "language": ("bash", "bash, python, golang, javascript or json"),
         "protocol": ("sts", "sts, tfserving or v2"),
@@ -200,7 +276,8 @@ def gen_client_command(argv: Sequence[str]) -> int:
         "output": ("-", "file to write (default: standard output)"),
     }
     for name, (default, help_text) in extra.items():
-        parser.add_argument(f"--{name}", default=default, help=f"{help_text} (default: {default})")
+        shown = "" if "default" in help_text else f" (default: {default})"
+        parser.add_argument(f"--{name}", default=default, help=help_text + shown)
     values = vars(parser.parse_args(argv))
     options = {name: values.pop(name) for name in extra}
     try:
@@ -282,8 +359,30 @@ def write_client(
     return 0
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything loads (as uvicorn binds it: IPv6 when
+    the host has a colon, SO_REUSEADDR). ConfigError naming the address when it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        raise ConfigError(
+            f"cannot listen on port {port} ({where}): {exc.strerror or exc}; stop what "
+            "holds it or choose another port with --port"
+        ) from None
+    sock.set_inheritable(True)  # the workers of --workers serve it too
+    return sock
+
+
 def serve(settings: ServerSettings, configs: list[Any]) -> int:
+    """Bind the port, check the configs, then start uvicorn (whose lifespan loads the
+    models): a taken port or a bad option is the last line, before any model loads."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from sts.app import SETTINGS_ENV, create_app
     from sts.repository import check_configs
@@ -303,19 +402,35 @@ def serve(settings: ServerSettings, configs: list[Any]) -> int:
     if settings.enable_ssl:
         options["ssl_certfile"] = settings.secret_pem
         options["ssl_keyfile"] = settings.secret_key
-    try:  # backend options are checked before the port is bound
-        if settings.workers > 1:
-            check_configs(configs)  # each worker's repository checks them again
-        else:
-            app = create_app(settings, configs)
+    try:  # the port is bound and backend options checked before anything loads
+        sock = listen(settings.host, settings.port)
     except ConfigError as exc:
         print(f"sts: error: {exc}", file=sys.stderr)
         return 2
-    if settings.workers > 1:
-        os.environ[SETTINGS_ENV] = settings.model_dump_json(exclude_unset=True)
-        uvicorn.run(
-            "sts.app:app_from_environment", factory=True, workers=settings.workers, **options
-        )
-    else:
-        uvicorn.run(app, **options)
-    return 0
+    try:
+        if settings.workers > 1:
+            check_configs(configs)  # each worker's repository checks them again
+            config = uvicorn.Config(
+                "sts.app:app_from_environment",
+                factory=True,
+                workers=settings.workers,
+                **options,
+            )
+        else:
+            config = uvicorn.Config(create_app(settings, configs), **options)
+    except ConfigError as exc:
+        sock.close()
+        print(f"sts: error: {exc}", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(config)
+    try:
+        if settings.workers > 1:
+            os.environ[SETTINGS_ENV] = settings.model_dump_json(exclude_unset=True)
+            Multiprocess(config, sockets=[sock]).run()
+            return 0
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0 if server.started else 3

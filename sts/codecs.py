@@ -102,6 +102,12 @@ def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
                 f'{what}: {{"b64": ...}} values need a string or image input; this one is '
                 f"{spec.dtype} {spec.describe_shape()}"
             )
+        null = next((index for index, item in np.ndenumerate(array) if item is None), None)
+        if null is not None:
+            where = f" at {list(null)}" if null else ""
+            raise InvalidInput(
+                f"{what}: null{where} is not a number; send {spec.dtype} numbers only"
+            )
         raise InvalidInput(
             f"{what}: expected {spec.dtype} numbers; got mixed types or integers beyond 64 bits"
         )
@@ -233,17 +239,26 @@ def decode_named_inputs(
     """`{"alias": value}` -> arrays; every input of the signature must be there, nothing else."""
     if not isinstance(data, dict):
         raise InvalidInput('"data" must be an object mapping input names to values')
-    expected = list(signature.inputs)
-    missing = [name for name in expected if name not in data]
-    if missing:
-        raise InvalidInput(f"missing input(s) {missing}; the signature takes {expected}")
-    unknown = [short(name) for name in data if name not in signature.inputs]
-    if unknown:
-        raise InvalidInput(f"unknown input(s) {unknown[:10]}; the signature takes {expected}")
+    check_input_names(list(data), signature, "the signature")
     return {
         name: to_array(data[name], spec, f"input '{name}'", base64_strings, images)
         for name, spec in signature.inputs.items()
     }
+
+
+def check_input_names(given: list[Any], signature: Signature, taker: str) -> None:
+    """InvalidInput naming every unknown and every missing input at once (a misspelt name
+    is both), and what `taker` ("the model") takes."""
+    expected = list(signature.inputs)
+    unknown = [short(name) for name in given if name not in signature.inputs]
+    missing = [name for name in expected if name not in given]
+    problems = []
+    if unknown:
+        problems.append(f"unknown input(s) {unknown[:10]}")
+    if missing:
+        problems.append(f"missing input(s) {missing}")
+    if problems:
+        raise InvalidInput(f"{' and '.join(problems)}; {taker} takes {expected}")
 
 
 # ---------------------------------------------------------------- numpy -> JSON

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sts.backends.artefacts import platform_hint
 from sts.backends.base import Backend, backend_class
 from sts.errors import (
     ConfigError,
@@ -48,6 +49,21 @@ def check_configs(configs: Sequence[ModelConfig]) -> None:
     """What a `ModelRepository` checks before it loads anything, without building one: for
     a process that hands the configs to others (ConfigError naming the entry)."""
     _new_models(configs)
+
+
+def missing_base_paths(configs: Sequence[ModelConfig]) -> list[str]:
+    """`model 'name': base path /absolute/path does not exist` for each local base path
+    that neither exists nor names a model in another layout (the original's checkpoint
+    prefix); URLs are not checked here."""
+    missing = []
+    for config in configs:
+        if "://" in config.base_path:
+            continue
+        base = Path(config.base_path).absolute()
+        if base.exists() or backend_class(config.platform).discover_versions(base):
+            continue
+        missing.append(f"model {config.name!r}: base path {base} does not exist")
+    return missing
 
 
 def _new_models(configs: Sequence[ModelConfig]) -> list[ServedModel]:
@@ -246,12 +262,13 @@ class ModelRepository:
     def _reconcile_model(self, model: ServedModel) -> None:
         base = model.base_path
         on_disk = model.backend_cls.discover_versions(base)
-        if not on_disk:
-            model.problem = model.backend_cls.describe_missing(base)
-            if model.problem and not model.serving:
-                logger.warning("model %r: %s", model.name, model.problem)
-        else:
-            model.problem = ""
+        # Said once per change, not once per poll.
+        problem = "" if on_disk else model.backend_cls.describe_missing(base)
+        if problem and base.exists():  # a model file straight in the base path?
+            problem += platform_hint(base, model.config.platform)
+        if problem and problem != model.problem and not model.serving:
+            logger.warning("model %r: %s", model.name, problem)
+        model.problem = problem
 
         # A version that failed stays failed until its files change.
         failed = {
@@ -370,6 +387,8 @@ class ModelRepository:
                 )
         except Exception as exc:
             message = exc.message if isinstance(exc, StsError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ModelLoadError):  # another framework's files? name its platform
+                message += platform_hint(path, model.config.platform)
             if not isinstance(exc, StsError):
                 logger.exception(
                     "model %r version %d: unexpected load failure", model.name, version

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 class ServerSettings(BaseSettings):
     """Every flag of `simple_tensorflow_serving`; each also reads `STFS_<FLAG>`."""
 
-    model_config = SettingsConfigDict(env_prefix="STFS_", extra="forbid", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="STFS_", extra="forbid", populate_by_name=True, use_attribute_docstrings=True
+    )
 
     host: str = "0.0.0.0"
     """Address to listen on."""
@@ -52,6 +54,9 @@ class ServerSettings(BaseSettings):
     """JSON file with `model_config_list`; polled for changes like the model folders."""
     reload_models: Bool = True
     """Poll model folders (and the config file) for new and removed versions."""
+    allow_missing_models: Bool = False
+    """Start even when a model's base path does not exist yet (serve it once it appears);
+    otherwise a missing base path stops the server at start-up."""
     custom_op_paths: PathList = []
     """Custom-op libraries for the single model, comma-separated."""
     session_config: dict[str, Any] = {}

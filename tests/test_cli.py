@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sts.flags import description, env_names
+from sts.settings import ServerSettings
 from tests.conftest import BIN, ROOT, run, running
 
 
@@ -47,24 +49,50 @@ def test_serves_the_examples(server: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["simple_tensorflow_serving"], ["sts"], ["python", "-m", "sts"]]
+    ("command", "prog"),
+    [
+        (["simple_tensorflow_serving"], "simple_tensorflow_serving"),
+        (["sts"], "sts"),
+        (["python", "-m", "sts"], "python -m sts"),
+    ],
 )
-def test_help_lists_the_original_flags(command: list[str]) -> None:
+def test_help_describes_every_flag_in_groups(command: list[str], prog: str) -> None:
     exe = [sys.executable, "-m", "sts"] if command[0] == "python" else [str(BIN / command[0])]
     result = run(*exe, "--help")
     assert result.returncode == 0
-    for flag in (
-        "--model_base_path",
-        "--model_config_file",
-        "--enable_auth",
-        "--session_config",
-        "--file_system_poll_wait_seconds",
-        "--model_version_policy",
-        "--max_request_bytes",
-    ):
-        assert flag in result.stdout
-    for other in ("sts gen-client", "sts hash-password", "sts convert mxnet-to-onnx"):
-        assert other in " ".join(result.stdout.split())  # the epilog names the other commands
+    text = " ".join(result.stdout.split())
+    assert text.startswith(f"usage: {prog} ")  # the name it was called by
+    for group in ("models:", "protocols:", "security:", "performance:", "operations:"):
+        assert f"\n{group}" in result.stdout, group
+    for name in ServerSettings.model_fields:
+        # Each flag: its description (from the field's docstring) and its variable.
+        first_words = " ".join(description(name).split()[:3])
+        assert f"--{name}" in text, name
+        assert first_words in text, name
+        assert f"[{env_names(name)[0]}" in text, name
+    for command_name in ("gen-client", "hash-password", "convert"):
+        assert f"{prog} {command_name}" in text  # the epilog names the other commands
+
+
+@pytest.mark.parametrize(
+    ("command", "own", "not_theirs"),
+    [
+        ("gen-client", ["--language", "--protocol", "--model_base_path", "--port"],
+         ["--enable_auth", "--workers", "--max_image_parts"]),
+        ("hash-password", ["--scheme", "--user"], ["--model_base_path", "--port"]),
+        ("convert", ["--output", "--input_shape", "--model_base_path"], ["--port", "--workers"]),
+    ],
+)  # fmt: skip
+def test_each_command_lists_only_its_own_options(
+    command: str, own: list[str], not_theirs: list[str]
+) -> None:
+    result = run(str(BIN / "sts"), command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: sts {command} ")
+    for flag in own:
+        assert flag in result.stdout, flag
+    for flag in not_theirs:
+        assert flag not in result.stdout, flag
 
 
 def test_bad_flags_exit_with_a_message(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sts.codecs import decode_named_inputs, dumps, parse_json, to_array
+from sts.codecs import decode_named_inputs, dumps, numeric_array, parse_json, to_array
 from sts.errors import InvalidInput
 from sts.signature import Signature, TensorSpec
 
@@ -46,7 +46,7 @@ def test_integral_floats_into_int() -> None:
         ([[1, 2], [3]], "float32", "ragged"),
         ([1, "a"], "float32", "got strings"),
         ([{"b64": "AA=="}], "float32", "need a string or image input"),
-        ([None], "float32", "mixed types"),
+        ([None], "float32", r"null at \[0\] is not a number"),
     ],
 )
 def test_refused_values(value: Any, dtype: str, message: str) -> None:
@@ -118,6 +118,25 @@ def test_named_inputs() -> None:
         decode_named_inputs({"a": [1]}, SIG)
     with pytest.raises(InvalidInput, match=r"unknown input\(s\) \['c'\]"):
         decode_named_inputs({"a": [1], "b": [2], "c": [3]}, SIG)
+    # A misspelt name is both: say both.
+    with pytest.raises(
+        InvalidInput, match=r"unknown input\(s\) \['bb'\] and missing input\(s\) \['b'\]"
+    ):
+        decode_named_inputs({"a": [1], "bb": [2]}, SIG)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([[1.0, None, 3.0]], "input 'x': null at [0, 1] is not a number; send float32 numbers"),
+        (None, "input 'x': null is not a number"),
+        ([[1.0], [None]], "null at [1, 0]"),
+    ],
+)
+def test_null_is_not_a_number(value: object, message: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        numeric_array(value, TensorSpec("x", "float32", None), "input 'x'")
+    assert message in caught.value.message
     with pytest.raises(InvalidInput, match='"data" must be an object'):
         decode_named_inputs([1, 2], SIG)
 

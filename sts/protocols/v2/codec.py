@@ -17,7 +17,16 @@ from typing import Any
 import numpy as np
 
 from sts.api.bodies import Reply
-from sts.codecs import check_shape, dumps, jsonable, numeric_array, parse_json, short, string_array
+from sts.codecs import (
+    check_input_names,
+    check_shape,
+    dumps,
+    jsonable,
+    numeric_array,
+    parse_json,
+    short,
+    string_array,
+)
 from sts.errors import BackendError, InvalidInput
 from sts.images import ImageDecoding, layout_of
 from sts.service import Call, Codec
@@ -166,14 +175,7 @@ def decode_inputs(
     images: ImageDecoding | None = None,
 ) -> dict[str, np.ndarray]:
     """Every input of the signature as an array, from JSON data or the binary part."""
-    expected = list(signature.inputs)
-    given = {item.name for item in request.inputs}
-    missing = [name for name in expected if name not in given]
-    if missing:
-        raise InvalidInput(f"missing input(s) {missing}; the model takes {expected}")
-    unknown = [short(item.name) for item in request.inputs if item.name not in signature.inputs]
-    if unknown:
-        raise InvalidInput(f"unknown input(s) {unknown[:10]}; the model takes {expected}")
+    check_input_names([item.name for item in request.inputs], signature, "the model")
     if request.outputs is not None:
         names = list(signature.outputs)
         wrong = [short(o.name) for o in request.outputs if o.name not in signature.outputs]
@@ -208,7 +210,7 @@ def decode_inputs(
         raise InvalidInput(
             f"the body has {len(binary) - offset} bytes of binary data that no input claims"
         )
-    return {name: arrays[name] for name in expected}
+    return {name: arrays[name] for name in signature.inputs}
 
 
 def _element_count(item: InferInput) -> int:

@@ -278,7 +278,11 @@ BAD_REQUESTS: list[tuple[Any, int, str]] = [
     ({"inputs": [x_input([1, 2, 3], shape=[1, 3])]}, 400, "does not match the model's [-1, 2]"),
     ({"inputs": [x_input(["a", "b"], shape=[1, 2])]}, 400, "expected float32 numbers, got strings"),
     ({"inputs": [x_input([1, 2], shape=[1, 2]), x_input([1, 2], shape=[1, 2])]}, 400, "more than"),
-    ({"inputs": [{**x_input([1, 2], shape=[1, 2]), "name": "z"}]}, 400, "missing input(s) ['x']"),
+    (
+        {"inputs": [{**x_input([1, 2], shape=[1, 2]), "name": "z"}]},
+        400,
+        "unknown input(s) ['z'] and missing input(s) ['x']; the model takes ['x']",
+    ),
     (
         {"inputs": [x_input([1, 2], shape=[1, 2]), {**x_input([1]), "name": "z"}]},
         400,
