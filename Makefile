@@ -56,7 +56,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(UV)
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,optimize,test,dev]'
 	touch $@ $(VENV)/.serve-installed
 
 $(MX_BIN)/python:
@@ -96,7 +96,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy
 
 $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev,bench]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,optimize,test,dev,bench]'
 	touch $@
 
 bench: $(VENV)/.bench-installed $(MX_VENV)/.test-installed

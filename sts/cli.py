@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
         epilog="Other commands (each takes --help): `sts gen-client` writes a client for a "
         "model without serving; `sts hash-password` prints a hash for --auth_password_hash; "
-        "`sts convert mxnet-to-onnx` converts an MXNet checkpoint for any environment.",
+        "`sts convert {mxnet,tensorflow,pytorch}-to-onnx` converts a model to ONNX; "
+        "`sts optimize` writes an optimised or quantised version beside a model's.",
     )
     parser.add_argument("--version", action="version", version=f"sts {__version__}")
     for name, field in ServerSettings.model_fields.items():
@@ -77,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return hash_password_command(args[1:])
     if args[:1] == ["convert"]:
         return convert_command(args[1:])
+    if args[:1] == ["optimize"]:
+        from sts.optimize.command import main as optimize_command
+
+        return optimize_command(args[1:])
     try:
         settings = load_settings(args)
         configs = settings.model_configs()  # fail early; `serve` checks backend options
@@ -130,13 +135,16 @@ def hash_password_command(argv: Sequence[str]) -> int:
 
 
 def convert_command(argv: Sequence[str]) -> int:
-    """`sts convert mxnet-to-onnx --model_base_path P --output F [--input_shape N=D,...]`"""
+    """`sts convert {mxnet,tensorflow,pytorch}-to-onnx --model_base_path P --output F ...`"""
     parser = argparse.ArgumentParser(
         prog="sts convert",
         description="Convert a model to ONNX, which every sts environment serves. Run it "
-        "where the source framework is installed (MXNet: sts[mxnet-convert]).",
+        "where the source framework is installed (MXNet: sts[mxnet-convert]; TensorFlow and "
+        "PyTorch: sts[optimize]).",
     )
-    parser.add_argument("conversion", choices=["mxnet-to-onnx"])
+    parser.add_argument(
+        "conversion", choices=["mxnet-to-onnx", "tensorflow-to-onnx", "pytorch-to-onnx"]
+    )
     parser.add_argument(
         "--model_base_path",
         required=True,
@@ -149,8 +157,9 @@ def convert_command(argv: Sequence[str]) -> int:
         action="append",
         default=[],
         metavar="NAME=D0,D1,...",
-        help="an input's shape where signature.json does not give it (-1: dynamic)",
+        help="MXNet: an input's shape where signature.json does not give it (-1: dynamic)",
     )
+    parser.add_argument("--signature_name", help="TensorFlow: the signature (default: default)")
     parser.add_argument(
         "--check",
         choices=["true", "false"],
@@ -162,13 +171,25 @@ def convert_command(argv: Sequence[str]) -> int:
     from sts.convert import mxnet_to_onnx, parse_shapes
 
     try:
-        done = mxnet_to_onnx(
-            Path(options.model_base_path),
-            Path(options.output),
-            version=options.model_version,
-            shapes=parse_shapes(options.input_shape),
-            check=options.check == "true",
-        )
+        if options.conversion == "mxnet-to-onnx":
+            done = mxnet_to_onnx(
+                Path(options.model_base_path),
+                Path(options.output),
+                version=options.model_version,
+                shapes=parse_shapes(options.input_shape),
+                check=options.check == "true",
+            )
+        else:
+            from sts.optimize.conversions import convert_to_onnx
+
+            done = convert_to_onnx(
+                options.conversion.split("-")[0],
+                Path(options.model_base_path),
+                Path(options.output),
+                version=options.model_version,
+                signature_name=options.signature_name,
+                check_outputs=options.check == "true",
+            )
     except StsError as exc:
         print(f"sts convert: error: {exc}", file=sys.stderr)
         return 2
@@ -177,11 +198,15 @@ def convert_command(argv: Sequence[str]) -> int:
     )
     outputs = ", ".join(done.signature.outputs)
     print(f"wrote {done.output} from version {done.version}: inputs {inputs}; outputs {outputs}")
+    source = {"mxnet": "MXNet", "tensorflow": "TensorFlow", "pytorch": "PyTorch"}[
+        options.conversion.split("-")[0]
+    ]
     if done.max_abs_diff is None:
         print("not checked: onnxruntime is not installed here")
     else:
         print(
-            f"checked against MXNet on a sample batch: max abs difference {done.max_abs_diff:.2e}"
+            f"checked against {source} on a sample batch: max abs difference "
+            f"{done.max_abs_diff:.2e}"
         )
     return 0
 
