@@ -172,7 +172,7 @@ def optimize(request: OptimizeRequest, progress: Callable[[str], None] = lambda 
     out_base = request.output_base_path or (
         request.base_path if not converts else Path(f"{request.base_path}_onnx")
     )
-    out_version = _output_version(request, out_base, chosen, converts)
+    out_version = _output_version(request, out_base)
     final = out_base / str(out_version)
     if final.exists():
         raise ConfigError(f"{final} exists already: choose another --output_version")
@@ -188,13 +188,13 @@ def optimize(request: OptimizeRequest, progress: Callable[[str], None] = lambda 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _output_version(request: OptimizeRequest, out_base: Path, chosen: int, converts: bool) -> int:
+def _output_version(request: OptimizeRequest, out_base: Path) -> int:
+    """--output_version, else one above the highest version in the output base path
+    (the read version + 1 when that is the latest)."""
     if request.output_version is not None:
         if request.output_version < 1:
             raise ConfigError("--output_version must be a positive integer")
         return request.output_version
-    if not converts and request.output_base_path in (None, request.base_path):
-        return chosen + 1
     existing = (
         [int(p.name) for p in out_base.iterdir() if p.name.isdigit()] if out_base.is_dir() else []
     )
