@@ -26,7 +26,8 @@ MX_TESTS := tests/backends/test_mxnet_backend.py tests/backends/test_mxnet_envir
 	tests/protocols/v2/test_routes.py tests/protocols/v2/test_codec.py \
 	tests/test_codecs.py tests/test_images.py tests/test_config.py tests/test_repository.py \
 	tests/test_service.py tests/test_batching.py tests/test_hot_reload.py tests/test_metrics.py \
-	tests/test_security.py tests/backends/test_onnx_backend.py
+	tests/test_security.py tests/backends/test_onnx_backend.py \
+	tests/optimize/test_optimize_mxnet.py
 
 # What the tests run: Go (Debian's golang-go), Node 18+ and curl for the generated
 # clients, Debian's chromium for the dashboard (driven by Playwright, never its download),
