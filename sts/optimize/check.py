@@ -109,27 +109,32 @@ def rows_of(batch: Batch, signature: Signature) -> int:
     return 1
 
 
-def median_latency(
-    backend: Backend,
+def median_latencies(
+    backends: Sequence[tuple[Backend, str | None]],
     batch: Batch,
-    signature_name: str | None,
     budget_seconds: float = 1.0,
-    min_runs: int = 10,
+    rounds: int = 10,
     max_runs: int = 5000,
-) -> tuple[float, int]:
-    """(median seconds of one `predict`, runs): three warm-up calls, then repeated calls
-    for about `budget_seconds`, within [min_runs, max_runs]."""
-    for _ in range(3):
-        backend.predict(batch, signature_name)
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < min_runs or (
-        len(times) < max_runs and time.perf_counter() - started < budget_seconds
-    ):
-        before = time.perf_counter()
-        backend.predict(batch, signature_name)
-        times.append(time.perf_counter() - before)
-    return statistics.median(times), len(times)
+) -> list[tuple[float, int]]:
+    """(median seconds of one `predict`, runs) for each (backend, signature): three
+    warm-up calls each, then `rounds` rounds in which each backend in turn is called for
+    its share of about `budget_seconds` (at least once). Interleaving keeps a machine's
+    changing load from favouring one side."""
+    for backend, name in backends:
+        for _ in range(3):
+            backend.predict(batch, name)
+    times: list[list[float]] = [[] for _ in backends]
+    share = budget_seconds / rounds
+    for _ in range(rounds):
+        for (backend, name), spent in zip(backends, times, strict=True):
+            started = time.perf_counter()
+            calls = 0
+            while calls == 0 or (len(spent) < max_runs and time.perf_counter() - started < share):
+                before = time.perf_counter()
+                backend.predict(batch, name)
+                spent.append(time.perf_counter() - before)
+                calls += 1
+    return [(statistics.median(spent), len(spent)) for spent in times]
 
 
 @dataclass

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     arg("--opset", type=int, help="ONNX opset for conversions (default: the converter's)")
     arg("--latency_seconds", type=float, default=1.0,
-        help="time spent timing each batch size on each side (default: 1)")  # fmt: skip
+        help="seconds timing each batch size, both versions in turn (default: 1)")  # fmt: skip
     arg("--force", action="store_true", help="write the version even when outputs differ")
     arg("--json", action="store_true", help="print the report as JSON")
     return parser

@@ -234,30 +234,29 @@ def _run(
         report.check_rows = sum(check.rows_of(b, signature) for b in batches)
         progress(f"loaded version {chosen} ({platform}); running the original")
         before = check.run_all(source, batches, name)
-        latency_inputs = _latency_inputs(signature, batches)
-        for batch, inputs in latency_inputs.items():
-            median, _ = check.median_latency(source, inputs, name, request.latency_seconds)
-            report.source.latency_ms[batch] = median * 1000
         progress("building the new version")
         report.steps = _build(
             request, platform, target, source, signatures, name, chosen, built, work
         )
-    report.output.size_bytes = folder_size(built)
-    target_cls = backend_class(target)
-    target_name = name if target == platform else None
-    with _loaded(target_cls, built) as optimised:
-        progress("checking the new version")
-        try:
-            after = check.run_all(optimised, batches, target_name)
-        except Exception as exc:  # a framework error the backend did not translate
-            message = exc.message if isinstance(exc, StsError) else str(exc)
-            raise ModelLoadError(f"the new version fails on the check data: {message}") from None
-        for batch, inputs in latency_inputs.items():
-            median, runs = check.median_latency(
-                optimised, inputs, target_name, request.latency_seconds
-            )
-            report.output.latency_ms[batch] = median * 1000
-            report.latency_runs[batch] = runs
+        report.output.size_bytes = folder_size(built)
+        target_cls = backend_class(target)
+        target_name = name if target == platform else None
+        with _loaded(target_cls, built) as optimised:
+            progress("checking and timing the new version against the original")
+            try:
+                after = check.run_all(optimised, batches, target_name)
+            except Exception as exc:  # a framework error the backend did not translate
+                message = exc.message if isinstance(exc, StsError) else str(exc)
+                raise ModelLoadError(
+                    f"the new version fails on the check data: {message}"
+                ) from None
+            for batch, inputs in _latency_inputs(signature, batches).items():
+                (old, _), (new, runs) = check.median_latencies(
+                    [(source, name), (optimised, target_name)], inputs, request.latency_seconds
+                )
+                report.source.latency_ms[batch] = old * 1000
+                report.output.latency_ms[batch] = new * 1000
+                report.latency_runs[batch] = runs
     differences = check.compare(before, after, list(signature.outputs))
     report.outputs = {n: d.as_dict() for n, d in differences.items()}
     report.criterion, failures = _judge(request, differences)
