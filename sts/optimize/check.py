@@ -110,7 +110,7 @@ def rows_of(batch: Batch, signature: Signature) -> int:
 
 
 def median_latencies(
-    backends: Sequence[tuple[Backend, str | None]],
+    backends: Sequence[tuple[Backend[Any], str | None]],
     batch: Batch,
     budget_seconds: float = 1.0,
     rounds: int = 10,
@@ -216,6 +216,8 @@ def _accumulate(diff: OutputDifference, want: np.ndarray, got: np.ndarray) -> No
         diff.max_abs_diff = max(diff.max_abs_diff, changed)
 
 
-def run_all(backend: Backend, batches: Sequence[Batch], signature_name: str | None) -> list[Batch]:
+def run_all(
+    backend: Backend[Any], batches: Sequence[Batch], signature_name: str | None
+) -> list[Batch]:
     """The backend's outputs for every batch, in order."""
     return [backend.predict(batch, signature_name) for batch in batches]

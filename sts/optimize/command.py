@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sts.errors import StsError
+from sts.telemetry import disable_library_telemetry
 
 EPILOG = (
     "The new version is staged in a hidden folder under the output base path and renamed "
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    disable_library_telemetry()  # before onnxruntime (or anything) is imported
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     options = build_parser().parse_args(argv)
     from sts.optimize.core import OptimizeRequest, optimize

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from sts import __version__
 from sts.backends.base import Backend, backend_class
@@ -133,7 +134,7 @@ def _alive(pid: int) -> bool:
 
 
 @contextmanager
-def _loaded(cls: type[Backend], path: Path) -> Iterator[Backend]:
+def _loaded(cls: type[Backend[Any]], path: Path) -> Iterator[Backend[Any]]:
     backend = cls(path, cls.options_class())
     backend.load()
     try:
@@ -205,7 +206,7 @@ def _run(
     request: OptimizeRequest,
     platform: str,
     target: str,
-    cls: type[Backend],
+    cls: type[Backend[Any]],
     source_path: Path,
     chosen: int,
     final: Path,
@@ -287,7 +288,7 @@ def _build(
     request: OptimizeRequest,
     platform: str,
     target: str,
-    source: Backend,
+    source: Backend[Any],
     signatures: dict[str, Signature],
     name: str,
     chosen: int,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sts.errors import ConfigError, ModelLoadError
+from sts.telemetry import disable_library_telemetry
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -33,8 +33,8 @@ Quantize = Literal["none", "dynamic", "static"]
 
 
 def import_onnxruntime() -> Any:
-    """onnxruntime with its telemetry off (a no-op on Linux builds; said explicitly)."""
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    """onnxruntime with its telemetry off (the switch before the import, and its call)."""
+    disable_library_telemetry()
     try:
         import onnxruntime as ort
     except ImportError as exc:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sts.config import ModelConfig, VersionPolicy
+from sts.model_config import ModelConfig, VersionPolicy
 from sts.optimize.core import OptimizeRequest, optimize
+from tests.backends.test_mxnet_environment import HAVE_MXNET
 from tests.conftest import ROOT, app_client
-from tests.test_mxnet_environment import HAVE_MXNET
 
 if not HAVE_MXNET:
     pytest.skip("MXNet runs in .venv-mx; `make test` runs this file there", allow_module_level=True)

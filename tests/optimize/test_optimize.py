@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from sts.cli import main
-from sts.config import ModelConfig, VersionPolicy
+from sts.model_config import ModelConfig, VersionPolicy
 from sts.optimize.core import STAGING_PREFIX, OptimizeRequest, optimize
 from sts.optimize.report import REPORT_FILE, Report
 from tests import onnx_models
@@ -242,8 +242,11 @@ def test_running_server_picks_up_the_quantised_version(tmp_path: Path) -> None:
         version_policy=VersionPolicy.parse("latest"),
     )
     rows = digits_batch(64)
-    with LiveServer(settings(file_system_poll_wait_seconds=0.2), [config]) as server:
-        client = httpx.Client(base_url=server.url, timeout=30)
+    server_settings = settings(file_system_poll_wait_seconds=0.2)
+    with (
+        LiveServer(server_settings, [config]) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
         before = ask_all_protocols(client, rows)
         report = optimize(OptimizeRequest(base, quantize="dynamic", latency_seconds=FAST))
         assert report.written, report.reason
