@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
         epilog="Other commands (each takes --help): `sts gen-client` writes a client for a "
         "model without serving; `sts hash-password` prints a hash for --auth_password_hash; "
-        "`sts convert {mxnet,tensorflow,pytorch}-to-onnx` converts a model to ONNX; "
+        "`sts convert mxnet-to-onnx` (or tensorflow-to-onnx, pytorch-to-onnx) converts a "
+        "model to ONNX; "
         "`sts optimize` writes an optimised or quantised version beside a model's.",
     )
     parser.add_argument("--version", action="version", version=f"sts {__version__}")

@@ -63,7 +63,12 @@ def test_help_lists_the_original_flags(command: list[str]) -> None:
         "--max_request_bytes",
     ):
         assert flag in result.stdout
-    for other in ("sts gen-client", "sts hash-password", "sts convert mxnet-to-onnx"):
+    for other in (
+        "sts gen-client",
+        "sts hash-password",
+        "sts convert mxnet-to-onnx",
+        "sts optimize",
+    ):
         assert other in " ".join(result.stdout.split())  # the epilog names the other commands
 
 
