@@ -29,7 +29,8 @@ MX_TESTS := tests/backends/test_mxnet_backend.py tests/backends/test_mxnet_envir
 	tests/protocols/v2/test_routes.py tests/protocols/v2/test_codec.py \
 	tests/test_codecs.py tests/test_images.py tests/test_config.py tests/test_repository.py \
 	tests/test_service.py tests/test_batching.py tests/test_hot_reload.py tests/test_metrics.py \
-	tests/test_security.py tests/backends/test_onnx_backend.py
+	tests/test_security.py tests/backends/test_onnx_backend.py \
+	tests/optimize/test_optimize_mxnet.py
 
 # What the tests run: Go (Debian's golang-go), Node 18+ and curl for the generated
 # clients, Debian's chromium for the dashboard (driven by Playwright, never its download),
@@ -62,7 +63,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(UV)
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o,test,dev]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o,optimize,test,dev]'
 	touch $@ $(VENV)/.serve-installed
 
 $(MX_BIN)/python:
@@ -108,7 +109,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy
 
 $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev,bench]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,optimize,test,dev,bench]'
 	touch $@
 
 bench: $(VENV)/.bench-installed $(MX_VENV)/.test-installed

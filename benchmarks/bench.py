@@ -125,6 +125,50 @@ def png_bytes() -> bytes:
 
 IRIS = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
 
+# `sts optimize` on the CNN: name -> (label, --quantize)
+OPTIMIZED = {
+    "cnn_optimized": ("optimised", "none"),
+    "cnn_dynamic": ("int8 dynamic", "dynamic"),
+    "cnn_static": ("int8 static", "static"),
+}
+
+
+def optimize_cnn(cnn_base: Path, work: Path) -> dict[str, Path]:
+    """The CNN through `sts optimize`: ONNX Runtime's extended graph optimisation, and
+    dynamic and static int8 quantisation (calibrated on 32 random images). Its weights are
+    random, so class agreement means little here: written with force, agreement printed."""
+    from sts.optimize.core import OptimizeRequest, optimize
+
+    calibration = work / "calibration.npz"
+    np.savez(calibration, image=np.random.default_rng(2).random((32, SIDE, SIDE, 3), np.float32))
+    models = {}
+    for name, (label, quantize) in OPTIMIZED.items():
+        report = optimize(
+            OptimizeRequest(
+                cnn_base,
+                quantize=quantize,  # type: ignore[arg-type]
+                calibration_data=calibration if quantize == "static" else None,
+                check_data=calibration,
+                output_base_path=work / name,
+                output_version=1,
+                force=True,
+                latency_seconds=1.0,
+            )
+        )
+        diff = report.outputs["probabilities"]
+        latency = ", ".join(
+            f"batch {b}: {report.source.latency_ms[b]:.2f} -> {ms:.2f} ms"
+            for b, ms in report.output.latency_ms.items()
+        )
+        print(
+            f"sts optimize, CNN {label}: {report.source.size_bytes} -> "
+            f"{report.output.size_bytes} bytes; {latency} (all threads); class agreement "
+            f"{diff.get('agreement', 1.0):.0%}, max abs diff {diff['max_abs_diff']:.2g}",
+            flush=True,
+        )
+        models[name] = work / name / "1" / "model.onnx"
+    return models
+
 
 # ---------------------------------------------------------------- processes
 
@@ -302,11 +346,22 @@ def main() -> int:
     config["model_config_list"].append(
         {"name": "soak", "base_path": str(work / "soak"), "platform": "onnx", "options": ONE}
     )
+    optimized = optimize_cnn(cnn.parent.parent, work)
+    for name, model in optimized.items():
+        config["model_config_list"].append(
+            {
+                "name": name,
+                "base_path": str(model.parent.parent),
+                "platform": "onnx",
+                "options": ONE,
+            }
+        )
     (work / "models.json").write_text(json.dumps(config))
 
     floors = {
         "iris": in_process(next(iris.glob("*/*.onnx")), IRIS),
         "cnn": in_process(cnn, cnn_input()),
+        **{name: in_process(model, cnn_input()) for name, model in optimized.items()},
     }
     bodies = {
         "iris": json.dumps({"model_name": "iris", "data": {"features": IRIS.tolist()}}).encode(),
@@ -328,6 +383,8 @@ def main() -> int:
         ("CNN, batching, PNG", "cnn", "/?model_name=cnn_batched", png, "image/png", ""),
         ("CNN, batching, v2 binary", "cnn", "/v2/models/cnn_batched/infer", binary,
          "application/json", header_length),
+        *((f"CNN {label}, v2 binary", name, f"/v2/models/{name}/infer", binary,
+           "application/json", header_length) for name, (label, _q) in OPTIMIZED.items()),
     ]  # fmt: skip
     rows: list[dict[str, Any]] = []
     port = free_port()
@@ -389,7 +446,9 @@ def report(rows: list[dict[str, Any]], floors: dict[str, Any], soak: dict[str, A
         row["p50_above_floor_ms"] = row["p50_ms"] - floor["single"]["p50_ms"]
         row["throughput_vs_floor"] = row["throughput"] / floor["single"]["throughput"]
         row["throughput_vs_best_batch"] = row["throughput"] / best
-        row["throughput_vs_naive"] = row["throughput"] / versus["throughput"] if versus else None
+        row["throughput_vs_naive"] = (
+            row["throughput"] / versus["throughput"] if versus and versus["throughput"] else None
+        )
         print(
             f"{row['scenario']:<30}{row['concurrency']:>4}{row['throughput']:>10.1f}"
             f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['errors']:>8}"
@@ -403,12 +462,39 @@ def report(rows: list[dict[str, Any]], floors: dict[str, Any], soak: dict[str, A
             f"p50 {floor['single']['p50_ms']:.3f} ms; best batch {floor['best_batch']['batch']}: "
             f"{floor['best_batch']['rows_per_s']:.1f} rows/s"
         )
+    optimized = compare_optimized(rows, floors)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    document = {"rows": rows, "floors": floors, "soak": soak, "cpus": os.cpu_count()}
+    document = {
+        "rows": rows,
+        "floors": floors,
+        "optimized": optimized,
+        "soak": soak,
+        "cpus": os.cpu_count(),
+    }
     (RESULTS / f"{stamp}.json").write_text(json.dumps(document, indent=2))
     chart(rows, RESULTS / f"{stamp}.png")
     print(f"wrote {RESULTS / stamp}.json and .png")
+
+
+def compare_optimized(rows: list[dict[str, Any]], floors: dict[str, Any]) -> dict[str, Any]:
+    """Throughput of each `sts optimize` version of the CNN over the original's, in this run:
+    in-process (one call at a time, one thread) and through sts (v2 binary, per c)."""
+    by_key = {(r["scenario"], r["concurrency"]): r for r in rows}
+    original = floors["cnn"]["single"]["throughput"]
+    result: dict[str, Any] = {}
+    print("\noptimised CNN versions, throughput relative to the original (same run):")
+    for name, (label, _quantize) in OPTIMIZED.items():
+        entry = {"in_process": floors[name]["single"]["throughput"] / original, "http": {}}
+        for connections in CONCURRENCY:
+            mine = by_key.get((f"CNN {label}, v2 binary", connections))
+            base = by_key.get(("CNN, v2 binary", connections))
+            if mine and base:
+                entry["http"][connections] = mine["throughput"] / base["throughput"]
+        http = ", ".join(f"c={c}: x{v:.2f}" for c, v in entry["http"].items())
+        print(f"  {label:<14} in-process x{entry['in_process']:.2f}; sts v2 binary {http}")
+        result[name] = entry
+    return result
 
 
 def chart(rows: list[dict[str, Any]], path: Path) -> None:

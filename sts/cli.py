@@ -29,7 +29,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SUBCOMMANDS = {
     "gen-client": "write a client for a model without serving",
     "hash-password": "print a password hash for --auth_password_hash or an htpasswd line",
-    "convert": "convert a model to ONNX (mxnet-to-onnx)",
+    "convert": "convert a model to ONNX (mxnet-, tensorflow-, pytorch-to-onnx)",
+    "optimize": "write an optimised or quantised version beside a model's",
 }
 
 # What `gen-client` reads of the server flags: the models, and the URL clients will use.
@@ -130,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return hash_password_command(args[1:])
     if args[:1] == ["convert"]:
         return convert_command(args[1:])
+    if args[:1] == ["optimize"]:
+        from sts.optimize.command import main as optimize_command
+
+        return optimize_command(args[1:])
     try:
         settings = load_settings(args)
         configs = settings.model_configs()  # fail early; `serve` checks backend options
@@ -201,13 +206,16 @@ def hash_password_command(argv: Sequence[str]) -> int:
 
 
 def convert_command(argv: Sequence[str]) -> int:
-    """`sts convert mxnet-to-onnx --model_base_path P --output F [--input_shape N=D,...]`"""
+    """`sts convert {mxnet,tensorflow,pytorch}-to-onnx --model_base_path P --output F ...`"""
     parser = argparse.ArgumentParser(
         prog=f"{program_name()} convert",
         description="Convert a model to ONNX, which every sts environment serves. Run it "
-        "where the source framework is installed (MXNet: sts[mxnet-convert]).",
+        "where the source framework is installed (MXNet: sts[mxnet-convert]; TensorFlow and "
+        "PyTorch: sts[optimize]).",
     )
-    parser.add_argument("conversion", choices=["mxnet-to-onnx"])
+    parser.add_argument(
+        "conversion", choices=["mxnet-to-onnx", "tensorflow-to-onnx", "pytorch-to-onnx"]
+    )
     parser.add_argument(
         "--model_base_path",
         required=True,
@@ -220,8 +228,9 @@ def convert_command(argv: Sequence[str]) -> int:
         action="append",
         default=[],
         metavar="NAME=D0,D1,...",
-        help="an input's shape where signature.json does not give it (-1: dynamic)",
+        help="MXNet: an input's shape where signature.json does not give it (-1: dynamic)",
     )
+    parser.add_argument("--signature_name", help="TensorFlow: the signature (default: default)")
     parser.add_argument(
         "--check",
         choices=["true", "false"],
@@ -233,13 +242,25 @@ def convert_command(argv: Sequence[str]) -> int:
     from sts.convert import mxnet_to_onnx, parse_shapes
 
     try:
-        done = mxnet_to_onnx(
-            Path(options.model_base_path),
-            Path(options.output),
-            version=options.model_version,
-            shapes=parse_shapes(options.input_shape),
-            check=options.check == "true",
-        )
+        if options.conversion == "mxnet-to-onnx":
+            done = mxnet_to_onnx(
+                Path(options.model_base_path),
+                Path(options.output),
+                version=options.model_version,
+                shapes=parse_shapes(options.input_shape),
+                check=options.check == "true",
+            )
+        else:
+            from sts.optimize.conversions import convert_to_onnx
+
+            done = convert_to_onnx(
+                options.conversion.split("-")[0],
+                Path(options.model_base_path),
+                Path(options.output),
+                version=options.model_version,
+                signature_name=options.signature_name,
+                check_outputs=options.check == "true",
+            )
     except StsError as exc:
         print(f"sts convert: error: {exc}", file=sys.stderr)
         return 2
@@ -248,11 +269,15 @@ def convert_command(argv: Sequence[str]) -> int:
     )
     outputs = ", ".join(done.signature.outputs)
     print(f"wrote {done.output} from version {done.version}: inputs {inputs}; outputs {outputs}")
+    source = {"mxnet": "MXNet", "tensorflow": "TensorFlow", "pytorch": "PyTorch"}[
+        options.conversion.split("-")[0]
+    ]
     if done.max_abs_diff is None:
         print("not checked: onnxruntime is not installed here")
     else:
         print(
-            f"checked against MXNet on a sample batch: max abs difference {done.max_abs_diff:.2e}"
+            f"checked against {source} on a sample batch: max abs difference "
+            f"{done.max_abs_diff:.2e}"
         )
     return 0
 

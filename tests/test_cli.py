@@ -70,7 +70,7 @@ def test_help_describes_every_flag_in_groups(command: list[str], prog: str) -> N
         assert f"--{name}" in text, name
         assert first_words in text, name
         assert f"[{env_names(name)[0]}" in text, name
-    for command_name in ("gen-client", "hash-password", "convert"):
+    for command_name in ("gen-client", "hash-password", "convert", "optimize"):
         assert f"{prog} {command_name}" in text  # the epilog names the other commands
 
 

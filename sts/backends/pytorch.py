@@ -146,6 +146,13 @@ class TorchBackend(Backend[TorchOptions]):
         if missing:
             raise ModelLoadError(f"{SIGNATURE_FILE} names methods the model lacks: {missing}")
 
+    @property
+    def module(self) -> Any:
+        """The loaded module (TorchScript) or `ExportedProgram.module()`, for conversions."""
+        if self._module is None:
+            raise BackendError("model is not loaded")
+        return self._module
+
     def runtime_info(self) -> dict[str, Any]:
         import torch
 

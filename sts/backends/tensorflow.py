@@ -134,7 +134,8 @@ _PROCESS = _ProcessSettings()
 _LIBRARIES = OpLibraries()  # tf.load_op_library registers ops for the whole process
 
 
-def _import_tensorflow() -> Any:
+def import_tensorflow() -> Any:
+    """The `tensorflow` module, quiet, or a ModelLoadError saying how to install it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # TF 1 SavedModels make absl log two INFO lines per load about fingerprints.
     absl = logging.getLogger("absl")
@@ -171,7 +172,7 @@ def _gpu_total_mb(index: int) -> int:
 
 def _configure_tensorflow(settings: Mapping[str, Any]) -> None:
     """Map the original's session_config keys to TensorFlow 2's process-wide settings."""
-    tf = _import_tensorflow()
+    tf = import_tensorflow()
     try:
         if "inter_op_parallelism_threads" in settings:
             tf.config.threading.set_inter_op_parallelism_threads(
@@ -312,7 +313,7 @@ class TensorflowBackend(Backend[TensorflowOptions]):
         saved_model = _saved_model_file(self.path)
         if saved_model is None:
             raise ModelLoadError(f"no saved_model.pb in {self.path}")
-        tf = _import_tensorflow()
+        tf = import_tensorflow()
         try:
             _PROCESS.apply(self.options)
         except ConfigError as exc:

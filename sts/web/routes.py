@@ -20,6 +20,7 @@ from sts.api.deps import RepositoryDep
 from sts.codegen.clients import LANGUAGES, PROTOCOLS
 from sts.codegen.examples import example_data, image_inputs
 from sts.errors import StsError
+from sts.optimize.report import read_report
 from sts.protocols.sts.views import model_detail
 from sts.resources import resource_dir
 
@@ -80,10 +81,13 @@ async def model_page(model_name: str, request: Request, repository: RepositoryDe
             # An upload fills one input: offered when that is all the signature takes.
             single = len(signature.inputs) == 1 or model.config.image.input is not None
             images[name] = found if single else []
+    # Versions written by `sts optimize` carry its report.
+    reports = {mv.version: r for mv in model.version_list() if (r := read_report(mv.path))}
     return _page(
         request,
         "model.html",
         model=detail,
+        reports=reports,
         examples=examples,
         images=images,
         languages=list(LANGUAGES),
