@@ -48,3 +48,19 @@ def test_every_client_says_it_in_its_header(language: str) -> None:
     assert "\u2028" not in source.split("signature.json")[0]
     plain = render(language, "sts", Target("http://h", "m", None, None, KNOWN, ImageOptions()))
     assert "signature.json" not in plain
+
+
+def test_the_dashboard_and_the_client_route_say_it_for_torchscript(tmp_path: Path) -> None:
+    torch_models = pytest.importorskip("tests.torch_models")
+    from sts.model_config import ModelConfig
+    from tests.conftest import app_client
+
+    torch_models.torchscript(tmp_path / "script" / "1" / "model.pt")
+    config = ModelConfig(name="script", base_path=str(tmp_path / "script"), platform="pytorch")
+    with app_client([config]) as client:
+        page = client.get("/dashboard/models/script").text
+        path = tmp_path / "script" / "1" / "signature.json"
+        assert "is unknown, so the example guesses [batch]" in page
+        assert f"declare it in &#34;{path}&#34;" in page
+        source = client.get("/v1/models/script/gen_client", params={"language": "python"}).text
+        assert "signature.json" in " ".join(source.split())
