@@ -342,6 +342,7 @@ def write_client(
     """Load the model named by `--model_name` (the only one, with a config file of one),
     render its client for the server these settings describe, and write it."""
     from sts.codegen.clients import Target, check_protocol, language_of, render
+    from sts.codegen.examples import unknown_shape_note
     from sts.repository import ModelRepository
 
     try:
@@ -368,7 +369,13 @@ def write_client(
         version = repository.resolve(chosen[0].name, model_version)
         _name, signature = version.signature(signature_name)
         target = Target(
-            base_url, chosen[0].name, model_version, signature_name, signature, chosen[0].image
+            base_url,
+            chosen[0].name,
+            model_version,
+            signature_name,
+            signature,
+            chosen[0].image,
+            unknown_shape_note(signature, version.path),
         )
         source = render(language, protocol, target, batch_size)
     except StsError as exc:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from sts.api.deps import RepositoryDep, SettingsDep
 from sts.codegen.clients import LANGUAGES, Target, check_protocol, language_of, render
-from sts.codegen.examples import example_data
+from sts.codegen.examples import example_data, unknown_shape_note
 from sts.repository import ModelRepository
 from sts.settings import ServerSettings
 
@@ -58,6 +58,7 @@ def _target(
         signature_name=signature_name or None,
         signature=signature,
         image=repository.model(version.model).config.image,
+        note=unknown_shape_note(signature, version.path),
     )
 
 

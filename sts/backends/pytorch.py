@@ -10,6 +10,7 @@ dynamic shapes; a TorchScript schema only names its inputs, taken as float32).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -212,9 +213,22 @@ def _archive_kind(file: Path) -> str:
     return "pickle"
 
 
+# TorchScript wraps the real error: this line, its own traceback, then `RuntimeError: ...`.
+_INTERPRETER = "The following operation failed in the TorchScript interpreter."
+_ERROR_LINE = re.compile(r"^\s*\w+(Error|Exception): ")
+
+
 def _first_line(exc: BaseException) -> str:
+    """The framework's message on one line; for a failed TorchScript call, the error the
+    interpreter raised (`RuntimeError: mat1 and mat2 shapes cannot be multiplied ...`)
+    rather than its generic first line."""
     text = str(exc).strip() or type(exc).__name__
-    return one_line(text.splitlines()[0], limit=500)
+    lines = text.splitlines()
+    if lines[0].strip() == _INTERPRETER:
+        starts = [i for i, line in enumerate(lines) if _ERROR_LINE.match(line)]
+        if starts:
+            return one_line(" ".join(lines[starts[-1] :]), limit=500)
+    return one_line(lines[0], limit=500)
 
 
 def _describe(exc: BaseException) -> str:

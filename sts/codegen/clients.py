@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -57,6 +58,7 @@ class Target:
     signature_name: str | None
     signature: Signature
     image: ImageOptions
+    note: str = ""  # said in the client's header comment (`unknown_shape_note`)
 
 
 @dataclass(frozen=True)
@@ -213,4 +215,5 @@ def render(language: str, protocol: str, target: Target, batch_size: int = 2) ->
         protocol=protocol,
         version=__version__,
         description=f"model {_js(target.model)} ({version}, {signature})",
+        note_lines=textwrap.wrap(target.note, 86),
     )

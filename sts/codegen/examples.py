@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from sts.images import ImageOptions, layout_of
@@ -89,3 +91,29 @@ def example_data(signature: Signature, options: ImageOptions, batch_size: int) -
         name: example_value(spec, batch_size, example_image(spec) if name in images else None)
         for name, spec in signature.inputs.items()
     }
+
+
+def unknown_shape_note(signature: Signature, version_path: Path) -> str:
+    """For a signature with inputs of unknown rank (a TorchScript model without a
+    `signature.json`): that the example guesses, and the file that declares the shapes,
+    with a minimal example. Empty when every input's rank is known. Names are JSON-quoted
+    (ASCII), so the note is safe inside any language's comment."""
+    unknown = [name for name, spec in signature.inputs.items() if spec.shape is None]
+    if not unknown:
+        return ""
+    example = {  # every input: the file replaces the whole signature
+        "inputs": {
+            name: {
+                "dtype": spec.dtype,
+                "shape": [-1, 4] if spec.shape is None else list(spec.shape),
+            }
+            for name, spec in signature.inputs.items()
+        },
+        "outputs": list(signature.outputs),
+    }
+    names = ", ".join(json.dumps(name) for name in unknown)
+    return (
+        f"The shape of input(s) {names} is unknown, so the example guesses [batch]: "
+        f"declare it in {json.dumps(str(version_path / 'signature.json'))}, for example "
+        f"{json.dumps(example)} (your model's sizes; -1: any size)."
+    )

@@ -18,7 +18,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sts import __version__
 from sts.api.deps import RepositoryDep
 from sts.codegen.clients import LANGUAGES, PROTOCOLS
-from sts.codegen.examples import example_data, image_inputs
+from sts.codegen.examples import example_data, image_inputs, unknown_shape_note
 from sts.errors import StsError
 from sts.optimize.report import read_report
 from sts.protocols.sts.views import model_detail
@@ -67,6 +67,7 @@ async def model_page(model_name: str, request: Request, repository: RepositoryDe
     detail = model_detail(model)
     examples: dict[str, str] = {}
     images: dict[str, list[str]] = {}
+    notes: dict[str, str] = {}  # inputs of unknown rank: the signature.json to write
     latest = model.latest()
     if latest is not None:
         for name, signature in latest.signatures.items():
@@ -77,6 +78,7 @@ async def model_page(model_name: str, request: Request, repository: RepositoryDe
             examples[name] = json.dumps(
                 {"model_name": model.name, "signature_name": name, "data": data}, indent=2
             )
+            notes[name] = unknown_shape_note(signature, latest.path)
             found = image_inputs(signature, model.config.image)
             # An upload fills one input: offered when that is all the signature takes.
             single = len(signature.inputs) == 1 or model.config.image.input is not None
@@ -90,6 +92,7 @@ async def model_page(model_name: str, request: Request, repository: RepositoryDe
         reports=reports,
         examples=examples,
         images=images,
+        notes=notes,
         languages=list(LANGUAGES),
         filenames={name: spec[1] for name, spec in LANGUAGES.items()},
         protocols=PROTOCOLS,
