@@ -12,6 +12,18 @@ const sts = (() => {
     return { response, text, ms: performance.now() - started };
   }
 
+  // "1 request", "2 requests", "0 errors".
+  function plural(count, noun) {
+    return `${count} ${noun}${count === 1 ? "" : "s"}`;
+  }
+
+  // Axis labels as plain numbers (120, 4.5, 0.25), never 1.2e+2.
+  function plain(value) {
+    if (value === 0) return "0";
+    const digits = value >= 10 ? 0 : value >= 1 ? 1 : 2;
+    return String(Number(value.toFixed(digits)));
+  }
+
   function pretty(text) {
     try {
       return JSON.stringify(JSON.parse(text), null, 2);
@@ -31,9 +43,24 @@ const sts = (() => {
     const signature = $("#signature");
     if (!signature) return;
     const request = $("#request");
+    const version = $("#version");
+
+    // The version picker writes `model_version` into the request (absent: the latest).
+    function chooseVersion() {
+      let body;
+      try {
+        body = JSON.parse(request.value);
+      } catch {
+        return;  // the user's own text: left as it is
+      }
+      if (version.value === "") delete body.model_version;
+      else body.model_version = /^\d+$/.test(version.value) ? Number(version.value) : version.value;
+      request.value = JSON.stringify(body, null, 2);
+    }
 
     function chooseSignature() {
       request.value = data.examples[signature.value] || "{}";
+      chooseVersion();
       const images = data.images[signature.value] || [];
       $("#upload").hidden = images.length === 0;
       $("#upload-input").textContent = images[0] || "";
@@ -58,6 +85,7 @@ const sts = (() => {
       const form = new FormData();
       form.append("model_name", data.name);
       form.append("signature_name", signature.value);
+      if (version.value !== "") form.append("model_version", version.value);
       form.append("image", file.files[0]);
       $("#image-status").textContent = "sending…";
       const result = await call("POST", "/", form);
@@ -101,6 +129,7 @@ const sts = (() => {
     }
     $("#protocol").addEventListener("change", loadClient);
     signature.addEventListener("change", chooseSignature);
+    version.addEventListener("change", chooseVersion);
 
     $("#copy").addEventListener("click", async () => {
       const text = $("#client-code").textContent;
@@ -128,7 +157,7 @@ const sts = (() => {
 
   // ---------------------------------------------------------------- metrics
 
-  function chart(canvas, series, colors, max) {
+  function chart(canvas, series, colors, unit) {
     const ratio = window.devicePixelRatio || 1;
     const width = canvas.clientWidth || canvas.width;
     const height = canvas.clientHeight || canvas.height;
@@ -138,8 +167,8 @@ const sts = (() => {
     g.scale(ratio, ratio);
     g.clearRect(0, 0, width, height);
     const values = series.flat().filter((v) => v !== null);
-    const top = Math.max(max || 0, ...values, 1) * 1.1;
-    const pad = 28;
+    const top = Math.max(...values, unit === "ms" ? 1 : 0.1) * 1.1;
+    const pad = 40;
     g.strokeStyle = "#d8dee4";
     g.fillStyle = "#5b6675";
     g.font = "11px system-ui, sans-serif";
@@ -149,7 +178,7 @@ const sts = (() => {
       g.moveTo(pad, y);
       g.lineTo(width, y);
       g.stroke();
-      g.fillText((top * fraction).toPrecision(2), 0, y + 4);
+      g.fillText(`${plain(top * fraction)}${unit ? " " + unit : ""}`, 0, y + 4);
     }
     series.forEach((points, index) => {
       g.strokeStyle = colors[index];
@@ -187,10 +216,10 @@ const sts = (() => {
       const requests = points.reduce((sum, p) => sum + p.requests, 0);
       const errors = points.reduce((sum, p) => sum + p.errors, 0);
       block.querySelector(".totals").textContent = points.length
-        ? `${requests} requests, ${errors} errors in the last ${summary.window_seconds} s`
+        ? `${plural(requests, "request")}, ${plural(errors, "error")} in the last ${summary.window_seconds} s`
         : "no requests in the last five minutes";
       chart(block.querySelector(".rate"), [points.map((p) => p.requests / step)], ["#0969da"]);
-      chart(block.querySelector(".latency"), [points.map((p) => p.p50_ms), points.map((p) => p.p99_ms)], ["#1a7f37", "#9a6700"]);
+      chart(block.querySelector(".latency"), [points.map((p) => p.p50_ms), points.map((p) => p.p99_ms)], ["#1a7f37", "#9a6700"], "ms");
       chart(block.querySelector(".errors"), [points.map((p) => p.errors / step)], ["#cf222e"]);
     }
   }
@@ -200,5 +229,5 @@ const sts = (() => {
     setInterval(refreshMetrics, 5000);
   }
 
-  return { modelPage, metricsPage };
+  return { modelPage, metricsPage, plain, plural };
 })();

@@ -116,6 +116,8 @@ class ModelVersion:
             "path": str(self.path),
             "loaded_at": self.loaded_at,
             "load_seconds": self.load_seconds,
+            # Of load_seconds: the framework's first import in this process.
+            "import_seconds": backend.import_seconds if backend is not None else None,
             "warmup_requests": self.warmup_requests,
             "runtime": backend.runtime_info() if backend is not None else {},
         }

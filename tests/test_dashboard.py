@@ -115,7 +115,7 @@ def test_client_tabs_copy_and_download(server: LiveServer, browser: Browser) -> 
     page.wait_for_function("document.querySelector('#client-code').textContent.length > 0")
     assert code.inner_text().startswith("#!/usr/bin/env bash")
     for language, marker in (("python", "urllib.request"), ("golang", "package main"),
-                             ("javascript", "await fetch("), ("json", '"model_name"')):  # fmt: skip
+                             ("javascript", ".request("), ("json", '"model_name"')):  # fmt: skip
         page.click(f".tab[data-language='{language}']")
         page.wait_for_function(
             "m => document.querySelector('#client-code').textContent.includes(m)", arg=marker
@@ -240,3 +240,89 @@ def test_api_docs_render_with_the_network_blocked(
     shot(page, path.strip("/"))
     context.close()
     assert outside == [], f"{path} asked for {outside}"
+
+
+def test_overview_reads_at_a_glance(server: LiveServer, page: Page) -> None:
+    page.goto(server.url + "/")
+    digits = page.locator("section.model[data-model='digits'] .path").inner_text()
+    iris = page.locator("section.model[data-model='iris'] .path").inner_text()
+    assert "· 2 versions ·" in digits
+    assert "· 1 version ·" in iris
+    # Load times name a framework's first import when it was most of the time.
+    statuses = [
+        (m["model_name"], v)
+        for m in httpx.get(server.url + "/v1/models").json()
+        for v in m["versions"]
+    ]
+    assert any(v["import_seconds"] for _, v in statuses)  # one version imported each framework
+    for name, status in statuses:
+        row = f"section.model[data-model='{name}'] tr[data-version='{status['version']}']"
+        note = page.locator(f"{row} td.load .import")
+        imported = status["import_seconds"] or 0
+        expected = status["load_seconds"] is not None and imported > status["load_seconds"] / 2
+        assert note.count() == (1 if expected else 0), (name, status)
+        if expected:
+            assert f"{imported:.1f} s importing" in note.first.inner_text()
+    # A long error wraps in its own column; the others keep their width.
+    page.evaluate(
+        "document.querySelector(\"section.model[data-model='iris'] td.error\").textContent ="
+        " 'failed: ' + 'a_very_long_error_message_without_spaces'.repeat(20)"
+    )
+    state = page.locator("section.model[data-model='iris'] .state").first
+    assert state.evaluate("e => e.getClientRects().length") == 1  # not broken over lines
+    box = state.bounding_box()
+    assert box is not None
+    assert box["width"] > 40
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    shot(page, "overview-long-error")
+
+
+def test_try_it_picks_a_version_or_label(server: LiveServer, page: Page) -> None:
+    page.goto(server.url + "/dashboard/models/digits")
+    assert "2 versions serving: 1, 2" in page.locator(".path").inner_text()
+    options = page.locator("#version option").all_inner_texts()
+    assert options[:3] == ["latest", "2", "1"]
+    assert {"stable (→ 1)", "canary (→ 2)"} <= set(options)
+    assert "model_version" not in page.locator("#request").input_value()
+    for choice, sent in (("1", "1"), ("canary", '"canary"')):
+        page.select_option("#version", choice)
+        assert f'"model_version": {sent}' in page.locator("#request").input_value()
+        page.click("#send")
+        page.wait_for_function(
+            "document.querySelector('#request-status').textContent.startsWith('200')"
+        )
+        page.evaluate("document.querySelector('#request-status').textContent = ''")
+    page.select_option("#version", "latest")
+    assert "model_version" not in page.locator("#request").input_value()
+    page.select_option("#version", "stable")
+    page.set_input_files("#image-file", str(DIGIT))
+    page.wait_for_selector("#preview:not([hidden])")
+    page.evaluate(  # what the form sends (Playwright does not show multipart bodies)
+        "() => { window.sent = []; const send = window.fetch; window.fetch = (url, options) =>"
+        " { window.sent.push(options.body.get('model_version')); return send(url, options); } }"
+    )
+    page.click("#send-image")
+    page.wait_for_selector("#image-response:not(:empty)")
+    assert '"classes": [\n    8\n  ]' in page.locator("#image-response").inner_text()
+    assert page.evaluate("window.sent") == ["stable"]
+
+
+def test_metrics_axes_and_words(server: LiveServer, page: Page) -> None:
+    page.goto(server.url + "/dashboard/metrics")
+    legend = page.locator(".chart-block[data-model='iris'] .legend")
+    assert legend.inner_text().split() == ["p50", "p99"]
+    colours = legend.locator(".key").evaluate_all(
+        "keys => keys.map(k => getComputedStyle(k).backgroundColor)"
+    )
+    assert colours == ["rgb(26, 127, 55)", "rgb(154, 103, 0)"]  # the lines' colours
+    # Axis labels are plain numbers; latency in ms.
+    assert page.evaluate("[120, 45.6, 4.56, 0.25, 0].map(sts.plain)") == [
+        "120", "46", "4.6", "0.25", "0"
+    ]  # fmt: skip
+    assert page.evaluate("[0, 1, 2].map(n => sts.plural(n, 'request'))") == [
+        "0 requests", "1 request", "2 requests"
+    ]  # fmt: skip
+    assert (
+        "latency, ms"
+        in page.locator(".chart-block[data-model='iris'] figcaption").nth(1).inner_text()
+    )

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +30,33 @@ if TYPE_CHECKING:
     from sts.model_config import ModelConfig
 
 logger = logging.getLogger("sts.backends")
+
+# The module each platform imports first; its first import (seconds for TensorFlow or
+# torch) is timed apart from the model's own load, so the dashboard can tell them apart.
+FRAMEWORK_MODULES = {
+    "tensorflow": "tensorflow",
+    "onnx": "onnxruntime",
+    "pytorch": "torch",
+    "mxnet": "mxnet",
+}
+_import_locks = {module: threading.Lock() for module in FRAMEWORK_MODULES.values()}
+
+
+def import_framework(platform: str) -> float:
+    """Import the platform's framework if this process has not yet; the seconds it took
+    (0.0 when already imported, unknown, or failing: `load` then reports the failure)."""
+    module = FRAMEWORK_MODULES.get(platform)
+    if module is None or module in sys.modules:
+        return 0.0
+    with _import_locks[module]:  # one thread imports it; the others wait and report 0
+        if module in sys.modules:
+            return 0.0
+        started = time.perf_counter()
+        try:
+            importlib.import_module(module)
+        except Exception:  # `load` imports it again and names the problem
+            return 0.0
+        return time.perf_counter() - started
 
 
 class BackendOptions(BaseModel):
@@ -87,6 +116,8 @@ class Backend(ABC, Generic[OptionsT]):
     def __init__(self, path: Path, options: OptionsT) -> None:
         self.path = path
         self.options = options
+        self.import_seconds = import_framework(self.platform)
+        """Seconds this backend spent importing its framework for the first time (else 0)."""
         self.signature: Signature | None = None
         """The one signature of a single-signature backend, set by `load`."""
 

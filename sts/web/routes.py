@@ -32,6 +32,14 @@ _env = Environment(
 )
 
 
+def plural(count: int, noun: str) -> str:
+    """`1 version`, `2 versions`, `0 versions`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+_env.filters["plural"] = plural
+
+
 def _page(request: Request, template: str, **values: Any) -> HTMLResponse:
     repository = request.app.state.repository
     page = _env.get_template(template).render(
