@@ -37,7 +37,7 @@ MX_TESTS := tests/backends/test_mxnet_backend.py tests/backends/test_mxnet_envir
 MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(shell command -v strace),,strace) $(if $(shell command -v ip),,iproute2))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help serve serve-mxnet test test-main test-mxnet lint tools bench soak examples clean
+.PHONY: help serve serve-mxnet test test-main test-mxnet lint tools bench soak examples protos clean
 
 help:
 	@echo "make serve     install and serve examples/models on $(HOST):$(PORT) (make serve HOST=0.0.0.0 PORT=9000)"
@@ -47,6 +47,7 @@ help:
 	@echo "make bench     throughput and latency against the runtime in-process (a few minutes)"
 	@echo "make soak      the bench, then 10 minutes of load with a reload every 30 s"
 	@echo "make examples  retrain the example models (outputs are committed)"
+	@echo "make protos    regenerate sts/protos/descriptors.binpb (the gRPC schemas)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,8 +59,13 @@ $(VENV)/.serve-installed: pyproject.toml | $(UV)
 	$(UV_INSTALL) -e '.[onnx,tensorflow,torch]'
 	touch $@
 
+# TF Serving's official Python client (tests and `make protos`). Its package declares full
+# `tensorflow`, which must never land beside `tensorflow-cpu`: installed without dependencies.
+TFS_API := tensorflow-serving-api==2.21.0
+
 $(VENV)/.test-installed: pyproject.toml | $(UV)
 	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev]'
+	$(UV_INSTALL) --no-deps '$(TFS_API)'
 	touch $@ $(VENV)/.serve-installed
 
 $(MX_BIN)/python:
@@ -114,6 +120,10 @@ soak: $(VENV)/.bench-installed
 examples: $(VENV)/.test-installed $(MX_VENV)/.test-installed
 	$(BIN)/python examples/build_models.py
 	$(MX_BIN)/python examples/build_mxnet_models.py
+
+# sts/protos/descriptors.binpb: the gRPC schemas, from the installed packages' descriptors.
+protos: $(VENV)/.test-installed
+	$(BIN)/python -m sts.protos.generate
 
 clean:
 	rm -rf $(VENV) $(MX_VENV) .pytest_cache .ruff_cache .mypy_cache dist build
