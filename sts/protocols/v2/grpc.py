@@ -196,12 +196,10 @@ class V2Grpc:
         return V2.ServerReadyResponse(ready=self.repository.ready.is_set())
 
     async def model_ready(self, request: Any, context: Context) -> Any:
-        self.repository.model(request.name)  # NOT_FOUND for an unknown model
+        # A yes/no question, as in Triton: an unknown model or version is not ready.
         try:
             self.repository.resolve(request.name, request.version or None)
-        except StsError as exc:
-            if exc.status_code == 404:
-                raise
+        except StsError:
             return V2.ModelReadyResponse(ready=False)
         return V2.ModelReadyResponse(ready=True)
 
