@@ -5,6 +5,10 @@ It carries TF Serving's `PredictionService` and `ModelService` and KServe v2's
 checking (`grpc.health.v1`, SERVING once every model's first load is done) and server
 reflection (so `grpcurl` works), behind the same basic auth, TLS certificate and request
 size limit as HTTP. The app's lifespan starts and stops it (`create_app`).
+
+A client's deadline needs nothing here: when it passes (or the client cancels), gRPC
+cancels the handler, and the inference service frees the request's slot once its worker
+thread is done (counted as status 499, like an HTTP client that went away).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,11 +26,10 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from sts import protos
-from sts.errors import GatewayTimeout, StsError
+from sts.errors import StsError
 
 logger = logging.getLogger("sts.grpc")
 
-T = TypeVar("T")
 if TYPE_CHECKING:  # generic in the stubs only
     Context = grpc.aio.ServicerContext[Any, Any]
     Method = Callable[[Any, Context], Awaitable[Any]]
@@ -86,18 +89,6 @@ def _checked(behaviour: Method) -> Method:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
     return call
-
-
-async def within_deadline(context: Context, work: Awaitable[T]) -> T:
-    """`work`, given up (DEADLINE_EXCEEDED) when the client's deadline passes. Giving up
-    cancels it: the service frees the request's slot once its worker thread is done."""
-    left: float | None = context.time_remaining()  # None without a deadline
-    if left is None:
-        return await work
-    try:
-        return await asyncio.wait_for(work, max(left, 0.0))
-    except TimeoutError:
-        raise GatewayTimeout(f"the call's deadline passed after {left:.3g} s") from None
 
 
 class GrpcServer:

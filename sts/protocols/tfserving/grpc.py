@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sts.api.grpc import GrpcServices, unary, within_deadline
+from sts.api.grpc import GrpcServices, unary
 from sts.api.tfserving import in_tf_words, label_version
 from sts.codecs import check_shape, short
 from sts.errors import InvalidInput, ModelNotFound, NotFound, StsError
@@ -156,7 +156,7 @@ class TFServingGrpc:
         codec = PredictCodec(request)
         work = self.service.infer(model, version, signature, codec.decode, codec.encode, PROTOCOL)
         try:
-            return await within_deadline(context, work)
+            return await work
         except StsError as exc:
             raise in_tf_words(exc, model, version, signature) from None
 

@@ -21,7 +21,7 @@ import anyio.to_thread
 import numpy as np
 
 from sts import __version__
-from sts.api.grpc import GrpcServices, unary, within_deadline
+from sts.api.grpc import GrpcServices, unary
 from sts.api.v2 import index_entries, metadata_document
 from sts.codecs import numeric_array, short
 from sts.errors import BackendError, Forbidden, InvalidInput, StsError
@@ -233,7 +233,7 @@ class V2Grpc:
             codec.encode,
             PROTOCOL,
         )
-        return await within_deadline(context, work)
+        return await work
 
     def _require_control(self) -> None:
         if not self.model_control:
