@@ -87,7 +87,16 @@ serve-mxnet: $(MX_VENV)/.serve-installed
 
 test: test-main test-mxnet
 
-test-main: lint tools
+# tritonclient[grpc] caps protobuf below 7, which TensorFlow's environment cannot share:
+# the KServe v2 gRPC client tests run it from here, as a subprocess.
+TRITON_VENV := .venv-triton
+
+$(TRITON_VENV)/.installed: | $(UV)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(UV) pip install --quiet --python $(TRITON_VENV)/bin/python 'tritonclient[grpc]>=2.40'
+	touch $@
+
+test-main: lint tools $(TRITON_VENV)/.installed
 	$(BIN)/python -m pytest
 
 test-mxnet: $(MX_VENV)/.test-installed | $(VENV)/.test-installed
@@ -126,4 +135,4 @@ protos: $(VENV)/.test-installed
 	$(BIN)/python -m sts.protos.generate
 
 clean:
-	rm -rf $(VENV) $(MX_VENV) .pytest_cache .ruff_cache .mypy_cache dist build
+	rm -rf $(VENV) $(MX_VENV) $(TRITON_VENV) .pytest_cache .ruff_cache .mypy_cache dist build

@@ -62,11 +62,10 @@ def base(tmp_path: Path) -> Path:
 def test_health_and_reflection(base: Path) -> None:
     with serving(base) as (_live, address), grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
+        up = health_pb2.HealthCheckResponse.SERVING
         for service in ("", PREDICTION, "inference.GRPCInferenceService"):
             request = health_pb2.HealthCheckRequest(service=service)
-            assert (
-                health.Check(request, timeout=10).status == health_pb2.HealthCheckResponse.SERVING
-            )
+            wait_for(lambda r=request: health.Check(r, timeout=10).status == up)
         database = ProtoReflectionDescriptorDatabase(channel)
         services = set(database.get_services())
         assert {PREDICTION, "tensorflow.serving.ModelService"} <= services
@@ -163,12 +162,14 @@ def test_deadline_and_cancellation_free_the_slot(tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Predict(predict_request(), timeout=0.2)
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # Its worker thread ends within its second; then the one slot is free.
+            inflight = lambda: live.repository.resolve("default").inflight  # noqa: E731
+            wait_for(lambda: inflight() == 0, what="slot free")
             future = stub.Predict.future(predict_request(), timeout=30)
-            wait_for(lambda: live.repository.resolve("default").inflight >= 1, what="a call")
+            wait_for(lambda: inflight() == 1, what="a call")
             future.cancel()
             assert future.cancelled()
-            # Both worker threads end within their second; then the one slot is free.
-            wait_for(lambda: live.repository.resolve("default").inflight == 0, what="slot free")
+            wait_for(lambda: inflight() == 0, what="slot free again")
             response = stub.Predict(predict_request(), timeout=30)
             assert list(response.outputs["y"].float_val) == [2.0, 4.0]
         # The deadline and the cancel: the client went away (499), as over HTTP.

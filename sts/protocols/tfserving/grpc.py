@@ -1,28 +1,33 @@
-"""TensorFlow Serving's gRPC API: `tensorflow.serving.PredictionService` (Predict,
-GetModelMetadata) and `tensorflow.serving.ModelService` (GetModelStatus).
+"""TensorFlow Serving's gRPC API: `tensorflow.serving.PredictionService` (Predict, Classify,
+Regress, MultiInference, GetModelMetadata) and `tensorflow.serving.ModelService`
+(GetModelStatus).
 
-Requests take the same path as REST (service -> worker thread -> backend) and errors keep
-TF Serving's wording (`Servable not found for request: ...`), for models of every backend.
-Messages follow `tensorflow_serving/apis/*.proto`; tensors are `TensorProto`s in any form
-TensorFlow writes them (`sts.protos.tensors`).
+Requests take the same path as REST (codec -> service -> worker thread -> backend) and
+errors keep TF Serving's wording (`Servable not found for request: ...`), for models of
+every backend. Messages follow `tensorflow_serving/apis/*.proto`; tensors are
+`TensorProto`s in any form TensorFlow writes them (`sts.protos.tensors`); examples for
+classify and regress are `tensorflow.Example` messages, fed to the signature serialized.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from sts.api.grpc import GrpcServices, unary
-from sts.api.tfserving import in_tf_words, label_version
 from sts.codecs import check_shape, short
 from sts.errors import InvalidInput, ModelNotFound, NotFound, StsError
+from sts.protocols.tfserving.codec import check_method, classifications, regressions
+from sts.protocols.tfserving.wording import in_tf_words, label_version
 from sts.protos import TFS, enum_value
 from sts.protos.tensors import dtype_name, from_array, to_array
-from sts.repository import ModelRepository, ModelVersion
-from sts.service import Call, InferenceService
-from sts.signature import Signature, TensorSpec
+from sts.repository import ModelRepository
+from sts.service import Call, Codec, InferenceService
+from sts.signature import CLASSIFY, REGRESS, Signature, TensorSpec
+from sts.versions import ModelVersion
 
 if TYPE_CHECKING:
     from sts.api.grpc import Context
@@ -37,12 +42,27 @@ def _names(names: Any) -> str:
     return "{" + ",".join(sorted(names)) + "}"
 
 
-class PredictCodec:
-    """Decodes a `PredictRequest`'s inputs against the signature and encodes the
-    `PredictResponse` (serialized, in the worker thread)."""
+class GrpcCodec(Codec[bytes]):
+    """What every TF Serving gRPC request shares: the model and version it named (for the
+    errors TF Serving words itself) and its signature. Replies are serialized in the
+    worker thread."""
 
-    def __init__(self, request: Any) -> None:
+    __slots__ = ("model", "request", "signature_name", "version")
+
+    def __init__(self, request: Any, model: str, version: int | None) -> None:
         self.request = request
+        self.model = model
+        self.version = version
+        self.signature_name = request.model_spec.signature_name or None
+
+    def reword(self, error: StsError) -> StsError:
+        return in_tf_words(error, self.model, self.version, self.signature_name)
+
+
+class PredictCodec(GrpcCodec):
+    """`PredictRequest.inputs` (TensorProtos) -> arrays; outputs -> `PredictResponse`."""
+
+    __slots__ = ()
 
     def decode(self, call: Call) -> Mapping[str, np.ndarray]:
         inputs = self.request.inputs
@@ -88,6 +108,103 @@ class PredictCodec:
         return bytes(response.SerializeToString())
 
 
+class ExamplesCodec(GrpcCodec):
+    """An `Input` of `tensorflow.Example`s (with an optional context merged into each) as
+    the signature's one string input of serialized examples."""
+
+    __slots__ = ("examples",)
+    method: ClassVar[str]
+
+    def __init__(self, request: Any, model: str, version: int | None, examples: Any) -> None:
+        super().__init__(request, model, version)
+        self.examples = examples
+
+    def decode(self, call: Call) -> Mapping[str, np.ndarray]:
+        check_method(call.signature_name, call.signature, self.method)
+        return {next(iter(call.signature.inputs)): serialized_examples(self.examples)}
+
+    def count(self) -> int:
+        kind = self.examples.WhichOneof("kind")
+        return len(getattr(self.examples, kind).examples) if kind else 0
+
+
+class ClassifyCodec(ExamplesCodec):
+    __slots__ = ()
+    method = "classify"
+
+    def result(self, call: Call, outputs: dict[str, np.ndarray], result: Any) -> None:
+        for row in classifications(outputs, self.count()):
+            classes = result.classifications.add().classes
+            for label, score in row:
+                classes.add(label=label, score=float(score))
+
+    def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> bytes:
+        response = TFS.ClassificationResponse()
+        model_spec(response.model_spec, call.version, call.signature_name)
+        self.result(call, outputs, response.result)
+        return bytes(response.SerializeToString())
+
+
+class RegressCodec(ExamplesCodec):
+    __slots__ = ()
+    method = "regress"
+
+    def result(self, call: Call, outputs: dict[str, np.ndarray], result: Any) -> None:
+        for value in regressions(outputs, self.count()).tolist():
+            result.regressions.add(value=value)
+
+    def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> bytes:
+        response = TFS.RegressionResponse()
+        model_spec(response.model_spec, call.version, call.signature_name)
+        self.result(call, outputs, response.result)
+        return bytes(response.SerializeToString())
+
+
+class TaskCodec(Codec[Any]):
+    """One task of a MultiInference request: a classify or regress codec whose reply is
+    an `InferenceResult`."""
+
+    __slots__ = ("inner", "signature_name")
+
+    def __init__(self, inner: ClassifyCodec | RegressCodec) -> None:
+        self.inner = inner
+        self.signature_name = inner.signature_name
+
+    def decode(self, call: Call) -> Mapping[str, np.ndarray]:
+        return self.inner.decode(call)
+
+    def encode(self, call: Call, outputs: dict[str, np.ndarray]) -> Any:
+        result = TFS.InferenceResult()
+        model_spec(result.model_spec, call.version, call.signature_name)
+        field = "classification_result" if self.inner.method == "classify" else "regression_result"
+        self.inner.result(call, outputs, getattr(result, field))
+        return result
+
+    def reword(self, error: StsError) -> StsError:
+        return self.inner.reword(error)
+
+
+_TASKS: dict[str, type[ClassifyCodec] | type[RegressCodec]] = {
+    CLASSIFY: ClassifyCodec,
+    REGRESS: RegressCodec,
+}
+
+
+def serialized_examples(examples: Any) -> np.ndarray:
+    """The examples of an `Input`, each serialized after the context (concatenated
+    messages merge: an example's feature wins over the context's, as in TF Serving)."""
+    kind = examples.WhichOneof("kind")
+    if kind is None:
+        raise InvalidInput("Input is empty")
+    listed = getattr(examples, kind)
+    if not listed.examples:
+        raise InvalidInput("Input is empty")
+    context = listed.context.SerializeToString() if kind == "example_list_with_context" else b""
+    serialized = np.empty(len(listed.examples), dtype=object)
+    serialized[:] = [context + example.SerializeToString() for example in listed.examples]
+    return serialized
+
+
 def _input(proto: Any, spec: TensorSpec) -> np.ndarray:
     what = f"input '{spec.name}'"
     array = to_array(proto, what)
@@ -130,12 +247,16 @@ class TFServingGrpc:
         self.repository = repository
 
     def services(self) -> GrpcServices:
+        prediction = {
+            "Predict": self.predict,
+            "Classify": self.classify,
+            "Regress": self.regress,
+            "MultiInference": self.multi_inference,
+            "GetModelMetadata": self.get_model_metadata,
+        }
         return GrpcServices(
             handlers=[
-                unary(
-                    PREDICTION_SERVICE,
-                    {"Predict": self.predict, "GetModelMetadata": self.get_model_metadata},
-                ),
+                unary(PREDICTION_SERVICE, prediction),
                 unary(MODEL_SERVICE, {"GetModelStatus": self.get_model_status}),
             ],
             names=[PREDICTION_SERVICE, MODEL_SERVICE],
@@ -152,13 +273,45 @@ class TFServingGrpc:
 
     async def predict(self, request: Any, context: Context) -> bytes:
         model, version = self._target(request.model_spec)
-        signature = request.model_spec.signature_name or None
-        codec = PredictCodec(request)
-        work = self.service.infer(model, version, signature, codec.decode, codec.encode, PROTOCOL)
-        try:
-            return await work
-        except StsError as exc:
-            raise in_tf_words(exc, model, version, signature) from None
+        codec = PredictCodec(request, model, version)
+        return await self.service.infer(model, version, codec, PROTOCOL)
+
+    async def classify(self, request: Any, context: Context) -> bytes:
+        model, version = self._target(request.model_spec)
+        codec = ClassifyCodec(request, model, version, request.input)
+        return await self.service.infer(model, version, codec, PROTOCOL)
+
+    async def regress(self, request: Any, context: Context) -> bytes:
+        model, version = self._target(request.model_spec)
+        codec = RegressCodec(request, model, version, request.input)
+        return await self.service.infer(model, version, codec, PROTOCOL)
+
+    async def multi_inference(self, request: Any, context: Context) -> Any:
+        """Several classify/regress signatures of one model over the same examples."""
+        if not request.tasks:
+            raise InvalidInput("MultiInferenceRequest must have at least one task")
+        codecs: list[TaskCodec] = []
+        seen: set[str] = set()
+        for task in request.tasks:
+            if task.model_spec.name != request.tasks[0].model_spec.name:
+                raise InvalidInput(
+                    "All ModelSpecs in a MultiInferenceRequest must access the same model name"
+                )
+            signature = task.model_spec.signature_name or "serving_default"
+            if signature in seen:
+                raise InvalidInput(f"Duplicate evaluation of signature: {short(signature)}")
+            seen.add(signature)
+            kind = _TASKS.get(task.method_name)
+            if kind is None:
+                raise InvalidInput(f"Unsupported signature method_name: {short(task.method_name)}")
+            model, version = self._target(task.model_spec)
+            codecs.append(TaskCodec(kind(task, model, version, request.input)))
+        results = await asyncio.gather(
+            *(self.service.infer(c.inner.model, c.inner.version, c, PROTOCOL) for c in codecs)
+        )
+        response = TFS.MultiInferenceResponse()
+        response.results.extend(results)
+        return response
 
     async def get_model_metadata(self, request: Any, context: Context) -> Any:
         fields = list(request.metadata_field)

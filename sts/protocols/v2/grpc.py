@@ -22,15 +22,21 @@ import numpy as np
 
 from sts import __version__
 from sts.api.grpc import GrpcServices, unary
-from sts.api.v2 import index_entries, metadata_document
 from sts.codecs import numeric_array, short
 from sts.errors import BackendError, Forbidden, InvalidInput, StsError
+from sts.protocols.v2.codec import (
+    V2_DTYPES,
+    InferInput,
+    InferRequest,
+    RequestedOutput,
+    decode_inputs,
+)
+from sts.protocols.v2.codec import to_binary as raw_bytes
+from sts.protocols.v2.views import index_entries, metadata_document
 from sts.protos import V2
 from sts.repository import ModelRepository
-from sts.service import Call, InferenceService
+from sts.service import Call, Codec, InferenceService
 from sts.signature import DTYPES, TensorSpec, dtype_of
-from sts.v2_tensors import V2_DTYPES, InferInput, InferRequest, RequestedOutput, decode_inputs
-from sts.v2_tensors import to_binary as raw_bytes
 
 if TYPE_CHECKING:
     from sts.api.grpc import Context
@@ -85,9 +91,11 @@ def string_array_of(values: list[bytes]) -> np.ndarray:
     return array
 
 
-class InferCodec:
+class InferCodec(Codec[bytes]):
     """Decodes a `ModelInferRequest` against the signature and encodes the
     `ModelInferResponse` (serialized, in the worker thread)."""
+
+    __slots__ = ("proto", "raw", "request", "signature_name")
 
     def __init__(self, request: Any) -> None:
         self.proto = request
@@ -122,6 +130,7 @@ class InferCodec:
             id=request.id or None,
             parameters=parameters(request.parameters),
         )
+        self.signature_name = self.request.signature_name
 
     def decode(self, call: Call) -> Mapping[str, np.ndarray]:
         chunks = self.raw or [
@@ -224,16 +233,8 @@ class V2Grpc:
 
     async def model_infer(self, request: Any, context: Context) -> bytes:
         codec = InferCodec(request)
-        signature = codec.request.signature_name
-        work = self.service.infer(
-            request.model_name,
-            request.model_version or None,
-            signature,
-            codec.decode,
-            codec.encode,
-            PROTOCOL,
-        )
-        return await work
+        version = request.model_version or None
+        return await self.service.infer(request.model_name, version, codec, PROTOCOL)
 
     def _require_control(self) -> None:
         if not self.model_control:
@@ -245,7 +246,7 @@ class V2Grpc:
         self._require_control()
         response = V2.RepositoryIndexResponse()
         for model in self.repository.models():
-            for entry in index_entries(self.repository, model):
+            for entry in index_entries(model, self.repository.is_unloaded(model.name)):
                 if request.ready and entry["state"] != "READY":
                     continue
                 response.models.add(**entry)

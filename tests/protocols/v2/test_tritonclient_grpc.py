@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sts.config import ModelConfig
+from sts.model_config import ModelConfig
 from tests import onnx_models, tf_models
 from tests.conftest import ROOT, LiveServer, free_port, settings
 
@@ -30,7 +30,8 @@ CHECKS = [
 ]
 
 pytestmark = pytest.mark.skipif(
-    not TRITON_PYTHON.exists(), reason="`make .venv-triton/.installed` builds tritonclient's env"
+    not TRITON_PYTHON.exists(),
+    reason="`make .venv-triton/.installed` builds tritonclient's environment",
 )
 
 

@@ -14,15 +14,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
-from sts.config import ModelConfig, load_model_config_file
-from sts.signature import PREDICT, TensorSpec
+from sts.model_config import ModelConfig, load_model_config_file
+from sts.signature import CLASSIFY, PREDICT, REGRESS, TensorSpec
 from tests import tf_models
 from tests.conftest import ROOT, LiveServer, free_port, settings
 
@@ -262,3 +265,55 @@ def test_every_example_model_answers_as_over_rest(
                     np.testing.assert_allclose(got, np.asarray(value, dtype=got.dtype), rtol=1e-6)
             checked += 1
     assert checked >= 8
+
+
+def examples_input(request: Any, *values: float, context: float | None = None) -> None:
+    if context is None:
+        listed = request.input.example_list
+    else:
+        listed = request.input.example_list_with_context
+        listed.context.features.feature["x"].float_list.value.append(context)
+    for value in values:
+        example = listed.examples.add()
+        example.features.feature["x"].float_list.value.append(value)
+
+
+def test_classify_and_regress(stub: Any) -> None:
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "half_plus_two"
+    request.model_spec.signature_name = "classify_x_to_y"
+    examples_input(request, 20.0, 10.0)
+    response = stub.Classify(request, timeout=30)
+    assert response.model_spec.version.value == 123
+    rows = [[(c.label, c.score) for c in row.classes] for row in response.result.classifications]
+    assert rows == [[("half_plus_two", 12.0)], [("half_plus_two", 7.0)]]
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = "half_plus_two"
+    request.model_spec.signature_name = "regress_x_to_y"
+    examples_input(request, 80.0, context=2.0)
+    request.input.example_list_with_context.examples.add()  # x from the context
+    regressions = stub.Regress(request, timeout=30).result.regressions
+    assert [r.value for r in regressions] == [42.0, 3.0]
+    request.model_spec.signature_name = "serving_default"
+    error = rpc_error(stub.Regress, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Expected regression signature method_name to be tensorflow/serving/regress" in (
+        error.details()
+    )
+
+
+def test_multi_inference(stub: Any) -> None:
+    request = inference_pb2.MultiInferenceRequest()
+    for signature, method in (("classify_x_to_y", CLASSIFY), ("regress_x_to_y", REGRESS)):
+        task = request.tasks.add()
+        task.model_spec.name = "half_plus_two"
+        task.model_spec.signature_name = signature
+        task.method_name = method
+    examples_input(request, 20.0)
+    classified, regressed = stub.MultiInference(request, timeout=30).results
+    assert classified.classification_result.classifications[0].classes[0].score == 12.0
+    assert regressed.regression_result.regressions[0].value == 12.0
+    assert regressed.model_spec.signature_name == "regress_x_to_y"
+    request.tasks[1].model_spec.signature_name = "classify_x_to_y"
+    error = rpc_error(stub.MultiInference, request)
+    assert error.details() == "Duplicate evaluation of signature: classify_x_to_y"
