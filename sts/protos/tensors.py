@@ -1,4 +1,5 @@
-"""`tensorflow.TensorProto` <-> numpy, as TensorFlow's `make_ndarray` / `make_tensor_proto` do.
+"""`tensorflow.TensorProto` <-> numpy, as TensorFlow's `make_ndarray` / `make_tensor_proto` do,
+and TF Serving's `Input` of `tensorflow.Example`s as a string tensor.
 
 A request tensor may carry its values in `tensor_content` (raw little-endian bytes, read in
 place), in the typed `*_val` field of its dtype, or in `half_val` (the bits of half and
@@ -155,3 +156,18 @@ def from_array(array: np.ndarray, proto: Any | None = None) -> Any:
     else:
         field.extend(flat.tolist())
     return out
+
+
+def serialized_examples(examples: Any) -> np.ndarray:
+    """The examples of an `Input`, each serialized after the context (concatenated
+    messages merge: an example's feature wins over the context's, as in TF Serving)."""
+    kind = examples.WhichOneof("kind")
+    if kind is None:
+        raise InvalidInput("Input is empty")
+    listed = getattr(examples, kind)
+    if not listed.examples:
+        raise InvalidInput("Input is empty")
+    context = listed.context.SerializeToString() if kind == "example_list_with_context" else b""
+    serialized = np.empty(len(listed.examples), dtype=object)
+    serialized[:] = [context + example.SerializeToString() for example in listed.examples]
+    return serialized

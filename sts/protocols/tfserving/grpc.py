@@ -23,7 +23,7 @@ from sts.errors import InvalidInput, ModelNotFound, NotFound, StsError
 from sts.protocols.tfserving.codec import check_method, classifications, regressions
 from sts.protocols.tfserving.wording import in_tf_words, label_version
 from sts.protos import TFS, enum_value
-from sts.protos.tensors import dtype_name, from_array, to_array
+from sts.protos.tensors import dtype_name, from_array, serialized_examples, to_array
 from sts.repository import ModelRepository
 from sts.service import Call, Codec, InferenceService
 from sts.signature import CLASSIFY, REGRESS, Signature, TensorSpec
@@ -188,21 +188,6 @@ _TASKS: dict[str, type[ClassifyCodec] | type[RegressCodec]] = {
     CLASSIFY: ClassifyCodec,
     REGRESS: RegressCodec,
 }
-
-
-def serialized_examples(examples: Any) -> np.ndarray:
-    """The examples of an `Input`, each serialized after the context (concatenated
-    messages merge: an example's feature wins over the context's, as in TF Serving)."""
-    kind = examples.WhichOneof("kind")
-    if kind is None:
-        raise InvalidInput("Input is empty")
-    listed = getattr(examples, kind)
-    if not listed.examples:
-        raise InvalidInput("Input is empty")
-    context = listed.context.SerializeToString() if kind == "example_list_with_context" else b""
-    serialized = np.empty(len(listed.examples), dtype=object)
-    serialized[:] = [context + example.SerializeToString() for example in listed.examples]
-    return serialized
 
 
 def _input(proto: Any, spec: TensorSpec) -> np.ndarray:
