@@ -1,6 +1,6 @@
 """`tensorflow_model_server`: TF Serving's flags with TF Serving's meanings, its text model
-config, refused flags named, and a real process answering TF Serving's gRPC client and
-its REST API on TF Serving's ports."""
+config, refused flags named, and a real process serving ONNX models to TF Serving's gRPC
+client and REST API on TF Serving's ports, without loading TensorFlow."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ model_config_list {{
     model_platform: "onnx"
   }}
   config {{
-    name: "default"
-    base_path: "{MODELS / "cancer_tf1"}"
-    model_platform: "tensorflow"
+    name: "digits"
+    base_path: "{MODELS / "digits_mlp"}"
+    model_platform: "onnx"
     model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
     version_labels {{ key: "stable" value: 1 }}
   }}
@@ -84,10 +84,10 @@ def test_refusals_name_the_flag(argv: list[str], message: str) -> None:
 def test_text_model_config(tmp_path: Path) -> None:
     path = tmp_path / "models.config"
     path.write_text(TEXT_CONFIG)
-    iris, default = load_model_config_file(path)
+    iris, digits = load_model_config_file(path)
     assert (iris.name, iris.platform, str(iris.version_policy)) == ("iris", "onnx", "latest")
-    assert str(default.version_policy) == "specific:1,2"
-    assert default.version_labels == {"stable": 1}
+    assert str(digits.version_policy) == "specific:1,2"
+    assert digits.version_labels == {"stable": 1}
     path.write_text('model_config_list { config { name: "x" base_path: "/x" model_type: 1 } }')
     with pytest.raises(ConfigError, match="sts does not support model_type"):
         load_model_config_file(path)
@@ -124,7 +124,7 @@ def test_a_tf_serving_command_line(tmp_path: Path) -> None:
             except httpx.TransportError:
                 return False
 
-        wait_for(ready, timeout=90, what="tensorflow_model_server ready")
+        wait_for(ready, timeout=120, what="tensorflow_model_server ready")
         rest = httpx.post(
             f"http://127.0.0.1:{rest_port}/v1/models/iris:predict",
             json={"instances": [[5.1, 3.5, 1.4, 0.2]]},
@@ -133,13 +133,16 @@ def test_a_tf_serving_command_line(tmp_path: Path) -> None:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             request = predict_pb2.PredictRequest()
-            request.model_spec.name = "default"
+            request.model_spec.name = "digits"
             request.model_spec.version_label = "stable"
-            request.inputs["keys"].CopyFrom(tf.make_tensor_proto(np.array([[1]], np.int32)))
-            request.inputs["features"].CopyFrom(tf.make_tensor_proto(np.ones((1, 9), np.float32)))
+            pixels = np.zeros((1, 8, 8, 1), np.float32)
+            request.inputs["images"].CopyFrom(tf.make_tensor_proto(pixels))
             response = stub.Predict(request, timeout=30)
             assert response.model_spec.version.value == 1
-            assert tf.make_ndarray(response.outputs["keys"]).tolist() == [[1]]
+            assert tf.make_ndarray(response.outputs["probabilities"]).shape == (1, 10)
+        # Serving ONNX models, TF Serving's API included, never loaded TensorFlow.
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libtensorflow" not in maps
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
