@@ -1,7 +1,7 @@
 """The gRPC server itself, on the fake backend: health checking and reflection (what
 `grpcurl` uses), auth on every service, TLS, the size limit, client deadlines, cancelled
 calls freeing their slot, a taken port, metrics, v2 typed contents, and a hot reload under
-gRPC load without a failed call."""
+gRPC load without a failed call, and SIGTERM draining calls in flight."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import os
+import re
+import signal
 import socket
 import subprocess
 import threading
@@ -31,7 +34,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from sts.api.grpc import GrpcServer
 from sts.protos import V2
 from tests import fakes
-from tests.conftest import LiveServer, fake_config, free_port, settings, wait_for
+from tests.conftest import BIN, ROOT, LiveServer, fake_config, free_port, settings, wait_for
 
 PREDICTION = "tensorflow.serving.PredictionService"
 
@@ -251,3 +254,44 @@ def test_hot_reload_under_grpc_load(tmp_path: Path) -> None:
                 task.result()
         assert failures == []
         assert seen == {1, 2}
+
+
+def test_sigterm_drains_grpc_calls_in_flight(tmp_path: Path) -> None:
+    fakes.write_version(tmp_path / "slow", 1, delay=1.5)
+    port, grpc_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [str(BIN / "sts"), "--model_base_path", str(tmp_path / "slow"),
+         "--model_platform", "tests.fakes:FakeBackend", "--host", "127.0.0.1",
+         "--port", str(port), "--grpc_port", str(grpc_port), "--log_level", "warning"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None
+            try:
+                return httpx.get(f"{url}/health/ready").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, timeout=60, what="server ready")
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            calls = [stub.Predict.future(predict_request(), timeout=30) for _ in range(4)]
+            wait_for(lambda: inflight(url) == 4, what="four calls in flight")
+            process.send_signal(signal.SIGTERM)
+            answers = [call.result() for call in calls]  # none dropped
+        assert [list(a.outputs["y"].float_val) for a in answers] == [[2.0, 4.0]] * 4
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def inflight(url: str) -> float:
+    """Requests the server holds, from its own metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(r"^sts_inflight_requests\{[^}]*\} ([0-9.]+)$", text, flags=re.MULTILINE)
+    return sum(float(v) for v in found)
