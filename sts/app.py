@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from sts.api.docs import install_docs
 from sts.api.errors import install_error_handlers
 from sts.api.limits import BodySizeLimit
 from sts.api.transport import HeadAsGet, ResponseCompression
+from sts.api.views import server_ready
 from sts.auth.guard import HEALTH_PATHS, BasicAuth, FailureLimiter
 from sts.metrics import Metrics
 from sts.model_config import ModelConfig
@@ -157,12 +159,14 @@ def _grpc_server(
         settings.grpc_port,
         [
             TFServingGrpc(service, repository).services(),
-            V2Grpc(service, repository, settings.enable_model_control).services(),
+            V2Grpc(
+                service, repository, settings.enable_model_control, settings.strict_readiness
+            ).services(),
         ],
         max_message_bytes=settings.max_request_bytes,
         interceptors=interceptors,
         certificate=certificate,
-        ready=repository.ready.is_set,
+        ready=functools.partial(server_ready, repository, settings.strict_readiness),
         reuse_port=settings.workers > 1,
     )
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from sts import __version__
 from sts.api.grpc import GrpcServices, unary
+from sts.api.views import server_ready
 from sts.codecs import numeric_array, short
 from sts.errors import BackendError, Forbidden, InvalidInput, StsError
 from sts.protocols.v2.codec import (
@@ -79,10 +80,10 @@ def _raw_from_contents(tensor: Any, what: str) -> bytes:
         return b""  # an unknown datatype: decode_inputs names it
     values = getattr(tensor.contents, field)
     if tensor.datatype == "BYTES":
-        return raw_bytes(string_array_of(list(values)), DTYPES["string"])
+        return raw_bytes(string_array_of(list(values)), DTYPES["string"], tensor.name)
     dt = V2_DTYPES[tensor.datatype]
     array = numeric_array(np.asarray(values), TensorSpec(tensor.name, dt.name, None), what)
-    return raw_bytes(array, dt)
+    return raw_bytes(array, dt, tensor.name)
 
 
 def string_array_of(values: list[bytes]) -> np.ndarray:
@@ -161,7 +162,7 @@ class InferCodec(Codec[bytes]):
             tensor.datatype = dt.v2
             tensor.shape.extend(array.shape)
             if raw:
-                response.raw_output_contents.append(raw_bytes(array, dt))
+                response.raw_output_contents.append(raw_bytes(array, dt, name))
             elif dt.v2 == "FP16":
                 raise InvalidInput(f"output '{name}' is FP16, which only travels raw")
             else:
@@ -178,11 +179,16 @@ class V2Grpc:
     """The servicer; one per app."""
 
     def __init__(
-        self, service: InferenceService, repository: ModelRepository, model_control: bool
+        self,
+        service: InferenceService,
+        repository: ModelRepository,
+        model_control: bool,
+        strict_readiness: bool = True,
     ) -> None:
         self.service = service
         self.repository = repository
         self.model_control = model_control
+        self.strict_readiness = strict_readiness
 
     def services(self) -> GrpcServices:
         methods = {
@@ -202,7 +208,7 @@ class V2Grpc:
         return V2.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: Any, context: Context) -> Any:
-        return V2.ServerReadyResponse(ready=self.repository.ready.is_set())
+        return V2.ServerReadyResponse(ready=server_ready(self.repository, self.strict_readiness))
 
     async def model_ready(self, request: Any, context: Context) -> Any:
         # A yes/no question, as in Triton: an unknown model or version is not ready.
