@@ -41,7 +41,7 @@ MISSING_JAVA := $(if $(or $(JAVA_HOME),$(shell command -v java)),,default-jre-he
 MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(shell command -v strace),,strace) $(if $(shell command -v ip),,iproute2) $(MISSING_JAVA))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help serve serve-mxnet test test-main test-mxnet lint tools java bench soak examples clean
+.PHONY: help serve serve-mxnet test test-main test-mxnet lint tools java bench soak examples protos clean
 
 help:
 	@echo "make serve     install and serve examples/models on $(HOST):$(PORT) (make serve HOST=0.0.0.0 PORT=9000)"
@@ -51,6 +51,7 @@ help:
 	@echo "make bench     throughput and latency against the runtime in-process (a few minutes)"
 	@echo "make soak      the bench, then 10 minutes of load with a reload every 30 s"
 	@echo "make examples  retrain the example models (outputs are committed)"
+	@echo "make protos    regenerate sts/protos/descriptors.binpb (the gRPC schemas)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,8 +63,13 @@ $(VENV)/.serve-installed: pyproject.toml | $(UV)
 	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o]'
 	touch $@
 
+# TF Serving's official Python client (tests and `make protos`). Its package declares full
+# `tensorflow`, which must never land beside `tensorflow-cpu`: installed without dependencies.
+TFS_API := tensorflow-serving-api==2.21.0
+
 $(VENV)/.test-installed: pyproject.toml | $(UV)
 	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o,optimize,test,dev]'
+	$(UV_INSTALL) --no-deps '$(TFS_API)'
 	touch $@ $(VENV)/.serve-installed
 
 $(MX_BIN)/python:
@@ -85,7 +91,16 @@ serve-mxnet: $(MX_VENV)/.serve-installed
 
 test: test-main test-mxnet
 
-test-main: lint tools
+# tritonclient[grpc] caps protobuf below 7, which TensorFlow's environment cannot share:
+# the KServe v2 gRPC client tests run it from here, as a subprocess.
+TRITON_VENV := .venv-triton
+
+$(TRITON_VENV)/.installed: | $(UV)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(UV) pip install --quiet --python $(TRITON_VENV)/bin/python 'tritonclient[grpc]>=2.40'
+	touch $@
+
+test-main: lint tools $(TRITON_VENV)/.installed
 	$(BIN)/python -m pytest
 
 test-mxnet: $(MX_VENV)/.test-installed | $(VENV)/.test-installed
@@ -127,5 +142,9 @@ examples: $(VENV)/.test-installed $(MX_VENV)/.test-installed java
 	$(BIN)/python examples/build_jvm_models.py
 	$(MX_BIN)/python examples/build_mxnet_models.py
 
+# sts/protos/descriptors.binpb: the gRPC schemas, from the installed packages' descriptors.
+protos: $(VENV)/.test-installed
+	$(BIN)/python -m sts.protos.generate
+
 clean:
-	rm -rf $(VENV) $(MX_VENV) .pytest_cache .ruff_cache .mypy_cache dist build
+	rm -rf $(VENV) $(MX_VENV) $(TRITON_VENV) .pytest_cache .ruff_cache .mypy_cache dist build

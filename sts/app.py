@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -23,6 +25,7 @@ from sts.api.docs import install_docs
 from sts.api.errors import install_error_handlers
 from sts.api.limits import BodySizeLimit
 from sts.api.transport import HeadAsGet, ResponseCompression
+from sts.api.views import server_ready
 from sts.auth.guard import HEALTH_PATHS, BasicAuth, FailureLimiter
 from sts.metrics import Metrics
 from sts.model_config import ModelConfig
@@ -35,6 +38,10 @@ from sts.service import InferenceService
 from sts.settings import ServerSettings
 from sts.watcher import Watcher
 from sts.web import routes as web
+
+if TYPE_CHECKING:
+    from sts.api.grpc import GrpcServer
+    from sts.auth.passwords import Authenticator
 
 logger = logging.getLogger("sts")
 
@@ -57,13 +64,21 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     config_file = Path(settings.model_config_file) if settings.model_config_file else None
     watcher = Watcher(repository, settings.poll_seconds, config_file, settings.model_configs)
 
+    authenticator = settings.authenticator() if settings.enable_auth else None
+    limiter = FailureLimiter(settings.auth_max_failures or 2**31)
+    grpc_server = _grpc_server(settings, service, repository, authenticator, limiter)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(watcher.run(), name="sts-watcher")
         app.state.watcher_task = task
         try:
+            if grpc_server is not None:
+                await grpc_server.start()
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -82,6 +97,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     app.state.repository = repository
     app.state.service = service
     app.state.metrics = metrics
+    app.state.grpc_server = grpc_server
     install_error_handlers(app)
 
     app.include_router(web.router)
@@ -97,12 +113,9 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     # Added innermost first: RequestAccounting(HeadAsGet(ResponseCompression(BodySizeLimit(
     # CORS(BasicAuth(app)))))). CORS answers preflights
     # (which carry no credentials) and adds its headers to 401s, so browsers can read them.
-    if settings.enable_auth:
+    if authenticator is not None:
         exempt = HEALTH_PATHS if settings.auth_exempt_health else frozenset()
-        limiter = FailureLimiter(settings.auth_max_failures or 2**31)
-        app.add_middleware(
-            BasicAuth, authenticator=settings.authenticator(), exempt=exempt, limiter=limiter
-        )
+        app.add_middleware(BasicAuth, authenticator=authenticator, exempt=exempt, limiter=limiter)
     if settings.enable_cors:
         origins = settings.cors_origins or ["*"]
         app.add_middleware(
@@ -120,6 +133,42 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     # Outermost: sees every answer, the refusals of the layers inside included.
     app.add_middleware(metrics_api.RequestAccounting, metrics=metrics, repository=repository)
     return app
+
+
+def _grpc_server(
+    settings: ServerSettings,
+    service: InferenceService,
+    repository: ModelRepository,
+    authenticator: Authenticator | None,
+    limiter: FailureLimiter,
+) -> GrpcServer | None:
+    """TF Serving's and KServe v2's gRPC APIs on `--grpc_port` (None when it is 0)."""
+    if not settings.grpc_port:
+        return None
+    from sts.api.grpc import GrpcServer
+    from sts.auth.grpc import GrpcBasicAuth
+    from sts.protocols.tfserving.grpc import TFServingGrpc
+    from sts.protocols.v2.grpc import V2Grpc
+
+    interceptors = [GrpcBasicAuth(authenticator, limiter)] if authenticator is not None else []
+    certificate = (
+        (Path(settings.secret_pem), Path(settings.secret_key)) if settings.enable_ssl else None
+    )
+    return GrpcServer(
+        settings.host,
+        settings.grpc_port,
+        [
+            TFServingGrpc(service, repository).services(),
+            V2Grpc(
+                service, repository, settings.enable_model_control, settings.strict_readiness
+            ).services(),
+        ],
+        max_message_bytes=settings.max_request_bytes,
+        interceptors=interceptors,
+        certificate=certificate,
+        ready=functools.partial(server_ready, repository, settings.strict_readiness),
+        reuse_port=settings.workers > 1,
+    )
 
 
 def app_from_environment() -> FastAPI:

@@ -1,4 +1,4 @@
-"""The exception tree. Each class carries the HTTP status it maps to.
+"""The exception tree. Each class carries the HTTP status (and gRPC status code) it maps to.
 
 Nothing below `sts/api/` imports FastAPI: raise these, and one handler in the API
 layer turns any of them into `{"error": message}` with `status_code`.
@@ -14,6 +14,7 @@ class StsError(Exception):
     """Base of every error sts raises on purpose."""
 
     status_code: int = 500
+    grpc_code: str = "INTERNAL"  # a `grpc.StatusCode` name; errors.py does not import grpc
     headers: dict[str, str] = {}  # added to the HTTP response
 
     def __init__(self, message: str) -> None:
@@ -28,12 +29,14 @@ class InvalidInput(StsError):
     """The caller sent something the model or protocol cannot take."""
 
     status_code = 400
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class NotFound(StsError):
     """A model, version, label or signature that does not exist."""
 
     status_code = 404
+    grpc_code = "NOT_FOUND"
 
 
 class ModelNotFound(NotFound):
@@ -56,26 +59,31 @@ class Forbidden(StsError):
     """A feature the server was started without (e.g. model control)."""
 
     status_code = 403
+    grpc_code = "FAILED_PRECONDITION"
 
 
 class PayloadTooLarge(StsError):
     status_code = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class UnsupportedMediaType(StsError):
     status_code = 415
+    grpc_code = "INVALID_ARGUMENT"
 
 
 class ModelNotReady(StsError):
     """The model exists but no version can serve yet (loading, or every load failed)."""
 
     status_code = 503
+    grpc_code = "UNAVAILABLE"
 
 
 class QueueFull(StsError):
     """Too many requests are waiting for the model; the client should retry shortly."""
 
     status_code = 503
+    grpc_code = "UNAVAILABLE"
     headers = {"Retry-After": "1"}
 
 
@@ -83,6 +91,7 @@ class GatewayTimeout(StsError):
     """The prediction took longer than the request timeout."""
 
     status_code = 504
+    grpc_code = "DEADLINE_EXCEEDED"
 
 
 class BackendError(StsError):

@@ -38,6 +38,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "protocols": (
         "host",
         "port",
+        "grpc_port",
         "public_url",
         "strict_readiness",
         "strict_json",

@@ -212,15 +212,21 @@ def load_model_config_file(
     default_policy: VersionPolicy | None = None,
     tensorflow_defaults: dict[str, Any] | None = None,
 ) -> list[ModelConfig]:
-    """Parse and validate a model config file; every problem names the entry."""
+    """Parse and validate a model config file (sts's JSON, or TF Serving's text format);
+    every problem names the entry."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read model config file {path}: {exc.strerror}") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"model config file {path} is not valid JSON: {exc}") from None
+    if text.lstrip().startswith("{") or path.suffix.lower() == ".json":
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"model config file {path} is not valid JSON: {exc}") from None
+    else:
+        from sts.tfserving_config import read_model_server_config
+
+        document = read_model_server_config(text, str(path))
     if not isinstance(document, dict) or not isinstance(document.get("model_config_list"), list):
         raise ConfigError(f'model config file {path} needs a top-level "model_config_list" array')
 

@@ -38,8 +38,10 @@ class ServerSettings(BaseSettings):
     """Address to listen on."""
     port: int = Field(default=8500, ge=0, le=65535)
     """Port to listen on."""
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """Port of the gRPC server (TF Serving's and KServe v2's gRPC APIs, on `host`); 0: off."""
     enable_ssl: Bool = False
-    """Serve HTTPS with `secret_pem` and `secret_key`."""
+    """Serve HTTPS (and gRPC over TLS) with `secret_pem` and `secret_key`."""
     secret_pem: str = "secret.pem"  # noqa: S105 - a file name, the original's default
     """TLS certificate chain (PEM)."""
     secret_key: str = "secret.key"  # noqa: S105 - a file name, the original's default

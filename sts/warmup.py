@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from sts.codecs import decode_named_inputs
 from sts.errors import ModelLoadError, StsError
 from sts.images import ImageDecoding, ImageOptions
+from sts.protos import TFS
+from sts.protos.tensors import serialized_examples, to_array
 from sts.signature import Signature
 
 logger = logging.getLogger("sts.warmup")
@@ -92,34 +95,41 @@ def _json_requests(
 
 
 # ---------------------------------------------------------------- TF Serving's file
-# TFRecord framing, then protobuf messages decoded by field number (the few fields needed;
-# TensorFlow Serving's API protos are not a dependency):
-#   PredictionLog{classify_log=2, regress_log=3, predict_log=6}
-#   PredictLog{request=1} > PredictRequest{model_spec=1, inputs=2 (map<string, TensorProto>)}
-#   ClassifyLog/RegressLog{request=1} > Classification/RegressionRequest{model_spec=1, input=2}
-#   Input{example_list=1 > {examples=1}, example_list_with_context=2 > {examples=1, context=2}}
-#   ModelSpec{signature_name=3}
+# TFRecord framing around TF Serving's `PredictionLog` messages (sts.protos): predict,
+# classify and regress logs are run.
 
 
 def _tf_requests(file: Path, signatures: dict[str, Signature], default: str) -> Iterator[Request]:
     for number, record in enumerate(_tfrecords(file), 1):
         where = f"{TF_WARMUP_FILE} record {number}"
         try:
-            fields = _message(record)
-            if 6 in fields:
-                yield _predict(fields[6][0], signatures, default, where)
-            elif 2 in fields or 3 in fields:
-                yield _examples(fields.get(2, fields.get(3, []))[0], signatures, default, where)
-            else:
-                raise ModelLoadError(f"{where}: only predict, classify and regress logs are run")
-        except (ValueError, IndexError, struct.error) as exc:
+            log = TFS.PredictionLog.FromString(record)
+        except DecodeError as exc:
             raise ModelLoadError(f"{where}: not a PredictionLog ({exc})") from None
+        kind = log.WhichOneof("log_type")
+        if kind not in ("predict_log", "classify_log", "regress_log"):
+            raise ModelLoadError(f"{where}: only predict, classify and regress logs are run")
+        request = getattr(log, kind).request
+        name = request.model_spec.signature_name or default
+        signature = _check(name, signatures, where)
+        try:
+            if kind == "predict_log":
+                inputs = {
+                    key: to_array(value, f"input '{key}'") for key, value in request.inputs.items()
+                }
+            else:
+                inputs = {next(iter(signature.inputs)): serialized_examples(request.input)}
+        except StsError as exc:
+            raise ModelLoadError(f"{where}: {exc.message}") from None
+        yield name, inputs
 
 
 def _tfrecords(file: Path) -> Iterator[bytes]:
     data = file.read_bytes()
     position = 0
     while position < len(data):
+        if position + 12 > len(data):
+            raise ModelLoadError(f"{TF_WARMUP_FILE}: truncated TFRecord")
         (length,) = struct.unpack_from("<Q", data, position)
         position += 12  # the length and its CRC
         if position + length + 4 > len(data):
@@ -128,81 +138,7 @@ def _tfrecords(file: Path) -> Iterator[bytes]:
         position += length + 4  # the data and its CRC
 
 
-def _signature_name(request: dict[int, list[Any]], default: str) -> str:
-    spec = _message(request[1][0]) if 1 in request else {}
-    name = spec.get(3, [b""])[0]
-    return name.decode() if name else default
-
-
-def _predict(log: bytes, signatures: dict[str, Signature], default: str, where: str) -> Request:
-    from tensorflow import make_ndarray
-    from tensorflow.core.framework.tensor_pb2 import TensorProto
-
-    request = _message(_message(log)[1][0])
-    name = _signature_name(request, default)
-    _check(name, signatures, where)
-    inputs = {}
-    for entry in request.get(2, []):
-        pair = _message(entry)
-        key = pair[1][0].decode()
-        array = make_ndarray(TensorProto.FromString(pair[2][0]))
-        inputs[key] = array
-    return name, inputs
-
-
-def _examples(log: bytes, signatures: dict[str, Signature], default: str, where: str) -> Request:
-    request = _message(_message(log)[1][0])
-    name = _signature_name(request, default)
-    signature = _check(name, signatures, where)
-    given = _message(request[2][0]) if 2 in request else {}
-    if 1 in given:
-        listed, context = _message(given[1][0]), b""
-    elif 2 in given:
-        listed = _message(given[2][0])
-        context = listed.get(2, [b""])[0]
-    else:
-        raise ModelLoadError(f"{where}: the request has no examples")
-    examples = np.empty(len(listed.get(1, [])), dtype=object)
-    examples[:] = [context + example for example in listed.get(1, [])]
-    return name, {next(iter(signature.inputs)): examples}
-
-
 def _check(name: str, signatures: dict[str, Signature], where: str) -> Signature:
     if name not in signatures:
         raise ModelLoadError(f"{where}: no signature {name!r}; signatures: {sorted(signatures)}")
     return signatures[name]
-
-
-def _message(data: bytes) -> dict[int, list[Any]]:
-    """Field number -> values (varints as int, everything length-delimited as bytes)."""
-    fields: dict[int, list[Any]] = {}
-    position = 0
-    while position < len(data):
-        key, position = _varint(data, position)
-        number, wire = key >> 3, key & 7
-        value: Any
-        if wire == 0:
-            value, position = _varint(data, position)
-        elif wire == 2:
-            length, position = _varint(data, position)
-            value = data[position : position + length]
-            position += length
-        elif wire == 1:
-            value, position = data[position : position + 8], position + 8
-        elif wire == 5:
-            value, position = data[position : position + 4], position + 4
-        else:
-            raise ValueError(f"wire type {wire}")
-        fields.setdefault(number, []).append(value)
-    return fields
-
-
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, position
-        shift += 7

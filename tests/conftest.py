@@ -33,6 +33,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("STFS_") or key == "STS_SETTINGS_JSON":
             monkeypatch.delenv(key)
+    # gRPC is on by default (port 8001); tests that want it pick a free port themselves.
+    monkeypatch.setenv("STFS_GRPC_PORT", "0")
 
 
 def settings(**overrides: Any) -> ServerSettings:
@@ -151,6 +153,7 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
+    env["STFS_GRPC_PORT"] = "0"
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
 
 
@@ -162,6 +165,7 @@ def running(
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
     env["STFS_LOG_LEVEL"] = "warning"
+    env["STFS_GRPC_PORT"] = "0"  # a --grpc_port flag wins
     proc = subprocess.Popen(
         [*args, "--host", "127.0.0.1", "--port", str(port)],
         cwd=cwd,

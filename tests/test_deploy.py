@@ -13,9 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sts.cli import build_parser
 from sts.settings import ServerSettings
@@ -90,10 +92,12 @@ def test_the_cpu_image_entry_command_and_health_check_work_here(tmp_path: Path) 
     """Run what the CPU image runs, with its environment (the port made free)."""
     steps = instructions(ROOT / "docker" / "Dockerfile")
     env = {k: v for k, a in steps if k == "ENV" for k, v in env_pairs(a).items()}
-    port = str(free_port())
+    port, grpc_port = str(free_port()), free_port()
+    assert env["STFS_GRPC_PORT"] == "8001"
     env.update(
         STFS_HOST="127.0.0.1",
         STFS_PORT=port,
+        STFS_GRPC_PORT=str(grpc_port),
         STFS_MODEL_BASE_PATH=str(ROOT / "examples" / "models" / "iris_logreg"),
         STFS_MODEL_PLATFORM="onnx",
         STFS_INFERENCE_IMAGES_DIR=str(tmp_path / "images"),
@@ -113,6 +117,11 @@ def test_the_cpu_image_entry_command_and_health_check_work_here(tmp_path: Path) 
         wait_for(healthy, timeout=60, what="the image's health check")
         body = {"data": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
         assert httpx.post(f"http://127.0.0.1:{port}/", json=body).json()["classes"] == [0]
+        # The image's second port: gRPC, serving once the model is ready.
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            serving = health_pb2.HealthCheckResponse.SERVING
+            wait_for(lambda: check(health_pb2.HealthCheckRequest(), timeout=10).status == serving)
     finally:
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal: the exit status says so.

@@ -23,6 +23,7 @@ def test_wheel_ships_templates_and_static(tmp_path: Path) -> None:
     assert "sts/static/sts.css" in names
     assert "sts/backends/onnx.py" in names
     assert "sts/protocols/tfserving/codec.py" in names
+    assert "sts/protos/descriptors.binpb" in names  # the gRPC schemas
     entry_points = (
         zipfile.ZipFile(wheel)
         .read(next(n for n in names if n.endswith("entry_points.txt")))
@@ -30,6 +31,7 @@ def test_wheel_ships_templates_and_static(tmp_path: Path) -> None:
     )
     assert "simple_tensorflow_serving = sts.cli:main" in entry_points
     assert "sts = sts.cli:main" in entry_points
+    assert "tensorflow_model_server = sts.tfserving_cli:main" in entry_points
 
     # Installed from the wheel (unpacked, no checkout beside it), sts finds its files.
     site = tmp_path / "site"

@@ -103,16 +103,21 @@ class BasicAuth:
 def _credentials(scope: Scope) -> tuple[str, str] | None:
     for key, value in scope["headers"]:
         if key == b"authorization":
-            kind, _, token = value.partition(b" ")
-            if kind.lower() != b"basic":
-                return None
-            try:
-                decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-            except (binascii.Error, ValueError):
-                return None
-            user, sep, password = decoded.partition(":")
-            return (user, password) if sep else None
+            return basic_credentials(value)
     return None
+
+
+def basic_credentials(value: bytes) -> tuple[str, str] | None:
+    """User and password of an `Authorization: Basic ...` value (None when it is not one)."""
+    kind, _, token = value.partition(b" ")
+    if kind.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
 
 
 async def _respond(send: Send, status: int, message: str, headers: dict[str, str]) -> None:

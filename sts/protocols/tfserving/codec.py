@@ -321,6 +321,12 @@ def check_method(signature_name: str, signature: Signature, method: str) -> None
 
 def classify_results(outputs: Mapping[str, np.ndarray], count: int, strict: bool = False) -> bytes:
     """`{"results": [[[label, score], ...], ...]}`, one list per example."""
+    return dumps({"results": classifications(outputs, count)}, strict)
+
+
+def classifications(outputs: Mapping[str, np.ndarray], count: int) -> list[list[list[Any]]]:
+    """`[label, score]` pairs (str, float32) per example, from a classify signature's
+    `classes` and/or `scores` outputs (REST and gRPC alike)."""
     classes, scores = outputs.get("classes"), outputs.get("scores")
     if classes is None and scores is None:
         raise InvalidInput(
@@ -342,11 +348,16 @@ def classify_results(outputs: Mapping[str, np.ndarray], count: int, strict: bool
             score = np.float32(scores[i, j]) if scores is not None else np.float32(0)
             row.append([label, score])
         results.append(row)
-    return dumps({"results": results}, strict)
+    return results
 
 
 def regress_results(outputs: Mapping[str, np.ndarray], count: int, strict: bool = False) -> bytes:
     """`{"results": [value, ...]}`, one value per example."""
+    return dumps({"results": regressions(outputs, count)}, strict)
+
+
+def regressions(outputs: Mapping[str, np.ndarray], count: int) -> np.ndarray:
+    """One float32 value per example, from a regress signature's `outputs` output."""
     values = outputs.get("outputs")
     if values is None:
         raise InvalidInput(
@@ -359,7 +370,7 @@ def regress_results(outputs: Mapping[str, np.ndarray], count: int, strict: bool 
             "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] "
             f"with batch_size {count}, but got {list(values.shape)}"
         )
-    return dumps({"results": values.astype(np.float32, copy=False)}, strict)
+    return values.astype(np.float32, copy=False)
 
 
 def _per_example(value: np.ndarray | None, name: str, count: int) -> np.ndarray | None:

@@ -1,15 +1,11 @@
-"""The `tf.Example` wire format, for classify and regress: JSON examples serialized as
-TF Serving's REST handler does (`json_tensor.cc`), its wording included.
-
-Example{features=1} > Features{map<string, Feature> feature=1} > Feature{oneof bytes_list=1,
-float_list=2, int64_list=3} > *List{repeated value=1 (packed for numbers)}. Written by hand:
-the protocols never import TensorFlow, and this is all of the format they need.
+"""JSON examples as `tensorflow.Example`s, for classify and regress, as TF Serving's REST
+handler builds them (`json_tensor.cc`), its wording included. The message is TensorFlow's
+own (`sts.protos`, no TensorFlow import); serialized, it feeds the signature's string input.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from typing import Any
 
 import numpy as np
@@ -17,10 +13,12 @@ import numpy as np
 from sts.codecs import decode_b64, is_b64_object
 from sts.errors import InvalidInput
 from sts.protocols.tfserving.wording import is_named_object, js, json_type
+from sts.protos import TF
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-_BYTES, _FLOAT, _INT64 = 1, 2, 3
+# Feature's oneof fields.
+_BYTES, _FLOAT, _INT64 = "bytes_list", "float_list", "int64_list"
 _KIND_NAMES = {_BYTES: "bytes", _FLOAT: "float", _INT64: "int64"}
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -43,37 +41,22 @@ def decode_examples(document: dict[str, Any], method: str) -> np.ndarray:
     return serialized
 
 
-def _varint(number: int) -> bytes:
-    number &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        low = number & 0x7F
-        number >>= 7
-        if number:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def serialize_example(value: Any) -> bytes:
     """A JSON example (`{feature: value or list}`) as a serialized `tf.Example`."""
     if not is_named_object(value):
         raise InvalidInput(f"Example must be JSON object but got JSON {json_type(value)}")
-    features = b"".join(
-        _field(1, _field(1, str(name).encode()) + _field(2, _feature(str(name), content)))
-        for name, content in value.items()
-    )
-    return _field(1, features)
+    example = TF.Example()
+    features = example.features.feature
+    for name, content in value.items():
+        _feature(str(name), content, features[str(name)])
+    return bytes(example.SerializeToString())
 
 
-def _feature(name: str, content: Any) -> bytes:
+def _feature(name: str, content: Any, feature: Any) -> None:
+    """Fill `feature` from one JSON value or list; an empty list leaves it without a kind,
+    as TF Serving writes it."""
     items = content if isinstance(content, list) else [content]
-    kind = 0
+    kind = ""
     values: list[Any] = []
     for item in items:
         item_kind, item_value = _feature_value(name, item)
@@ -83,18 +66,11 @@ def _feature(name: str, content: Any) -> bytes:
             )
         kind = item_kind
         values.append(item_value)
-    if not kind:
-        return b""  # an empty list: a feature with no kind, as TF Serving writes it
-    if kind == _BYTES:
-        payload = b"".join(_field(1, v) for v in values)
-    elif kind == _FLOAT:
-        payload = _field(1, struct.pack(f"<{len(values)}f", *values))
-    else:
-        payload = _field(1, b"".join(_varint(v) for v in values))
-    return _field(kind, payload)
+    if kind:
+        getattr(feature, kind).value.extend(values)
 
 
-def _feature_value(name: str, item: Any) -> tuple[int, Any]:
+def _feature_value(name: str, item: Any) -> tuple[str, Any]:
     if isinstance(item, bool):
         return _INT64, int(item)
     if isinstance(item, str):

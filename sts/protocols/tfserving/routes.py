@@ -14,10 +14,10 @@ from sts.api.bodies import parse_body
 from sts.api.deps import RepositoryDep
 from sts.api.schemas import TFSERVING_INFER
 from sts.codecs import short
-from sts.errors import InvalidInput, LabelNotFound, ModelNotFound, NotFound, StsError
+from sts.errors import InvalidInput, ModelNotFound, NotFound, StsError
 from sts.protocols.tfserving.codec import CODECS, parse_document
 from sts.protocols.tfserving.views import metadata_document, status_document
-from sts.protocols.tfserving.wording import in_tf_words, servable
+from sts.protocols.tfserving.wording import in_tf_words, label_version
 from sts.repository import ModelRepository
 from sts.service import InferenceService
 
@@ -40,15 +40,6 @@ def _version_number(text: str, request: Request) -> int:
     if number > _INT64_MAX:
         raise InvalidInput(f"Failed to convert version: {short(text)} to numeric.")
     return number
-
-
-def _label_version(repository: ModelRepository, model: str, label: str) -> int:
-    try:
-        return repository.label_version(model, label)
-    except LabelNotFound:
-        raise InvalidInput(f"Unrecognized servable version label: {short(label)}") from None
-    except ModelNotFound:
-        raise NotFound(f"Servable not found for request: {servable(short(model), None)}") from None
 
 
 # ---------------------------------------------------------------- predict / classify / regress
@@ -92,7 +83,7 @@ async def _infer(
     state = request.app.state
     service: InferenceService = state.service
     if label is not None:
-        version = _label_version(state.repository, model, label)
+        version = label_version(state.repository, model, label)
     document = await parse_body(await request.body(), parse_document)
     settings = state.settings
     codec = codec_class(document, model, version, settings.max_image_pixels, settings.strict_json)
@@ -123,7 +114,7 @@ async def get_version_status(
 
 @router.get("/v1/models/{model_name}/labels/{label}", summary="Status of a labelled version")
 async def get_label_status(model_name: str, label: str, repository: RepositoryDep) -> JSONResponse:
-    return _status(repository, model_name, _label_version(repository, model_name, label))
+    return _status(repository, model_name, label_version(repository, model_name, label))
 
 
 # ---------------------------------------------------------------- metadata
@@ -153,7 +144,7 @@ async def get_version_metadata(
 async def get_label_metadata(
     model_name: str, label: str, repository: RepositoryDep
 ) -> JSONResponse:
-    return _metadata(repository, model_name, _label_version(repository, model_name, label))
+    return _metadata(repository, model_name, label_version(repository, model_name, label))
 
 
 @fallback.api_route(

@@ -3,9 +3,12 @@ lookup errors it words itself. Clients match these messages, so they are kept ex
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from sts.repository import ModelRepository
 
 from sts.codecs import is_b64_object, short
 from sts.errors import (
@@ -52,6 +55,16 @@ def is_named_object(value: Any) -> bool:
 
 def servable(model: str, version: int | None) -> str:
     return f"Latest({model})" if version is None else f"Specific({model}, {version})"
+
+
+def label_version(repository: ModelRepository, model: str, label: str) -> int:
+    """The version a label names, or TF Serving's errors for an unknown label or model."""
+    try:
+        return repository.label_version(model, label)
+    except LabelNotFound:
+        raise InvalidInput(f"Unrecognized servable version label: {short(label)}") from None
+    except ModelNotFound:
+        raise NotFound(f"Servable not found for request: {servable(short(model), None)}") from None
 
 
 def in_tf_words(exc: StsError, model: str, version: int | None, signature: str | None) -> StsError:

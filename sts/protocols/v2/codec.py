@@ -331,7 +331,7 @@ def encode_response(
         }
         binary = default_binary if requested.binary is None else requested.binary
         if binary:
-            raw = _to_binary(array, dt, requested.name)
+            raw = to_binary(array, dt, requested.name)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -349,7 +349,7 @@ def encode_response(
     return header + b"".join(chunks), len(header)
 
 
-def _to_binary(array: np.ndarray, dt: DType, name: str) -> bytes:
+def to_binary(array: np.ndarray, dt: DType, name: str) -> bytes:
     """Raw little-endian values, or length-prefixed BYTES elements. A structured output (a
     sequence or map of an ONNX model, held as JSON values) has no binary form: 400."""
     if dt.v2 == "BYTES":
