@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -40,23 +39,25 @@ FRAMEWORK_MODULES = {
     "mxnet": "mxnet",
 }
 _import_locks = {module: threading.Lock() for module in FRAMEWORK_MODULES.values()}
+_imported: set[str] = set()
 
 
 def import_framework(platform: str) -> float:
-    """Import the platform's framework if this process has not yet; the seconds it took
-    (0.0 when already imported, unknown, or failing: `load` then reports the failure)."""
+    """Import the platform's framework if no backend has yet; the seconds it took, waiting
+    for another thread's import included (0.0 once imported, for an unknown platform, or
+    when the import fails: `load` then imports it again and names the problem)."""
     module = FRAMEWORK_MODULES.get(platform)
-    if module is None or module in sys.modules:
+    if module is None or module in _imported:
         return 0.0
-    with _import_locks[module]:  # one thread imports it; the others wait and report 0
-        if module in sys.modules:
-            return 0.0
-        started = time.perf_counter()
-        try:
-            importlib.import_module(module)
-        except Exception:  # `load` imports it again and names the problem
-            return 0.0
-        return time.perf_counter() - started
+    started = time.perf_counter()
+    with _import_locks[module]:
+        if module not in _imported:
+            try:
+                importlib.import_module(module)
+            except Exception:
+                return 0.0
+            _imported.add(module)
+    return time.perf_counter() - started
 
 
 class BackendOptions(BaseModel):
