@@ -17,7 +17,7 @@ import boto3
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from moto.core.authorization import enable_iam_authentication
+from moto.core.authorization import disable_iam_authentication, enable_iam_authentication
 from moto.server import ThreadedMotoServer
 
 from sts.errors import ConfigError
@@ -356,3 +356,45 @@ def test_an_s3_model_serves_through_the_cli(s3: S3, tmp_path: Path) -> None:
         output = proc.communicate(timeout=30)[0]
     assert f"s3://{bucket}/iris" in output
     assert SECRET not in output
+
+
+def test_a_failed_download_is_retried_with_backoff_and_shown(s3: S3, served: Any) -> None:
+    """A reader allowed to list but not to read: the version waits in RETRYING with the
+    store's error, and loads on a later attempt once reading is allowed."""
+    bucket = s3.bucket()
+    s3.put(bucket, "iris/1/model.onnx")
+    iam = boto3.client(
+        "iam",
+        endpoint_url=s3.endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    user = f"reader-{uuid.uuid4().hex[:6]}"
+    iam.create_user(UserName=user)
+    access = iam.create_access_key(UserName=user)["AccessKey"]
+
+    def allow(*actions: str) -> None:
+        statement = {"Effect": "Allow", "Action": list(actions), "Resource": "*"}
+        document = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+        iam.put_user_policy(UserName=user, PolicyName="models", PolicyDocument=document)
+
+    allow("s3:ListBucket")
+    options = {
+        "endpoint_url": s3.endpoint,
+        "key": access["AccessKeyId"],
+        "secret": access["SecretAccessKey"],
+    }
+    with enable_iam_authentication(), served(iris(f"s3://{bucket}/iris", options)) as client:
+        store = store_of(client)
+        wait_for(lambda: store.units["1"].attempts >= 2, timeout=30, what="two failed tries")
+        version = client.get("/v1/models/iris").json()["storage"]["versions"]["1"]
+        assert version["state"] == "RETRYING"
+        assert "access denied" in version["error"]
+        assert version["retry_at"] is not None
+        assert serving(client) == set()
+        assert access["SecretAccessKey"] not in json.dumps(version)
+        with disable_iam_authentication():
+            allow("s3:ListBucket", "s3:GetObject")
+        wait_for(lambda: serving(client) == {1}, timeout=60, what="loaded after a retry")
+        assert predicts(client, 1)
