@@ -30,6 +30,7 @@ SUBCOMMANDS = {
     "gen-client": "write a client for a model without serving",
     "hash-password": "print a password hash for --auth_password_hash or an htpasswd line",
     "convert": "convert a model to ONNX (mxnet-to-onnx)",
+    "ray": "serve on Ray Serve (--config serve.yaml, or flags and --num_replicas)",
 }
 
 # What `gen-client` reads of the server flags: the models, and the URL clients will use.
@@ -130,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return hash_password_command(args[1:])
     if args[:1] == ["convert"]:
         return convert_command(args[1:])
+    if args[:1] == ["ray"]:  # sts on Ray Serve (sts/ray.py; needs sts[ray])
+        from sts.ray import ray_command
+
+        return ray_command(args[1:])
     try:
         settings = load_settings(args)
         configs = settings.model_configs()  # fail early; `serve` checks backend options
