@@ -60,6 +60,8 @@ $(VENV)/.serve-installed: pyproject.toml | $(UV)
 
 $(VENV)/.test-installed: pyproject.toml | $(UV)
 	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev]'
+	# KServe's schema models for tests/test_deploy.py, without its serving dependencies.
+	$(UV_INSTALL) --no-deps 'kserve==0.21.0'
 	touch $@ $(VENV)/.serve-installed
 
 $(MX_BIN)/python:
