@@ -236,6 +236,11 @@ def convert_command(argv: Sequence[str]) -> int:
     options = parser.parse_args(argv)
     configure_logging("warning")
     from sts.convert import mxnet_to_onnx, parse_shapes
+    from sts.storage import is_url
+
+    if is_url(options.model_base_path):  # Path() would mangle it (s3://a -> s3:/a)
+        print("sts convert: error: --model_base_path must be a local folder", file=sys.stderr)
+        return 2
 
     try:
         done = mxnet_to_onnx(

@@ -398,3 +398,11 @@ def test_a_failed_download_is_retried_with_backoff_and_shown(s3: S3, served: Any
             allow("s3:ListBucket", "s3:GetObject")
         wait_for(lambda: serving(client) == {1}, timeout=60, what="loaded after a retry")
         assert predicts(client, 1)
+
+
+def test_convert_refuses_a_url_instead_of_mangling_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from sts.cli import main
+
+    argv = ["convert", "mxnet-to-onnx", "--model_base_path", "s3://b/m", "--output", "m.onnx"]
+    assert main(argv) == 2
+    assert "--model_base_path must be a local folder" in capsys.readouterr().err
