@@ -59,7 +59,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(UV)
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,test-remote,dev]'
 	# KServe's schema models for tests/test_deploy.py, without its serving dependencies.
 	$(UV_INSTALL) --no-deps 'kserve==0.21.0'
 	touch $@ $(VENV)/.serve-installed
