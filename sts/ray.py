@@ -37,7 +37,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
-from sts.config import ServerSettings
+from sts.settings import ServerSettings
 from sts.storage import is_url
 
 logger = logging.getLogger("sts.ray")
@@ -61,7 +61,7 @@ class StsReplica:
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     def __serve_build_asgi_app__(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-        from sts.api.app import create_app
+        from sts.app import create_app
         from sts.cli import configure_logging
 
         configure_logging(self.settings.effective_log_level)
@@ -122,7 +122,9 @@ def driver_settings(args: Mapping[str, Any]) -> ServerSettings:
         if isinstance(value, str) and value and not is_url(value) and os.path.exists(value):
             values[flag] = os.path.abspath(value)
     settings = ServerSettings(**values)
-    settings.model_configs()  # fail here, in the driver, on a bad model config
+    from sts.repository import check_configs
+
+    check_configs(settings.model_configs())  # fail here, in the driver, on a bad config
     return settings
 
 
