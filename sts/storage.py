@@ -144,6 +144,7 @@ class UnitStatus:
     retry_at: float = 0.0
     objects: int = 0
     bytes: int = 0
+    listing: int = 0  # the store's listing that downloaded it (see `RemoteStore.listings`)
 
     def view(self) -> dict[str, Any]:
         return {
@@ -153,6 +154,7 @@ class UnitStatus:
             "retry_at": self.retry_at or None,
             "objects": self.objects,
             "bytes": self.bytes,
+            "listing": self.listing or None,
         }
 
 
@@ -168,6 +170,7 @@ class RemoteStore:
     version_marker: str = ""
     error: str = ""
     listed_at: float | None = None
+    listings: int = 0  # successful listings so far
     units: dict[str, UnitStatus] = field(default_factory=dict)
     _previous: Listing | None = None
     _fs: Any = None
@@ -211,6 +214,7 @@ class RemoteStore:
                 return self.local_base()
             self.error = ""
             self.listed_at = time.time()
+            self.listings += 1
             self._apply(listing)
             self._previous = listing
         return self.local_base()
@@ -245,6 +249,7 @@ class RemoteStore:
             "cache": str(self.cache),
             "error": self.error,
             "listed_at": self.listed_at,
+            "listings": self.listings,
             "version_marker": self.version_marker,
             "versions": {u or "root": s.view() for u, s in sorted(self.units.items())},
         }
@@ -337,7 +342,9 @@ class RemoteStore:
                 )
                 continue
             logger.info("%s: version %s downloaded to %s", self.url, unit or "root", self.cache)
-            self.units[unit] = UnitStatus("CACHED", "", 0, 0.0, status.objects, status.bytes)
+            self.units[unit] = UnitStatus(
+                "CACHED", "", 0, 0.0, status.objects, status.bytes, self.listings
+            )
 
     def _complete(self, unit: str, objects: tuple[RemoteObject, ...]) -> bool:
         if self.version_marker:

@@ -123,8 +123,13 @@ def test_serves_and_hot_reloads_from_s3(s3: S3, served: Any) -> None:
         assert detail["storage"]["versions"]["1"]["state"] == "CACHED"
         cache = Path(detail["storage"]["cache"])
 
+        store = store_of(client)
+        before = store.listings
         s3.put(bucket, "iris/2/model.onnx")  # a new version while serving
         wait_for(lambda: serving(client) == {1, 2}, timeout=30, what="version 2 served")
+        # Seen by the next listing, confirmed by the one after (one listing may have been
+        # under way during the upload).
+        assert store.units["2"].listing - before <= 3
         assert predicts(client, 2)
 
         s3.delete(bucket, "iris/1/")  # a version removed from the store
@@ -165,8 +170,10 @@ def test_a_version_marker_says_when_a_version_is_complete(s3: S3, served: Any) -
         listings(store, 3)  # listed unchanged, but the marker is missing
         assert serving(client) == {1}
         assert "version 2 uploading" in client.get("/v1/models/iris").json()["problem"]
+        before = store.listings
         s3.put(bucket, "iris/2/_SUCCESS", b"")
         wait_for(lambda: serving(client) == {2}, timeout=30, what="version 2 served")
+        assert store.units["2"].listing - before <= 2  # the next listing (or one under way)
 
 
 def test_an_unreachable_store_keeps_serving_and_recovers(served: Any) -> None:
