@@ -233,7 +233,7 @@ class RemoteStore:
             return self.error + "; serving the versions already downloaded"
         waiting = [
             f"version {u or 'root'} {s.state.lower()}" + (f": {s.error}" if s.error else "")
-            for u, s in sorted(self.units.items())
+            for u, s in sorted(list(self.units.items()))  # a copy: sync may be running
             if s.state != "CACHED"
         ]
         if waiting:
@@ -251,7 +251,7 @@ class RemoteStore:
             "listed_at": self.listed_at,
             "listings": self.listings,
             "version_marker": self.version_marker,
-            "versions": {u or "root": s.view() for u, s in sorted(self.units.items())},
+            "versions": {u or "root": s.view() for u, s in sorted(list(self.units.items()))},
         }
 
     def scrub(self, text: str) -> str:
