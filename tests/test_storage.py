@@ -139,23 +139,42 @@ def test_serves_and_hot_reloads_from_s3(s3: S3, served: Any) -> None:
         assert predicts(client, 2)
 
 
-def test_a_version_still_uploading_is_never_served(s3: S3, served: Any) -> None:
+def test_a_version_still_uploading_is_never_served(
+    s3: S3, served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bucket = s3.bucket()
     s3.put(bucket, "iris/1/model.onnx")
     with served(iris(f"s3://{bucket}/iris", s3.options())) as client:
         store = store_of(client)
-        # An uploader that adds an object between every two listings: never complete.
-        s3.put(bucket, "iris/2/model.onnx", b"half a model")
-        for part in range(4):
-            listings(store, 1)
-            assert store.status()["versions"]["2"]["state"] == "UPLOADING"
-            assert serving(client) == {1}
-            assert 2 not in client.app.state.repository.model("iris").versions  # type: ignore[attr-defined]
-            s3.put(bucket, f"iris/2/assets/part{part}", b"x" * 100)
+        repository = client.app.state.repository  # type: ignore[attr-defined]
+        # An uploader that adds an object between every two listings (right after each,
+        # so no listing can miss it): the version never looks complete.
+        uploads = [("iris/2/model.onnx", b"half a model")]
+        uploads += [(f"iris/2/assets/part{part}", b"x" * 100) for part in range(5)]
+        parts = iter(uploads)
+        seen: list[tuple[str | None, bool]] = []
+        list_store = store._list
+
+        def list_then_upload() -> Any:
+            listing = list_store()
+            upload = next(parts, None)
+            if upload is not None:
+                unit = store.units.get("2")
+                seen.append((unit.state if unit else None, 2 in repository.model("iris").versions))
+                s3.put(bucket, *upload)
+            return listing
+
+        monkeypatch.setattr(store, "_list", list_then_upload)
+        wait_for(lambda: len(seen) == 6, timeout=30, what="six listings during the upload")
+        assert serving(client) == {1}
+        assert 2 not in repository.model("iris").versions
+        assert [loaded for _, loaded in seen] == [False] * 6
+        # The state a listing left: nothing before the first object was seen, then uploading.
+        assert [state for state, _ in seen[2:]] == ["UPLOADING"] * 4
         s3.put(bucket, "iris/2/model.onnx")  # the last object: the real model
         wait_for(lambda: serving(client) == {2}, timeout=30, what="version 2 served")
         assert predicts(client, 2)
-        assert (store.cache / "versions" / "2" / "assets" / "part3").stat().st_size == 100
+        assert (store.cache / "versions" / "2" / "assets" / "part4").stat().st_size == 100
 
 
 def test_a_version_marker_says_when_a_version_is_complete(s3: S3, served: Any) -> None:
