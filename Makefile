@@ -68,8 +68,10 @@ $(VENV)/.serve-installed: pyproject.toml | $(UV)
 TFS_API := tensorflow-serving-api==2.21.0
 
 $(VENV)/.test-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o,optimize,test,dev]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o,optimize,test,test-remote,dev]'
 	$(UV_INSTALL) --no-deps '$(TFS_API)'
+	# KServe's schema models for tests/test_deploy.py, without its serving dependencies.
+	$(UV_INSTALL) --no-deps 'kserve==0.21.0'
 	touch $@ $(VENV)/.serve-installed
 
 $(MX_BIN)/python:

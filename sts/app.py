@@ -53,7 +53,8 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     models load in the background once the app starts, and `/health/ready` says when."""
     if configs is None:
         configs = settings.model_configs()
-    repository = ModelRepository(configs)
+    cache_dir = Path(settings.model_cache_dir) if settings.model_cache_dir else None
+    repository = ModelRepository(configs, cache_dir=cache_dir)
     metrics = Metrics(repository)
     service = InferenceService(
         repository,

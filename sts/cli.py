@@ -31,6 +31,7 @@ SUBCOMMANDS = {
     "hash-password": "print a password hash for --auth_password_hash or an htpasswd line",
     "convert": "convert a model to ONNX (mxnet-, tensorflow-, pytorch-to-onnx)",
     "optimize": "write an optimised or quantised version beside a model's",
+    "ray": "serve on Ray Serve (--config serve.yaml, or flags and --num_replicas)",
 }
 
 # What `gen-client` reads of the server flags: the models, and the URL clients will use.
@@ -135,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sts.optimize.command import main as optimize_command
 
         return optimize_command(args[1:])
+    if args[:1] == ["ray"]:  # sts on Ray Serve (sts/ray.py; needs sts[ray])
+        from sts.ray import ray_command
+
+        return ray_command(args[1:])
     try:
         settings = load_settings(args)
         configs = settings.model_configs()  # fail early; `serve` checks backend options
@@ -240,6 +245,11 @@ def convert_command(argv: Sequence[str]) -> int:
     options = parser.parse_args(argv)
     configure_logging("warning")
     from sts.convert import mxnet_to_onnx, parse_shapes
+    from sts.storage import is_url
+
+    if is_url(options.model_base_path):  # Path() would mangle it (s3://a -> s3:/a)
+        print("sts convert: error: --model_base_path must be a local folder", file=sys.stderr)
+        return 2
 
     try:
         if options.conversion == "mxnet-to-onnx":

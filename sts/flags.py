@@ -28,6 +28,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "model_base_path",
         "model_platform",
         "model_config_file",
+        "model_cache_dir",
         "model_version_policy",
         "reload_models",
         "file_system_poll_wait_seconds",

@@ -22,11 +22,13 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from sts.batching import BatchingOptions
 from sts.errors import ConfigError, describe_errors
 from sts.images import ImageOptions
+from sts.storage import check_url, is_url
 
 logger = logging.getLogger("sts.model_config")
 
@@ -145,7 +147,14 @@ class ModelConfig(BaseModel):
     name: str = Field(min_length=1)
     """The name clients use (`model_name`)."""
     base_path: str = Field(min_length=1)
-    """Folder holding numbered version folders, or a single model file (served as version 1)."""
+    """Folder holding numbered version folders, or a single model file (served as version 1);
+    or a URL (`s3://`, `gs://`, `hdfs://`, `az://`) mirrored into `--model_cache_dir`."""
+    storage_options: dict[str, Any] = Field(default={}, repr=False)
+    """For a URL base path: fsspec options (`endpoint_url`, `anon`, `client_kwargs`, keys);
+    secret values never appear in logs or status."""
+    version_marker: str = ""
+    """For a URL base path: a remote version is complete once this object (uploaded last,
+    e.g. `_SUCCESS`) exists in it; without one, once two polls list it unchanged."""
     platform: str = "tensorflow"
     """Backend: tensorflow, onnx (or pytorch_onnx), pytorch, mxnet, or `module:Class`."""
     custom_op_paths: PathList = []
@@ -186,6 +195,15 @@ class ModelConfig(BaseModel):
         if any(c in value for c in "/:") or not value.isprintable():
             raise ValueError(f"model name {value!r} may not contain '/', ':' or control characters")
         return value
+
+    @model_validator(mode="after")
+    def _remote(self) -> ModelConfig:
+        # A URL base path: sts/storage.py mirrors it (checks refuse secrets in the URL).
+        if is_url(self.base_path):
+            check_url(self.base_path)
+        elif self.storage_options or self.version_marker:
+            raise ValueError("storage_options and version_marker need a URL base_path")
+        return self
 
     @field_validator("version_labels")
     @classmethod
@@ -243,7 +261,7 @@ def load_model_config_file(
         if str(entry.get("platform", "tensorflow")).lower() == "tensorflow":
             for key, value in (tensorflow_defaults or {}).items():
                 entry.setdefault(key, value)
-        if isinstance(entry.get("base_path"), str):
+        if isinstance(entry.get("base_path"), str) and not is_url(entry["base_path"]):
             entry["base_path"] = str(_resolve_base_path(entry["base_path"], path.parent))
         config = build_entry(entry, where, source=where)
         if config.name in seen:

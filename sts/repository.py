@@ -36,6 +36,7 @@ from sts.errors import (
 )
 from sts.garbage import garbage_settler
 from sts.model_config import ModelConfig
+from sts.storage import is_url, open_store
 from sts.versions import ModelVersion, ServedModel, VersionState, fingerprint
 from sts.warmup import warm_up
 
@@ -57,7 +58,7 @@ def missing_base_paths(configs: Sequence[ModelConfig]) -> list[str]:
     prefix); URLs are not checked here."""
     missing = []
     for config in configs:
-        if "://" in config.base_path:
+        if is_url(config.base_path):
             continue
         base = Path(config.base_path).absolute()
         if base.exists() or backend_class(config.platform).discover_versions(base):
@@ -66,10 +67,10 @@ def missing_base_paths(configs: Sequence[ModelConfig]) -> list[str]:
     return missing
 
 
-def _new_models(configs: Sequence[ModelConfig]) -> list[ServedModel]:
+def _new_models(configs: Sequence[ModelConfig], cache_dir: Path | None = None) -> list[ServedModel]:
     """A served model per config, its backend options built and checked once (and across
     models, for settings a framework keeps per process); ConfigError naming the entry."""
-    models = [_new_model(config) for config in configs]
+    models = [_new_model(config, cache_dir) for config in configs]
     by_class: dict[type[Backend[Any]], list[ServedModel]] = {}
     for model in models:
         by_class.setdefault(model.backend_cls, []).append(model)
@@ -78,7 +79,7 @@ def _new_models(configs: Sequence[ModelConfig]) -> list[ServedModel]:
     return models
 
 
-def _new_model(config: ModelConfig) -> ServedModel:
+def _new_model(config: ModelConfig, cache_dir: Path | None = None) -> ServedModel:
     try:
         cls = backend_class(config.platform)
     except ConfigError as exc:
@@ -98,16 +99,24 @@ def _new_model(config: ModelConfig) -> ServedModel:
             unused,
             config.platform,
         )
-    return ServedModel(config=config, backend_cls=cls, options=options)
+    # A URL base path gets a local mirror (sts/storage.py); `cache_dir` is where.
+    store = open_store(
+        config.name, config.base_path, config.storage_options, config.version_marker, cache_dir
+    )
+    return ServedModel(config=config, backend_cls=cls, options=options, store=store)
 
 
 class ModelRepository:
     """Every served model. Thread-safe; `poll` is called by one thread at a time."""
 
-    def __init__(self, configs: Sequence[ModelConfig], load_workers: int = 4) -> None:
+    def __init__(
+        self, configs: Sequence[ModelConfig], load_workers: int = 4, cache_dir: Path | None = None
+    ) -> None:
         """Builds every model's backend options first: ConfigError (naming the entry) when
-        a platform is unknown or options do not fit, before anything loads."""
-        models = _new_models(configs)
+        a platform is unknown or options do not fit, before anything loads. `cache_dir`:
+        where URL base paths are mirrored (sts/storage.py)."""
+        self._cache_dir = cache_dir
+        models = _new_models(configs, cache_dir)
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
@@ -260,12 +269,15 @@ class ModelRepository:
             model.polled = True
 
     def _reconcile_model(self, model: ServedModel) -> None:
-        base = model.base_path
+        # A URL base path: its complete versions are mirrored into a local folder first.
+        base = model.store.sync() if model.store is not None else model.base_path
+        store_problem = model.store.problem() if model.store is not None else ""
         on_disk = model.backend_cls.discover_versions(base)
         # Said once per change, not once per poll.
         problem = "" if on_disk else model.backend_cls.describe_missing(base)
         if problem and base.exists():  # a model file straight in the base path?
             problem += platform_hint(base, model.config.platform)
+        problem = store_problem or problem  # the store's own (listing, downloads) first
         if problem and problem != model.problem and not model.serving:
             logger.warning("model %r: %s", model.name, problem)
         model.problem = problem
@@ -445,7 +457,7 @@ class ModelRepository:
         version available. ConfigError (and nothing changes) when an entry's platform or
         options are bad.
         """
-        built = {m.name: m for m in _new_models(configs)}
+        built = {m.name: m for m in _new_models(configs, self._cache_dir)}
         with self._lock:
             current = dict(self._models)
         removed = [m for name, m in current.items() if name not in built]

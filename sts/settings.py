@@ -52,6 +52,9 @@ class ServerSettings(BaseSettings):
     """Folder of numbered versions (or one model file) of the single model."""
     model_platform: str = "tensorflow"
     """Backend of the single model."""
+    model_cache_dir: str = ""
+    """Where models of URL base paths (s3://, gs://, ...) are downloaded (default:
+    `sts-model-cache` in the system temp folder)."""
     model_config_file: str = ""
     """JSON file with `model_config_list`; polled for changes like the model folders."""
     reload_models: Bool = True

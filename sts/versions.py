@@ -17,6 +17,7 @@ from sts.backends.base import Backend, BackendOptions
 from sts.errors import SignatureNotFound, shorten
 from sts.model_config import ModelConfig
 from sts.signature import Signature
+from sts.storage import RemoteStore
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -134,6 +135,7 @@ class ServedModel:
     serving: dict[int, ModelVersion] = field(default_factory=dict)
     problem: str = ""  # why nothing can load (e.g. the base path is missing)
     polled: bool = False
+    store: RemoteStore | None = None  # a URL base path's local mirror (sts/storage.py)
 
     @property
     def name(self) -> str:
@@ -141,7 +143,8 @@ class ServedModel:
 
     @property
     def base_path(self) -> Path:
-        return Path(self.config.base_path)
+        """The local folder; a URL base path's local mirror is `store.sync()`'s."""
+        return self.store.local_base() if self.store is not None else Path(self.config.base_path)
 
     def latest(self) -> ModelVersion | None:
         return self.serving[max(self.serving)] if self.serving else None

@@ -1,5 +1,6 @@
 """Deployment files, tested as far as a machine without Docker or Kubernetes allows: they
-parse, every STFS_* variable, flag, path and probe they name exists, the container's
+parse, match the Kubernetes and KServe schemas (tests/kube_schemas.py), every STFS_*
+variable, flag, path and probe they name exists, the container's
 entry command and health check work when run here, and SIGTERM drains requests."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sts.cli import build_parser
 from sts.settings import ServerSettings
 from tests.conftest import BIN, FIRST_LOAD_SECONDS, ROOT, free_port, wait_for
+from tests.kube_schemas import has_schema, validate
 
 DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile*"))
 MANIFESTS = sorted((ROOT / "deploy").rglob("*.yaml"))
@@ -237,3 +239,39 @@ def inflight(url: str) -> float:
     text = httpx.get(f"{url}/metrics").text
     found = re.findall(r"^sts_inflight_requests\{[^}]*\} ([0-9.]+)$", text, flags=re.MULTILINE)
     return sum(float(v) for v in found)
+
+
+@pytest.mark.parametrize(
+    ("path", "document"),
+    [(p, d) for p, d in manifests() if d["kind"] != "Kustomization"],
+    ids=lambda value: value.name if isinstance(value, Path) else value["kind"],
+)
+def test_every_manifest_matches_the_kubernetes_or_kserve_schema(
+    path: Path, document: dict[str, Any]
+) -> None:
+    # Only kustomize's own file has no cluster schema (its resources are checked above).
+    assert has_schema(document), f"{path}: no schema for {document['kind']}"
+    assert validate(document) == []
+
+
+def test_the_schemas_catch_what_a_cluster_would_refuse() -> None:
+    documents = {d["kind"]: d for _, d in manifests()}
+    runtime = json.loads(json.dumps(documents["ClusterServingRuntime"]))
+    container = runtime["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    assert validate(runtime) == [
+        "ClusterServingRuntime.spec.containers[0]: unknown field 'readinesProbe' for V1Container"
+    ]
+    runtime["spec"]["supportedModelFormats"][0]["autoSelect"] = "yes"
+    del container["name"]
+    errors = validate(runtime)
+    assert any("autoSelect: expected bool" in e for e in errors), errors
+    assert any("V1Container" in e and "name" in e for e in errors[1:]), errors
+    deployment = json.loads(json.dumps(documents["Deployment"]))
+    deployment["spec"]["replicas"] = "two"
+    assert validate(deployment) == [
+        "Deployment.spec.replicas: 'two' is not of type 'integer', 'null'"
+    ]
+    service = json.loads(json.dumps(documents["Service"]))
+    service["spec"]["ports"][0]["prot"] = 80
+    assert validate(service) != []

@@ -33,7 +33,7 @@ def model_detail(model: ServedModel) -> dict[str, Any]:
     latest = model.latest()
     detail: dict[str, Any] = {
         "model_name": model.name,
-        "model_base_path": str(model.base_path),
+        "model_base_path": model.config.base_path,
         "platform": model.config.platform,
         "model_version_list": [str(v) for v in sorted(model.serving)],
         "version_policy": str(model.config.version_policy),
@@ -47,6 +47,8 @@ def model_detail(model: ServedModel) -> dict[str, Any]:
     }
     if model.problem:
         detail["problem"] = model.problem
+    if model.store is not None:
+        detail["storage"] = model.store.status()
     if latest is not None:
         default_name, default = latest.signature(None)
         detail["default_signature"] = default_name
