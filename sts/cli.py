@@ -148,22 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sts: error: {exc}", file=sys.stderr)
         return 2
-    if not settings.allow_missing_models and not settings.gen_client:
-        from sts.repository import missing_base_paths
-
-        try:
-            missing = missing_base_paths(configs)
-        except ConfigError as exc:
-            print(f"sts: error: {exc}", file=sys.stderr)
-            return 2
-        if missing:
-            print(
-                f"sts: error: {'; '.join(missing)}. Give the folder of numbered version "
-                "folders (--model_base_path or the config file's base_path), or start with "
-                "--allow_missing_models to serve it once it appears",
-                file=sys.stderr,
-            )
-            return 2
     configure_logging(settings.effective_log_level)
     if settings.gen_client:  # the original's flag: print a client and exit
         return write_client(settings, configs, settings.gen_client)
@@ -401,6 +385,19 @@ def write_client(
     return 0
 
 
+def refuse_missing_base_paths(configs: list[Any]) -> None:
+    """ConfigError naming each local base path that does not exist, as an absolute path."""
+    from sts.repository import missing_base_paths
+
+    missing = missing_base_paths(configs)
+    if missing:
+        raise ConfigError(
+            f"{'; '.join(missing)}. Give the folder of numbered version folders "
+            "(--model_base_path or the config file's base_path), or start with "
+            "--allow_missing_models to serve it once it appears"
+        )
+
+
 def listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound before anything loads (as uvicorn binds it: IPv6 when
     the host has a colon, SO_REUSEADDR). ConfigError naming the address when it is taken."""
@@ -421,8 +418,9 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(settings: ServerSettings, configs: list[Any]) -> int:
-    """Bind the port, check the configs, then start uvicorn (whose lifespan loads the
-    models): a taken port or a bad option is the last line, before any model loads."""
+    """Check the configs and base paths, bind the port, then start uvicorn (whose lifespan
+    loads the models): a bad option, a missing base path or a taken port is the last line,
+    before any model loads."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
@@ -444,12 +442,7 @@ def serve(settings: ServerSettings, configs: list[Any]) -> int:
     if settings.enable_ssl:
         options["ssl_certfile"] = settings.secret_pem
         options["ssl_keyfile"] = settings.secret_key
-    try:  # the port is bound and backend options checked before anything loads
-        sock = listen(settings.host, settings.port)
-    except ConfigError as exc:
-        print(f"sts: error: {exc}", file=sys.stderr)
-        return 2
-    try:
+    try:  # options and base paths are checked, and the port bound, before anything loads
         if settings.workers > 1:
             check_configs(configs)  # each worker's repository checks them again
             config = uvicorn.Config(
@@ -460,8 +453,10 @@ def serve(settings: ServerSettings, configs: list[Any]) -> int:
             )
         else:
             config = uvicorn.Config(create_app(settings, configs), **options)
+        if not settings.allow_missing_models:
+            refuse_missing_base_paths(configs)
+        sock = listen(settings.host, settings.port)
     except ConfigError as exc:
-        sock.close()
         print(f"sts: error: {exc}", file=sys.stderr)
         return 2
     server = uvicorn.Server(config)
