@@ -174,7 +174,8 @@ def running(
             return False
 
     try:
-        wait_for(ready, timeout=60, what="server ready")
+        # Importing TensorFlow alone took 40-60 s on a loaded 2-core machine.
+        wait_for(ready, timeout=180, what="server ready")
         yield url
     finally:
         proc.send_signal(signal.SIGINT)
