@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sts.backends.tensorflow import TensorflowBackend, TensorflowOptions
-from sts.model_config import ModelConfig
 from sts.errors import BackendError, InvalidInput
+from sts.model_config import ModelConfig
 from tests import tf_models
 from tests.conftest import app_client
 
