@@ -98,6 +98,13 @@ class SessionRunner:
         if name not in self._calls:
             raise BackendError(f"signature {name!r} is not loaded")
         feeds, outputs, call = self._calls[name]
+        unknown = sorted(a for a in inputs if a not in feeds)
+        if unknown:
+            # TF Serving's wording (servables/tensorflow/predict_util.cc)
+            raise InvalidInput(
+                f"input tensor alias not found in signature: {', '.join(unknown)}. Inputs "
+                f"expected to be in the set {{{','.join(feeds)}}}."
+            )
         missing = [a for a in feeds if a not in inputs]
         if missing:
             raise InvalidInput(f"signature {name!r} needs inputs {missing}")
