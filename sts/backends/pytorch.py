@@ -314,19 +314,14 @@ def _script_values(method: Any) -> dict[str, str]:
 def _script_signature(module: Any) -> Signature:
     """From TorchScript's schema: int/float/bool/str arguments are scalars (shape []) of
     int64/float64/bool/string, lists of them 1-D; a Tensor's dtype and rank are not in the
-    schema (float32, unknown rank). A Tuple return is that many outputs."""
+    schema (float32, unknown rank)."""
     inputs = {}
     for name, kind, how in _script_arguments(module):
         if how == "tensor":
             inputs[name] = TensorSpec(name, "float32", None)
         else:
             inputs[name] = TensorSpec(name, _SCRIPT_VALUES[kind], () if how == "scalar" else (-1,))
-    returned = module.forward.schema.returns
-    count = 1
-    if len(returned) == 1 and returned[0].type.kind() == "TupleType":
-        count = len(returned[0].type.elements())
-    outputs = {f"output_{i}": TensorSpec(f"output_{i}", "float32", None) for i in range(count)}
-    return Signature(inputs, outputs)
+    return Signature(inputs, {"output_0": TensorSpec("output_0", "float32", None)})
 
 
 def _python_value(array: np.ndarray, how: str, name: str) -> Any:
