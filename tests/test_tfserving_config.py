@@ -256,7 +256,7 @@ def test_help_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
     text = " ".join(build_parser().format_help().split())
     assert "Which version folders serve: all (as the original" in text
-    assert "(TF Serving's config format: latest). (default: all)" in text
+    assert "(TF Serving's config format: latest). [STFS_MODEL_VERSION_POLICY; default: all]" in text
     assert "or TF Serving's ModelServerConfig (text proto or JSON)" in text
     monkeypatch.setenv("STFS_MODEL_VERSION_POLICY", "latest:2")
     chosen = load_settings([])
