@@ -59,6 +59,11 @@ $(BIN)/python:
 $(UV): | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
+# TF Serving's message definitions (its model config file format; its official Python
+# client in tests). Its package declares full `tensorflow`, which must never land beside
+# `tensorflow-cpu`: installed without dependencies.
+TFS_API := tensorflow-serving-api==2.21.0
+
 $(VENV)/.serve-installed: pyproject.toml | $(UV)
 	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o]'
 	touch $@

@@ -1,5 +1,6 @@
-"""The model config file (the original's JSON `model_config_list`): `ModelConfig`,
-`VersionPolicy`, and the `Annotated` field types settings and configs share.
+"""The model config file (the original's JSON `model_config_list`, or TF Serving's
+`ModelServerConfig`, see `sts.tfserving_config`): `ModelConfig`, `VersionPolicy`, and the
+`Annotated` field types settings and configs share.
 
 Everything here is data: a backend's options are built and checked by the repository.
 """
@@ -25,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from sts import tfserving_config
 from sts.batching import BatchingOptions
 from sts.errors import ConfigError, describe_errors
 from sts.images import ImageOptions
@@ -133,6 +135,12 @@ class VersionPolicy:
         return "all"
 
 
+ORIGINAL_DEFAULT_POLICY = VersionPolicy("all")
+"""The original's flags and JSON config: every numbered version folder serves (its
+clients pick one with `model_version`)."""
+TFSERVING_DEFAULT_POLICY = VersionPolicy.parse(tfserving_config.TFSERVING_DEFAULT_POLICY)
+"""TF Serving's config format: the latest version only."""
+
 Policy = Annotated[
     VersionPolicy, BeforeValidator(VersionPolicy.parse), PlainSerializer(str, return_type=str)
 ]
@@ -161,8 +169,9 @@ class ModelConfig(BaseModel):
     """Custom-op libraries to load before the model (comma-separated string or list)."""
     session_config: dict[str, Any] = {}
     """The original's TensorFlow session config; other backends map the keys they know."""
-    version_policy: Policy = VersionPolicy()
-    """`latest`, `latest:N`, `all`, `specific:1,3` (or TF Serving's JSON form)."""
+    version_policy: Policy = ORIGINAL_DEFAULT_POLICY
+    """`all` (default, as the original), `latest`, `latest:N`, `specific:1,3` (or TF
+    Serving's JSON form)."""
     version_labels: dict[str, int] = {}
     """Names for versions, e.g. `{"stable": 1, "canary": 2}`."""
     options: dict[str, Any] = {}
@@ -225,39 +234,34 @@ def build_entry(raw: dict[str, Any], where: str, source: str = "") -> ModelConfi
     return config
 
 
+# TF Serving's names for entry fields, accepted in the original's JSON list too.
+_TFSERVING_NAMES = {"model_platform": "platform", "model_version_policy": "version_policy"}
+
+
 def load_model_config_file(
     path: Path,
     default_policy: VersionPolicy | None = None,
     tensorflow_defaults: dict[str, Any] | None = None,
 ) -> list[ModelConfig]:
-    """Parse and validate a model config file (sts's JSON, or TF Serving's text format);
-    every problem names the entry."""
+    """Parse and validate a model config file; every problem names the entry.
+
+    Three forms: the original's JSON (`{"model_config_list": [{...}, ...]}`, where TF
+    Serving's field names `model_platform` and `model_version_policy` work too), and TF
+    Serving's `ModelServerConfig` as text proto or as proto3 JSON (`{"model_config_list":
+    {"config": [...]}}`). An entry without a version policy gets `default_policy` when
+    given (an explicit `--model_version_policy`), else its format's default: every
+    version for the original's JSON, the latest one for TF Serving's formats.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read model config file {path}: {exc.strerror}") from None
-    if text.lstrip().startswith("{") or path.suffix.lower() == ".json":
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"model config file {path} is not valid JSON: {exc}") from None
-    else:
-        from sts.tfserving_config import read_model_server_config
-
-        document = read_model_server_config(text, str(path))
-    if not isinstance(document, dict) or not isinstance(document.get("model_config_list"), list):
-        raise ConfigError(f'model config file {path} needs a top-level "model_config_list" array')
+    entries, format_policy = _read_entries(text, path)
 
     configs: list[ModelConfig] = []
     seen: set[str] = set()
-    for index, raw in enumerate(document["model_config_list"]):
-        name = raw.get("name") if isinstance(raw, dict) else None
-        where = f"entry {index}" + (f" ({name!r})" if name else "") + f" in {path}"
-        if not isinstance(raw, dict):
-            raise ConfigError(f"model config {where}: must be an object")
-        entry = dict(raw)
-        if default_policy is not None:
-            entry.setdefault("version_policy", default_policy)
+    for where, entry in entries:
+        entry.setdefault("version_policy", default_policy or format_policy)
         if str(entry.get("platform", "tensorflow")).lower() == "tensorflow":
             for key, value in (tensorflow_defaults or {}).items():
                 entry.setdefault(key, value)
@@ -269,6 +273,38 @@ def load_model_config_file(
         seen.add(config.name)
         configs.append(config)
     return configs
+
+
+def _read_entries(text: str, path: Path) -> tuple[list[tuple[str, dict[str, Any]]], VersionPolicy]:
+    """(where, raw entry) per model, and the format's default version policy."""
+    if not text.lstrip().startswith(("{", "[")):
+        return tfserving_config.parse_text(text, path), TFSERVING_DEFAULT_POLICY
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model config file {path} is not valid JSON: {exc}") from None
+    listed = document.get("model_config_list") if isinstance(document, dict) else None
+    if isinstance(document, dict) and (isinstance(listed, dict) or "modelConfigList" in document):
+        return tfserving_config.parse_json(document, path), TFSERVING_DEFAULT_POLICY
+    if not isinstance(listed, list):
+        raise ConfigError(
+            f'model config file {path} needs a top-level "model_config_list" array (or TF '
+            "Serving's ModelServerConfig)"
+        )
+    entries = []
+    for index, raw in enumerate(listed):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        where = f"entry {index}" + (f" ({name!r})" if name else "") + f" in {path}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"model config {where}: must be an object")
+        entry = dict(raw)
+        for theirs, ours in _TFSERVING_NAMES.items():
+            if theirs in entry:
+                if ours in entry:
+                    raise ConfigError(f"model config {where}: give {ours} or {theirs}, not both")
+                entry[ours] = entry.pop(theirs)
+        entries.append((where, entry))
+    return entries, ORIGINAL_DEFAULT_POLICY
 
 
 def _resolve_base_path(base_path: str, config_dir: Path) -> Path:

@@ -6,19 +6,19 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sts.batching import BatchingOptions, read_batching_parameters
 from sts.images import DEFAULT_MAX_PIXELS
 from sts.model_config import (
+    ORIGINAL_DEFAULT_POLICY,
     Bool,
     ModelConfig,
     PathList,
     Policy,
-    VersionPolicy,
     build_entry,
     load_model_config_file,
 )
@@ -56,7 +56,8 @@ class ServerSettings(BaseSettings):
     """Where models of URL base paths (s3://, gs://, ...) are downloaded (default:
     `sts-model-cache` in the system temp folder)."""
     model_config_file: str = ""
-    """JSON file with `model_config_list`; polled for changes like the model folders."""
+    """The models to serve: the original's JSON `model_config_list`, or TF Serving's
+    ModelServerConfig (text proto or JSON); polled for changes like the model folders."""
     reload_models: Bool = True
     """Poll model folders (and the config file) for new and removed versions."""
     allow_missing_models: Bool = False
@@ -104,8 +105,11 @@ class ServerSettings(BaseSettings):
     """Most images in one multipart upload."""
     file_system_poll_wait_seconds: float = Field(default=1.0, ge=0)
     """Seconds between polls of model folders; 0 loads once and never polls."""
-    model_version_policy: Policy = VersionPolicy()
-    """Default version policy: latest, latest:N, all, specific:1,3."""
+    # NoDecode: STFS_MODEL_VERSION_POLICY is text like the flag, not JSON.
+    model_version_policy: Annotated[Policy, NoDecode] = ORIGINAL_DEFAULT_POLICY
+    """Which version folders serve: all (as the original: clients pick one with
+    `model_version`), latest, latest:N, specific:1,3. Given explicitly, it is also the
+    default of config file entries naming none (TF Serving's config format: latest)."""
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413."""
     request_timeout_seconds: float = Field(default=60.0, ge=0)
@@ -241,9 +245,10 @@ class ServerSettings(BaseSettings):
                 "custom_op_paths": self.custom_op_paths,
                 "session_config": self.session_config,
             }
+            explicit = "model_version_policy" in self.model_fields_set
             configs = load_model_config_file(
                 Path(self.model_config_file),
-                default_policy=self.model_version_policy,
+                default_policy=self.model_version_policy if explicit else None,
                 tensorflow_defaults={k: v for k, v in tensorflow_defaults.items() if v},
             )
         else:

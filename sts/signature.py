@@ -59,20 +59,36 @@ def dtype_of(array: np.ndarray) -> DType:
 class TensorSpec:
     """A named tensor: dtype name from `DTYPES` and a shape with -1 for any size.
 
-    `shape` is None when even the rank is unknown.
+    `shape` is None when even the rank is unknown; metadata never shows that as null but
+    as `metadata_shape()` with `rank_known` false.
     """
 
     name: str
     dtype: str
     shape: tuple[int, ...] | None
     tensor_name: str = ""  # the framework's own name, where it differs from `name`
+    enforce_shape: bool = True
+    """False where the framework, not `shape`, decides which shapes it takes: a TF 1 graph
+    run in a session shows its SignatureDef's shape, but a request of another shape goes to
+    the graph, which answers for it (as TF Serving does)."""
 
     @property
     def dt(self) -> DType:
         return DTYPES[self.dtype]
 
+    @property
+    def rank_known(self) -> bool:
+        return self.shape is not None
+
+    def metadata_shape(self) -> list[int]:
+        """The shape as every protocol's metadata can carry it: -1 for a size that varies,
+        and `[-1]` when even the rank is unknown (KServe v2 needs a list; a 1-D tensor is
+        then one of the shapes accepted), with `rank_known` false beside it where the
+        protocol has room for it."""
+        return list(self.shape) if self.shape is not None else [-1]
+
     def shape_matches(self, shape: tuple[int, ...]) -> bool:
-        if self.shape is None:
+        if self.shape is None or not self.enforce_shape:
             return True
         if len(shape) != len(self.shape):
             return False

@@ -1,67 +1,103 @@
-"""TF Serving's model config file: a `ModelServerConfig` in protobuf text format.
+"""TensorFlow Serving's model config file: a `ModelServerConfig` in protobuf text format
+(what `tensorflow_model_server --model_config_file` reads) or in its proto3 JSON form.
 
-    model_config_list {
-      config { name: "digits" base_path: "/models/digits" model_platform: "onnx"
-               model_version_policy { specific { versions: 1 versions: 2 } }
-               version_labels { key: "stable" value: 1 } }
-    }
-
-Read with protobuf's `text_format` into the real message (sts.protos), then turned into
-the entries of sts's JSON config. `model_platform` takes TF Serving's `tensorflow` and any
-platform sts serves (`onnx`, `pytorch`, ...). A field sts has no use for is refused by
-name, never ignored. As in TF Serving, a model without a version policy serves its latest.
+Parsed by protobuf's own `text_format` / `json_format` against TF Serving's message
+definition (`tensorflow_serving/config/model_server_config.proto`), never by hand. Each
+`config { ... }` becomes one sts model entry (a dict of `ModelConfig` fields); TF Serving's
+defaults hold: platform `tensorflow`, version policy `latest { num_versions: 1 }`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
-
 from sts.errors import ConfigError
-from sts.protos import TFS
+from sts.protos import message_class
 
-# ModelConfig fields sts reads; any other field set in the file is refused.
-_FIELDS = {"name", "base_path", "model_platform", "model_version_policy", "version_labels"}
+# TF Serving's version policy when an entry names none (its `model_server_config.proto`).
+TFSERVING_DEFAULT_POLICY = "latest:1"
 
 
-def read_model_server_config(text: str, where: str) -> dict[str, Any]:
-    """`{"model_config_list": [...]}` as in sts's JSON config (ConfigError naming `where`)."""
-    message = TFS.ModelServerConfig()
+def model_server_config_class() -> Any:
+    """TF Serving's `ModelServerConfig` message class, from the schemas sts carries
+    (`sts.protos`): no TensorFlow or tensorflow-serving-api needed to read the file."""
+    return message_class("tensorflow.serving.ModelServerConfig")
+
+
+def parse_text(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """A text-format `ModelServerConfig` -> (where, entry) per `config`; ConfigError with
+    protobuf's line:column on a syntax error."""
+    from google.protobuf import text_format
+
+    message = model_server_config_class()()
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
         raise ConfigError(
-            f"model config file {where} is neither JSON nor TF Serving's text "
-            f"format (ModelServerConfig): {exc}"
+            f"model config file {path} is neither JSON nor a valid TF Serving "
+            f"ModelServerConfig (text format): {exc}"
         ) from None
+    return _entries(message, path)
+
+
+def parse_json(document: dict[str, Any], path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """A `ModelServerConfig` in proto3's JSON form (`{"model_config_list": {"config":
+    [...]}}`, either field spelling) -> (where, entry) per config."""
+    from google.protobuf import json_format
+
+    message = model_server_config_class()()
+    try:
+        json_format.ParseDict(document, message)
+    except json_format.ParseError as exc:
+        raise ConfigError(
+            f"model config file {path} is not a valid TF Serving ModelServerConfig: {exc}"
+        ) from None
+    return _entries(message, path)
+
+
+def _entries(message: Any, path: Path) -> list[tuple[str, dict[str, Any]]]:
     if message.WhichOneof("config") != "model_config_list":
-        raise ConfigError(f"model config file {where} needs a model_config_list")
+        raise ConfigError(
+            f"model config file {path}: sts reads model_config_list (custom_model_config is "
+            "TF Serving's extension point for its own C++ builds)"
+        )
     entries = []
-    for config in message.model_config_list.config:
-        unused = sorted({field.name for field, _ in config.ListFields()} - _FIELDS)
-        if unused:
-            raise ConfigError(
-                f"model config file {where}, model {config.name!r}: sts does not support "
-                f"{', '.join(unused)}"
-            )
-        entry: dict[str, Any] = {"name": config.name, "base_path": config.base_path}
-        if config.model_platform:
-            entry["platform"] = config.model_platform
-        entry["version_policy"] = _policy(config.model_version_policy)
-        if config.version_labels:
-            entry["version_labels"] = dict(config.version_labels)
-        entries.append(entry)
-    return {"model_config_list": entries}
+    for index, config in enumerate(message.model_config_list.config):
+        where = f"entry {index}" + (f" ({config.name!r})" if config.name else "") + f" in {path}"
+        entries.append((where, _entry(config, where)))
+    return entries
 
 
-def _policy(policy: Any) -> dict[str, Any]:
-    """TF Serving's `FileSystemStoragePathSourceConfig.ServableVersionPolicy` in its JSON
-    form, which `VersionPolicy.parse` reads (latest 1 when unset, as TF Serving)."""
+def _entry(config: Any, where: str) -> dict[str, Any]:
+    """One `ModelConfig` message as sts's entry fields."""
+    if config.HasField("logging_config"):
+        raise ConfigError(
+            f"model config {where}: logging_config (request logging) is not supported by "
+            "sts; remove it"
+        )
+    platform = config.model_platform
+    if not platform:
+        # The deprecated model_type: TENSORFLOW (1) is the platform; OTHER (2) names none.
+        if config.model_type == 2:
+            raise ConfigError(f"model config {where}: model_type OTHER needs a model_platform")
+        platform = "tensorflow"
+    entry: dict[str, Any] = {
+        "name": config.name,
+        "base_path": config.base_path,
+        "platform": platform,
+        "version_labels": dict(config.version_labels),
+    }
+    policy = config.model_version_policy
     choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
-        return {"all": {}}
-    if choice == "specific":
-        return {"specific": {"versions": list(policy.specific.versions)}}
-    num = policy.latest.num_versions if choice == "latest" else 0
-    return {"latest": {"num_versions": num or 1}}
+    if choice == "latest":
+        # An unset num_versions is 0 on the wire; TF Serving then serves one.
+        entry["version_policy"] = f"latest:{policy.latest.num_versions or 1}"
+    elif choice == "all":
+        entry["version_policy"] = "all"
+    elif choice == "specific":
+        versions = list(policy.specific.versions)
+        if not versions:
+            raise ConfigError(f"model config {where}: specific {{ }} names no versions")
+        entry["version_policy"] = "specific:" + ",".join(map(str, versions))
+    return entry

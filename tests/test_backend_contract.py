@@ -90,7 +90,7 @@ class Case:
 
 
 CASES = [
-    # A TF 1 graph broadcasts an extra dimension: the codecs check shapes before it.
+    # A TF 1 graph (run in a session, as TF Serving) takes any shape its ops take.
     Case("tensorflow", "tensorflow", "tensorflow", _tensorflow, frozenset({"dtype"})),
     Case("onnx", "onnx", "onnxruntime", _onnx, frozenset({"dtype", "shape"})),
     # TorchScript's schema names its inputs only: no dtypes or shapes (taken as float32).

@@ -59,7 +59,7 @@ def test_defaults_are_the_originals() -> None:
     assert s.session_config == {}
     assert s.custom_op_paths == []
     assert s.file_system_poll_wait_seconds == 1.0
-    assert str(s.model_version_policy) == "latest"
+    assert str(s.model_version_policy) == "all"  # the original loaded every version
 
 
 def test_every_original_flag_exists() -> None:

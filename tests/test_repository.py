@@ -33,19 +33,26 @@ def make_repo(base: Path, **extra: object) -> ModelRepository:
     return repo
 
 
-def test_latest_is_default_policy(base: Path) -> None:
+def test_every_version_serves_by_default(base: Path) -> None:
+    """As the original: clients pick one with model_version; none picked is the latest."""
     for v in (1, 2, 10):
         fakes.write_version(base, v, add=v)
     repo = make_repo(base)
-    assert serving(repo) == [10]
+    assert serving(repo) == [1, 2, 10]
     assert repo.resolve("m").version == 10
+    assert repo.resolve("m", 1).version == 1
     repo.close()
 
 
 def test_policies(base: Path) -> None:
     for v in (1, 2, 3):
         fakes.write_version(base, v)
-    for policy, expected in (("all", [1, 2, 3]), ("latest:2", [2, 3]), ("specific:1,3", [1, 3])):
+    for policy, expected in (
+        ("all", [1, 2, 3]),
+        ("latest", [3]),
+        ("latest:2", [2, 3]),
+        ("specific:1,3", [1, 3]),
+    ):
         repo = make_repo(base, version_policy=VersionPolicy.parse(policy))
         assert serving(repo) == expected, policy
         repo.close()
@@ -96,7 +103,7 @@ def test_resolve_versions_and_labels(base: Path) -> None:
 
 def test_failed_new_version_keeps_old_serving_and_retries_on_change(base: Path) -> None:
     fakes.write_version(base, 1, add=1)
-    repo = make_repo(base)
+    repo = make_repo(base, version_policy=VersionPolicy.parse("latest"))
     fakes.write_version(base, 2, fail="bad weights")
     repo.poll()
     assert serving(repo) == [1]
@@ -141,7 +148,7 @@ def test_removed_version_waits_for_inflight_requests(base: Path) -> None:
 def test_removing_the_newest_falls_back_to_the_previous(base: Path) -> None:
     fakes.write_version(base, 1)
     fakes.write_version(base, 2)
-    repo = make_repo(base)
+    repo = make_repo(base, version_policy=VersionPolicy.parse("latest"))
     assert serving(repo) == [2]
     import shutil
 
@@ -168,7 +175,7 @@ def test_files_changing_during_load_are_not_served(base: Path) -> None:
     assert serving(repo) == [1]
     assert "files changed while loading" in repo.model("m").versions[2].error
     repo.poll()  # the copy has settled: retried and served
-    assert serving(repo) == [2]
+    assert serving(repo) == [1, 2]
     repo.close()
 
 
@@ -283,7 +290,7 @@ def test_unload_and_load_a_model(base: Path) -> None:
     repo.poll()
     assert serving(repo) == []
     fakes.write_version(base, 2)
-    assert sorted(repo.load_model("m").serving) == [2]
+    assert sorted(repo.load_model("m").serving) == [1, 2]
     assert repo.resolve("m").version == 2
     with pytest.raises(ModelNotFound):
         repo.load_model("nope")

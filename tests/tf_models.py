@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +109,110 @@ def half_plus_two(path: Path) -> Path:
     return path
 
 
+def half_plus_two_from_examples(path: Path) -> Path:
+    """TF Serving's own half_plus_two (its README's quick start), TF 1 style: the predict
+    signature's input `x` (float [-1, 1]) is the output of a `ParseExample` fed from a
+    serialized `tf.Example` placeholder, which the classify and regress signatures take.
+    Like TF Serving's, it ships an asset file its init op refers to."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        a = v1.Variable(0.5, name="a")
+        b = v1.Variable(2.0, name="b")
+        serialized = v1.placeholder(tf.string, [None], name="tf_example")
+        parsed = v1.io.parse_example(serialized, {"x": v1.io.FixedLenFeature([1], tf.float32)})
+        x = tf.identity(parsed["x"], name="x")
+        y = tf.add(tf.multiply(a, x), b, name="y")
+        asset = Path(tempfile.mkdtemp()) / "foo.txt"
+        asset.write_text("asset-file-contents")
+        asset_path = tf.constant(str(asset), name="asset_path")
+        v1.add_to_collection(v1.GraphKeys.ASSET_FILEPATHS, asset_path)
+        filename = v1.Variable("", name="filename", trainable=False, collections=[])
+        sig = v1.saved_model.signature_def_utils
+        signatures = {
+            "serving_default": sig.predict_signature_def({"x": x}, {"y": y}),
+            "classify_x_to_y": sig.classification_signature_def(
+                serialized, tf.fill(tf.shape(y), "half_plus_two"), y
+            ),
+            "regress_x_to_y": sig.regression_signature_def(serialized, y),
+        }
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(
+                session,
+                ["serve"],
+                signature_def_map=signatures,
+                assets_collection=v1.get_collection(v1.GraphKeys.ASSET_FILEPATHS),
+                main_op=tf.group(filename.assign(asset_path)),
+                strip_default_attrs=True,
+            )
+            builder.save()
+    shutil.rmtree(asset.parent)  # the SavedModel has its own copy under assets/
+    return path
+
+
+def vocabulary_lookup(path: Path) -> Path:
+    """TF 1 style: word ids from a lookup table initialised from an asset vocabulary file
+    (`cat`, `dog`, `bird`; -1 for others). `words` (string [-1]) feeds the table directly;
+    `examples` (serialized `tf.Example`s with a `word` feature) go through a ParseExample."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        vocabulary = Path(tempfile.mkdtemp()) / "vocabulary.txt"
+        vocabulary.write_text("cat\ndog\nbird\n")
+        vocabulary_path = tf.constant(str(vocabulary), name="vocabulary_path")
+        v1.add_to_collection(v1.GraphKeys.ASSET_FILEPATHS, vocabulary_path)
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                vocabulary_path,
+                tf.string,
+                tf.lookup.TextFileIndex.WHOLE_LINE,
+                tf.int64,
+                tf.lookup.TextFileIndex.LINE_NUMBER,
+            ),
+            -1,
+        )
+        words = v1.placeholder(tf.string, [None], name="words")
+        serialized = v1.placeholder(tf.string, [None], name="tf_example")
+        parsed = v1.io.parse_example(serialized, {"word": v1.io.FixedLenFeature([1], tf.string)})
+        sig = v1.saved_model.signature_def_utils
+        signatures = {
+            "serving_default": sig.predict_signature_def(
+                {"words": words}, {"ids": table.lookup(words)}
+            ),
+            "from_examples": sig.predict_signature_def(
+                {"examples": serialized}, {"ids": table.lookup(parsed["word"])}
+            ),
+        }
+        with v1.Session(graph=graph) as session:
+            session.run(v1.tables_initializer())
+            builder = v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(
+                session,
+                ["serve"],
+                signature_def_map=signatures,
+                assets_collection=v1.get_collection(v1.GraphKeys.ASSET_FILEPATHS),
+                main_op=v1.tables_initializer(),
+                strip_default_attrs=True,
+            )
+            builder.save()
+    shutil.rmtree(vocabulary.parent)  # the SavedModel has its own copy under assets/
+    return path
+
+
 def example(x: float) -> bytes:
     """A serialized `tf.Example` with one float feature `x`."""
     feature = tf.train.Feature(float_list=tf.train.FloatList(value=[x]))
     return tf.train.Example(features=tf.train.Features(feature={"x": feature})).SerializeToString()
+
+
+def word_example(word: str) -> bytes:
+    """A serialized `tf.Example` with one bytes feature `word`."""
+    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[word.encode()]))
+    return tf.train.Example(
+        features=tf.train.Features(feature={"word": feature})
+    ).SerializeToString()
 
 
 def keras_export(path: Path) -> Path:

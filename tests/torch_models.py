@@ -53,3 +53,31 @@ def pickled(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(TwoHeads(), str(path))
     return path
+
+
+class Knobs(torch.nn.Module):
+    """forward(x, sr: int, threshold: float, flag: bool, sizes: list[int], unit: str):
+    non-tensor arguments, which TorchScript takes as Python values. y = x * threshold + sr
+    + sum(sizes) (+ 1000 when `unit` is "k"), negated when `flag`; any shape of x."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sr: int,
+        threshold: float,
+        flag: bool,
+        sizes: list[int],
+        unit: str,
+    ) -> torch.Tensor:
+        y = x * threshold + float(sr) + float(sum(sizes))
+        if unit == "k":
+            y = y + 1000.0
+        if flag:
+            y = -y
+        return y
+
+
+def knobs(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(Knobs().eval()).save(str(path))
+    return path

@@ -4,7 +4,9 @@ Only formats that carry no Python code load: a pickled `nn.Module` or a bare sta
 (`torch.save`) would run arbitrary code on load or need the model's class, and is refused
 with a message saying how to export instead. The signature comes from `signature.json`
 beside the model when present, else from the program (an export knows dtypes and
-dynamic shapes; a TorchScript schema only names its inputs, taken as float32).
+dynamic shapes; a TorchScript schema types its arguments: `int`, `float`, `bool`, `str`
+and lists of them are served as scalars (shape []) and 1-D lists passed to the model as
+Python values, and a `Tensor` as float32 of unknown rank).
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ class _Process:
 _PROCESS = _Process()
 
 
+# TorchScript argument types fed from JSON as Python values: schema type kind -> dtype.
+_SCRIPT_VALUES = {
+    "IntType": "int64",
+    "FloatType": "float64",
+    "BoolType": "bool",
+    "StringType": "string",
+}
+
+
 class TorchBackend(Backend[TorchOptions]):
     platform = "pytorch"
     options_class = TorchOptions
@@ -89,6 +100,8 @@ class TorchBackend(Backend[TorchOptions]):
         self._module: Any = None
         self._signatures: dict[str, Signature] = {}
         self._outputs: dict[str, list[str]] = {}
+        # signature -> arguments passed as Python values: "scalar" or "list" (else tensors)
+        self._values: dict[str, dict[str, str]] = {}
 
     @classmethod
     def plan_process(cls, options: Sequence[TorchOptions], names: Sequence[str]) -> None:
@@ -146,6 +159,10 @@ class TorchBackend(Backend[TorchOptions]):
         ]
         if missing:
             raise ModelLoadError(f"{SIGNATURE_FILE} names methods the model lacks: {missing}")
+        if kind == "torchscript":
+            for name in self._signatures:
+                method = self._module if name == DEFAULT_SIGNATURE else getattr(self._module, name)
+                self._values[name] = _script_values(method)
 
     @property
     def module(self) -> Any:
@@ -176,9 +193,13 @@ class TorchBackend(Backend[TorchOptions]):
         name = signature or DEFAULT_SIGNATURE
         spec = self._signatures[name]
         method = self._module if name == DEFAULT_SIGNATURE else getattr(self._module, name)
-        args = []
+        args: list[Any] = []
+        values = self._values.get(name, {})
         for key in spec.inputs:
             array = inputs[key]
+            if key in values:
+                args.append(_python_value(array, values[key], key))
+                continue
             if array.dtype == object:
                 raise InvalidInput(f"input '{key}': PyTorch models take numbers, not strings")
             if not array.flags.writeable or not array.flags.c_contiguous:
@@ -271,11 +292,60 @@ def _traced_spec(name: str, node: Any) -> TensorSpec:
     return TensorSpec(name, _TORCH_DTYPES[dtype], dims)
 
 
+def _script_arguments(method: Any) -> list[tuple[str, str, str]]:
+    """(name, element kind, how passed) per argument of a TorchScript method's schema:
+    `scalar` and `list` for int/float/bool/str and lists of them (Optional unwrapped),
+    `tensor` for the rest."""
+    schema = method.forward.schema if hasattr(method, "forward") else method.schema
+    found = []
+    for argument in schema.arguments:
+        if argument.name == "self":
+            continue
+        kind = argument.type
+        if kind.kind() == "OptionalType":
+            kind = kind.getElementType()
+        if kind.kind() in _SCRIPT_VALUES:
+            found.append((argument.name, kind.kind(), "scalar"))
+        elif kind.kind() == "ListType" and kind.getElementType().kind() in _SCRIPT_VALUES:
+            found.append((argument.name, kind.getElementType().kind(), "list"))
+        else:
+            found.append((argument.name, "TensorType", "tensor"))
+    return found
+
+
+def _script_values(method: Any) -> dict[str, str]:
+    """The arguments of a TorchScript method passed as Python values, and how."""
+    return {name: how for name, _, how in _script_arguments(method) if how != "tensor"}
+
+
 def _script_signature(module: Any) -> Signature:
-    """TorchScript's schema names the inputs; their dtypes and shapes are not in it."""
-    arguments = [a.name for a in module.forward.schema.arguments if a.name != "self"]
-    inputs = {name: TensorSpec(name, "float32", None) for name in arguments}
+    """From TorchScript's schema: int/float/bool/str arguments are scalars (shape []) of
+    int64/float64/bool/string, lists of them 1-D; a Tensor's dtype and rank are not in the
+    schema (float32, unknown rank)."""
+    inputs = {}
+    for name, kind, how in _script_arguments(module):
+        if how == "tensor":
+            inputs[name] = TensorSpec(name, "float32", None)
+        else:
+            inputs[name] = TensorSpec(name, _SCRIPT_VALUES[kind], () if how == "scalar" else (-1,))
     return Signature(inputs, {"output_0": TensorSpec("output_0", "float32", None)})
+
+
+def _python_value(array: np.ndarray, how: str, name: str) -> Any:
+    """A scalar or 1-D array as the Python value a TorchScript argument takes."""
+    if how == "scalar" and array.size != 1:
+        raise InvalidInput(f"input '{name}' takes one value, got shape {list(array.shape)}")
+    if how == "list" and array.ndim != 1:
+        raise InvalidInput(f"input '{name}' takes a list, got shape {list(array.shape)}")
+    value = array.item() if how == "scalar" else array.tolist()
+    try:
+        if isinstance(value, bytes):
+            return value.decode("utf-8")
+        if isinstance(value, list):
+            return [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input '{name}' is not valid UTF-8 text") from None
+    return value
 
 
 def _read_signature_file(

@@ -1,7 +1,9 @@
 """TensorFlow SavedModel adapter (platform `tensorflow`): TF 1 and TF 2 exports.
 
-Every signature of the SavedModel is served through its concrete function, which is
-safe to call from several threads at once (unlike `keras.Model.predict`). Signature
+Every signature of a TF 2 SavedModel is served through its concrete function, which is
+safe to call from several threads at once (unlike `keras.Model.predict`). A TF 1
+SavedModel (no TF 2 object graph) runs in a session as TF Serving runs it
+(`sts.backends.tensorflow_v1`). Signature
 metadata (aliases, tensor names, method names) is read from the SavedModel's own
 `SignatureDef`s, so it is what `saved_model_cli` shows.
 
@@ -37,6 +39,7 @@ from sts.backends.base import (
     one_line,
     translate_errors,
 )
+from sts.backends.tensorflow_v1 import SessionRunner, fed_by_name, has_object_graph
 from sts.errors import BackendError, ConfigError, InvalidInput, ModelLoadError
 from sts.signature import DTYPES, DType, Signature, TensorSpec
 
@@ -243,13 +246,13 @@ def _clean_message(exc: BaseException) -> str:
     return "tensorflow: " + message
 
 
-def _spec(alias: str, info: Any) -> TensorSpec | None:
+def _spec(alias: str, info: Any, enforce_shape: bool = True) -> TensorSpec | None:
     dtype = _BY_TF_ENUM.get(info.dtype)
-    if dtype is None:
+    if dtype is None or not fed_by_name(info):
         return None
     shape = info.tensor_shape
     dims = None if shape.unknown_rank else tuple(max(int(d.size), -1) for d in shape.dim)
-    return TensorSpec(alias, dtype.name, dims, tensor_name=info.name)
+    return TensorSpec(alias, dtype.name, dims, tensor_name=info.name, enforce_shape=enforce_shape)
 
 
 def _saved_model_file(path: Path) -> Path | None:
@@ -260,8 +263,8 @@ def _saved_model_file(path: Path) -> Path | None:
     return None
 
 
-def _read_signature_defs(file: Path, tags: Sequence[str]) -> dict[str, Any]:
-    """The SignatureDefs of the MetaGraph with exactly `tags`."""
+def _read_meta_graph(file: Path, tags: Sequence[str]) -> Any:
+    """The MetaGraphDef with exactly `tags` (its SignatureDefs, whether TF 2 wrote it)."""
     from google.protobuf import text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -277,7 +280,7 @@ def _read_signature_defs(file: Path, tags: Sequence[str]) -> dict[str, Any]:
     wanted = set(tags)
     for meta_graph in document.meta_graphs:
         if set(meta_graph.meta_info_def.tags) == wanted:
-            return dict(meta_graph.signature_def)
+            return meta_graph
     found = [sorted(m.meta_info_def.tags) for m in document.meta_graphs]
     raise ModelLoadError(f"no MetaGraph tagged {sorted(wanted)} in {path}; it has {found}")
 
@@ -293,6 +296,7 @@ class TensorflowBackend(Backend[TensorflowOptions]):
         super().__init__(path, options)
         self._tf: Any = None
         self._loaded: Any = None
+        self._session: SessionRunner | None = None
         self._functions: dict[str, Any] = {}
         self._signatures: dict[str, Signature] = {}
         self._device: str | None = None
@@ -327,7 +331,20 @@ class TensorflowBackend(Backend[TensorflowOptions]):
             self._device.split(":")[1]
         ):
             raise ModelLoadError(f"device {self.options.device!r}: TensorFlow sees no such device")
-        signature_defs = _read_signature_defs(saved_model, self.options.tags)
+        meta_graph = _read_meta_graph(saved_model, self.options.tags)
+        self._tf = tf
+        self._errors = {
+            tf.errors.InvalidArgumentError: InvalidInput,
+            tf.errors.OutOfRangeError: InvalidInput,
+            tf.errors.OpError: BackendError,
+            # conversion refused before any op ran
+            TypeError: InvalidInput,
+            ValueError: InvalidInput,
+        }
+        if not has_object_graph(meta_graph):
+            self._load_session(dict(meta_graph.signature_def))
+            return
+        signature_defs = dict(meta_graph.signature_def)
         # NotFoundError for an unregistered op, ValueError, ...
         with (
             translate_errors({Exception: ModelLoadError}, self._describe_load_error),
@@ -340,39 +357,61 @@ class TensorflowBackend(Backend[TensorflowOptions]):
         for name, function in loaded.signatures.items():
             if name.startswith("__") or name not in signature_defs:
                 continue
-            definition = signature_defs[name]
-            inputs = {a: _spec(a, i) for a, i in definition.inputs.items()}
-            outputs = {a: _spec(a, i) for a, i in definition.outputs.items()}
-            unsupported = [a for a, s in {**inputs, **outputs}.items() if s is None]
-            if unsupported:
-                logger.warning(
-                    "%s: signature %r skipped: tensors %s have dtypes sts cannot serve",
-                    self.path,
-                    name,
-                    unsupported,
-                )
-                continue
-            # SignatureDef maps have no order: sort, so every listing is stable.
-            signatures[name] = Signature(
-                inputs={a: s for a, s in sorted(inputs.items()) if s is not None},
-                outputs={a: s for a, s in sorted(outputs.items()) if s is not None},
-                method=definition.method_name,
-            )
-            functions[name] = function
+            signature = self._signature(name, signature_defs[name], enforce_shapes=True)
+            if signature is not None:
+                signatures[name] = signature
+                functions[name] = function
         if not signatures:
             raise ModelLoadError(f"{self.path} has no servable signature")
-        self._tf = tf
         self._loaded = loaded
         self._functions = functions
         self._signatures = signatures
-        self._errors = {
-            tf.errors.InvalidArgumentError: InvalidInput,
-            tf.errors.OutOfRangeError: InvalidInput,
-            tf.errors.OpError: BackendError,
-            # conversion refused before any op ran
-            TypeError: InvalidInput,
-            ValueError: InvalidInput,
+
+    def _signature(self, name: str, definition: Any, enforce_shapes: bool) -> Signature | None:
+        """A SignatureDef as sts describes it; None (and a warning) if sts cannot serve it."""
+        inputs = {a: _spec(a, i, enforce_shapes) for a, i in definition.inputs.items()}
+        outputs = {a: _spec(a, i, enforce_shapes) for a, i in definition.outputs.items()}
+        unsupported = [a for a, s in {**inputs, **outputs}.items() if s is None]
+        if unsupported:
+            logger.warning(
+                "%s: signature %r skipped: tensors %s have dtypes or encodings sts cannot serve",
+                self.path,
+                name,
+                unsupported,
+            )
+            return None
+        # SignatureDef maps have no order: sort, so every listing is stable.
+        return Signature(
+            inputs={a: s for a, s in sorted(inputs.items()) if s is not None},
+            outputs={a: s for a, s in sorted(outputs.items()) if s is not None},
+            method=definition.method_name,
+        )
+
+    def _load_session(self, signature_defs: dict[str, Any]) -> None:
+        """A TF 1 graph: into a session, each signature fed and fetched by tensor name;
+        the graph, not the SignatureDef's shapes, decides which shapes it takes."""
+        signatures = {}
+        for name, definition in signature_defs.items():
+            if name.startswith("__"):  # __saved_model_init_op and the like
+                continue
+            signature = self._signature(name, definition, enforce_shapes=False)
+            if signature is not None:
+                signatures[name] = signature
+        if not signatures:
+            raise ModelLoadError(f"{self.path} has no servable signature")
+        tensors = {
+            name: (
+                {a: s.tensor_name for a, s in signature.inputs.items()},
+                {a: s.tensor_name for a, s in signature.outputs.items()},
+            )
+            for name, signature in signatures.items()
         }
+        # NotFoundError for an unregistered op, ValueError, ...
+        with translate_errors({Exception: ModelLoadError}, self._describe_load_error):
+            self._session = SessionRunner(
+                self._tf, self.path, self.options.tags, self._device, tensors
+            )
+        self._signatures = signatures
 
     def _describe_load_error(self, exc: BaseException) -> str:
         return f"TensorFlow cannot load {self.path}: {_clean_message(exc)}"
@@ -386,6 +425,9 @@ class TensorflowBackend(Backend[TensorflowOptions]):
         self, inputs: Mapping[str, np.ndarray], signature: str | None = None
     ) -> dict[str, np.ndarray]:
         name = signature or self.default_signature()
+        if self._session is not None:
+            with translate_errors(self._errors, _clean_message):
+                return self._session.run(name, inputs)
         function = self._functions.get(name)
         if function is None:
             raise BackendError(f"signature {name!r} is not loaded")
@@ -402,7 +444,9 @@ class TensorflowBackend(Backend[TensorflowOptions]):
         tf = self._tf
         if tf is None:
             return {}
+        session = {} if self._session is None else {"session": self._session.session_options()}
         return {
+            **session,
             "tensorflow": tf.__version__,
             "device": self._device or "default (GPU when present)",
             "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
@@ -415,3 +459,6 @@ class TensorflowBackend(Backend[TensorflowOptions]):
     def unload(self) -> None:
         self._functions = {}
         self._loaded = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None

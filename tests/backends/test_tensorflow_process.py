@@ -61,6 +61,19 @@ def model_root(tmp_path_factory: pytest.TempPathFactory, zero_out: Path) -> Path
     tf.saved_model.save(
         module, str(root / "zero_out" / "1"), signatures={"serving_default": module.zero}
     )
+    # The same op in a TF 1 graph, which runs in a session.
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default(), v1.Session(graph=graph) as session:
+        x = v1.placeholder(tf.int32, [None, 2], name="x")
+        signature = v1.saved_model.signature_def_utils.predict_signature_def(
+            {"x": x}, {"zeroed": ops.zero_out(x)}
+        )
+        builder = v1.saved_model.Builder(str(root / "zero_out_v1" / "1"))
+        builder.add_meta_graph_and_variables(
+            session, ["serve"], signature_def_map={"serving_default": signature}
+        )
+        builder.save()
     tf_models.half_plus_two(root / "half_plus_two" / "1")
     return root
 
@@ -100,6 +113,7 @@ def test_custom_ops_and_session_options_apply(
         tmp_path / "models.json",
         [
             {"name": "zero_out", "base_path": str(model_root / "zero_out")},
+            {"name": "zero_out_v1", "base_path": str(model_root / "zero_out_v1")},
             {"name": "half_plus_two", "base_path": str(model_root / "half_plus_two")},
         ],
     )
@@ -121,12 +135,21 @@ def test_custom_ops_and_session_options_apply(
         response = httpx.post(url, json={"model_name": "zero_out", "data": {"x": [[5, 6], [7, 8]]}})
         assert response.status_code == 200, response.text
         assert response.json() == {"zeroed": [[5, 0], [0, 0]]}
+        body = {"model_name": "zero_out_v1", "data": {"x": [[5, 6], [7, 8]]}}
+        response = httpx.post(url, json=body)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"zeroed": [[5, 0], [0, 0]]}
         runtime = httpx.get(f"{url}/v1/models/half_plus_two").json()["versions"][0]["runtime"]
     # Read back from TensorFlow, not from sts's own record.
     assert runtime["intra_op_parallelism_threads"] == 1
     assert runtime["inter_op_parallelism_threads"] == 2
     assert runtime["allow_soft_placement"] is False
     assert runtime["process_settings"] == session_config
+    # half_plus_two is a TF 1 graph: its session was built with the same options.
+    session = runtime["session"]
+    assert session["intra_op_parallelism_threads"] == 1
+    assert session["inter_op_parallelism_threads"] == 2
+    assert session["allow_soft_placement"] is False
 
 
 def test_conflicting_session_options_stop_start_up(tmp_path: Path) -> None:

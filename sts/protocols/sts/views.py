@@ -11,13 +11,17 @@ from sts.versions import ServedModel
 
 def tensor_info(spec: TensorSpec) -> dict[str, Any]:
     dt = spec.dt
-    return {
+    info = {
         "name": spec.name,
         "tensor_name": spec.tensor_name or spec.name,
         "dtype": dt.tf_enum,
         "dtype_name": dt.name,
-        "shape": list(spec.shape) if spec.shape is not None else None,
+        # Never null: -1 for a size that varies; an unknown rank is [-1] and says so.
+        "shape": spec.metadata_shape(),
     }
+    if not spec.rank_known:
+        info["unknown_rank"] = True
+    return info
 
 
 def signature_info(signature: Signature) -> dict[str, Any]:

@@ -18,9 +18,9 @@ STATES = {
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
-    # v2 has no "unknown rank": a tensor of any shape is shown as one dynamic dimension.
-    shape = list(spec.shape) if spec.shape is not None else [-1]
-    return {"name": spec.name, "datatype": spec.dt.v2, "shape": shape}
+    # v2 has no "unknown rank" (REST and gRPC metadata carry a shape list only): a tensor
+    # of any shape shows as [-1], one of the shapes it takes.
+    return {"name": spec.name, "datatype": spec.dt.v2, "shape": spec.metadata_shape()}
 
 
 def metadata_document(model: ServedModel, mv: ModelVersion) -> dict[str, Any]:
