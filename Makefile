@@ -55,11 +55,11 @@ $(UV): | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
 $(VENV)/.serve-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,sklearn,xgboost,lightgbm]'
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,sklearn,xgboost,lightgbm,tabular-convert,test,dev]'
 	touch $@ $(VENV)/.serve-installed
 
 $(MX_BIN)/python:
@@ -99,7 +99,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy
 
 $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,test,dev,bench]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,sklearn,xgboost,lightgbm,tabular-convert,test,dev,bench]'
 	touch $@
 
 bench: $(VENV)/.bench-installed $(MX_VENV)/.test-installed

@@ -281,6 +281,10 @@ PLATFORMS: dict[str, str] = {
     "pytorch_onnx": "sts.backends.onnx:OnnxBackend",
     "pytorch": "sts.backends.pytorch:TorchBackend",
     "mxnet": "sts.backends.mxnet:MxnetBackend",
+    "scikitlearn": "sts.backends.sklearn:SklearnBackend",
+    "sklearn": "sts.backends.sklearn:SklearnBackend",
+    "xgboost": "sts.backends.xgboost:XgboostBackend",
+    "lightgbm": "sts.backends.lightgbm:LightgbmBackend",
 }
 """Platform name -> `module:Class`, imported only when a model of that platform loads."""
 

@@ -1,0 +1,122 @@
+"""LightGBM adapter: the text model format (`Booster(model_file=...)`), never pickles.
+
+Input `inputs` float64 [-1, num_features]. Outputs `predictions` and, for `binary`,
+`multiclass` and `multiclassova` models, `probabilities` [-1, classes], computed as
+LGBMClassifier's `predict` / `predict_proba` do. Each prediction builds its own
+predictor over the booster, which LightGBM reads under a shared lock: thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sts.backends.base import Backend, BackendOptions
+from sts.backends.tabular import (
+    PICKLE_SUFFIXES,
+    binary_probabilities,
+    find_model_file,
+    first_line,
+    framework_errors,
+    matrix_input,
+)
+from sts.errors import ModelLoadError
+from sts.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
+
+SUFFIXES = (".txt", *PICKLE_SUFFIXES)
+
+
+class LightgbmOptions(BackendOptions):
+    """Threads and trees used for one prediction."""
+
+    num_threads: int = 1
+    """Threads for one prediction; 1 suits many small concurrent requests (sts runs
+    several at once); 0: OpenMP's default (every core)."""
+    num_iteration: int | None = None
+    """Use the first N boosting rounds; default: the best iteration when training
+    stopped early, else all."""
+
+
+class LightgbmBackend(Backend):
+    platform = "lightgbm"
+    options_class = LightgbmOptions
+    session_config_keys = {"intra_op_parallelism_threads": "num_threads"}
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        super().__init__(path, options)
+        assert isinstance(options, LightgbmOptions)
+        self.opts: LightgbmOptions = options
+        self._booster: Any = None
+        self._signature: Signature | None = None
+        self._kind = "plain"  # "binary", "multi" or "plain"
+        self._objective = ""
+
+    def load(self) -> None:
+        import lightgbm
+
+        file = find_model_file(self.path, SUFFIXES, "LightGBM")
+        if file.suffix in PICKLE_SUFFIXES:
+            raise ModelLoadError(
+                f"{file.name} is a pickle, which sts never loads (it would run code from the "
+                "file): save the model as text, booster.save_model('model.txt')"
+            )
+        try:
+            booster = lightgbm.Booster(model_file=str(file))
+        except (lightgbm.basic.LightGBMError, ValueError, OSError) as exc:
+            raise ModelLoadError(f"LightGBM cannot load {file.name}: {first_line(exc)}") from None
+        rounds = booster.current_iteration()
+        wanted = self.opts.num_iteration
+        if wanted is not None and not 0 < wanted <= rounds:
+            raise ModelLoadError(f"num_iteration {wanted}: the model has {rounds} rounds")
+        objective = str(booster.params.get("objective", "")).split()[0]
+        classes = booster.num_model_per_iteration()
+        outputs: dict[str, TensorSpec] = {}
+        if objective == "binary":
+            self._kind = "binary"
+            outputs["predictions"] = TensorSpec("predictions", "int64", (-1,))
+            outputs["probabilities"] = TensorSpec("probabilities", "float64", (-1, 2))
+        elif objective in ("multiclass", "softmax", "multiclassova", "multiclass_ova", "ova"):
+            self._kind = "multi"
+            outputs["predictions"] = TensorSpec("predictions", "int64", (-1,))
+            outputs["probabilities"] = TensorSpec("probabilities", "float64", (-1, classes))
+        else:
+            outputs["predictions"] = TensorSpec("predictions", "float64", (-1,))
+        self._objective = objective
+        self._booster = booster
+        self._signature = Signature(matrix_input(booster.num_feature(), "float64"), outputs)
+
+    def runtime_info(self) -> dict[str, Any]:
+        import lightgbm
+
+        return {"lightgbm": lightgbm.__version__, "objective": self._objective}
+
+    def signatures(self) -> dict[str, Signature]:
+        assert self._signature is not None
+        return {DEFAULT_SIGNATURE: self._signature}
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], signature: str | None = None
+    ) -> dict[str, np.ndarray]:
+        import lightgbm
+
+        # LightGBM refuses a wrong width in a LightGBMError; ValueError for the array.
+        with framework_errors("LightGBM", (lightgbm.basic.LightGBMError, ValueError)):
+            result = self._booster.predict(
+                inputs["inputs"],
+                num_iteration=self.opts.num_iteration,
+                num_threads=self.opts.num_threads,
+            )
+        if self._kind == "binary":
+            return {
+                "predictions": (result > 0.5).astype(np.int64),
+                "probabilities": binary_probabilities(result),
+            }
+        if self._kind == "multi":
+            return {"predictions": np.argmax(result, axis=1), "probabilities": result}
+        return {"predictions": result}
+
+    def unload(self) -> None:
+        self._booster = None

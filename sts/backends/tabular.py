@@ -1,0 +1,90 @@
+"""What the tabular backends (scikit-learn, XGBoost, LightGBM) share: finding the model
+file in a version folder, refusing pickles, the one-matrix signature, and turning the
+framework's exceptions into sts's."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from sts.errors import BackendError, InvalidInput, ModelLoadError, StsError
+from sts.signature import TensorSpec
+
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+"""Files that only an unpickler reads (what the original loaded for scikit-learn)."""
+# Files sts itself reads from a version folder, never the model.
+SIDE_FILES = frozenset({"warmup.json", "signature.json"})
+
+
+def find_model_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """The model file of a version: `path` itself when it is a file, else `model<suffix>`
+    (in `suffixes`' order), else the only file with one of `suffixes` (pickles included,
+    so that the caller can refuse them by name). Raises ModelLoadError."""
+    if path.is_file():
+        return path
+    for suffix in suffixes:
+        if (path / f"model{suffix}").is_file():
+            return path / f"model{suffix}"
+    try:
+        entries = sorted(path.iterdir())
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror}") from None
+    found = [
+        p for p in entries if p.is_file() and p.suffix in suffixes and p.name not in SIDE_FILES
+    ]
+    if len(found) == 1:
+        return found[0]
+    wanted = ", ".join(f"model{s}" for s in suffixes)
+    if not found:
+        raise ModelLoadError(f"no {what} model in {path}: expected one of {wanted}")
+    names = ", ".join(p.name for p in found)
+    raise ModelLoadError(f"several model files in {path} ({names}); name one {wanted}")
+
+
+def matrix_input(width: int | None, dtype: str) -> dict[str, TensorSpec]:
+    """The single `inputs` matrix, [-1, width] (width -1 when the model does not say)."""
+    return {"inputs": TensorSpec("inputs", dtype, (-1, width if width else -1))}
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a framework's message (XGBoost appends a stack trace), trimmed."""
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.splitlines()[0].split())[:500]
+
+
+@contextlib.contextmanager
+def framework_errors(framework: str, invalid: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Inside: `invalid` exceptions (the framework refusing the caller's values) become
+    InvalidInput (400), any other non-sts exception BackendError (500), both prefixed by
+    `framework` and keeping the framework's own first line."""
+    try:
+        yield
+    except StsError:
+        raise
+    except invalid as exc:
+        raise InvalidInput(f"{framework}: {first_line(exc)}") from None
+    except Exception as exc:
+        raise BackendError(f"{framework}: {first_line(exc)}") from None
+
+
+def as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """A string input (bytes from the codec) as an object array of str; InvalidInput when
+    a value is not UTF-8."""
+    out = np.empty(array.shape, dtype=object)
+    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
+    for i, value in enumerate(flat_in):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input '{name}': string value is not UTF-8") from None
+        flat_out[i] = value
+    return out
+
+
+def binary_probabilities(positive: np.ndarray) -> np.ndarray:
+    """P(class 1) [n] -> [n, 2] (P(0), P(1)), as the libraries' scikit-learn wrappers do."""
+    return np.vstack((1 - positive, positive)).T
