@@ -23,7 +23,7 @@ from tests.tabular import every_protocol
 CANCER_X, CANCER_Y = load_breast_cancer(return_X_y=True)
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
 DIABETES_X, DIABETES_Y = load_diabetes(return_X_y=True)
-SMALL = {"n_estimators": 8, "num_leaves": 7, "min_child_samples": 5, "verbose": -1}
+SMALL = {"n_estimators": 8, "num_leaves": 7, "min_child_samples": 5, "verbose": -1, "n_jobs": 1}
 
 
 def save(model: Any, folder: Path) -> Path:

@@ -42,9 +42,11 @@ def load(base: Path, **options: Any) -> XgboostBackend:
 
 
 def test_every_kind_over_every_protocol(tmp_path: Path) -> None:
-    binary = xgboost.XGBClassifier(n_estimators=8, max_depth=3).fit(CANCER_X, CANCER_Y)
-    multi = xgboost.XGBClassifier(n_estimators=6, max_depth=2).fit(IRIS_X, IRIS_Y)
-    regressor = xgboost.XGBRegressor(n_estimators=6, max_depth=3).fit(DIABETES_X, DIABETES_Y)
+    binary = xgboost.XGBClassifier(n_estimators=8, max_depth=3, n_jobs=1).fit(CANCER_X, CANCER_Y)
+    multi = xgboost.XGBClassifier(n_estimators=6, max_depth=2, n_jobs=1).fit(IRIS_X, IRIS_Y)
+    regressor = xgboost.XGBRegressor(n_estimators=6, max_depth=3, n_jobs=1).fit(
+        DIABETES_X, DIABETES_Y
+    )
     configs = [
         config("binary", save(binary, tmp_path / "binary" / "1")),
         config("multi", save(multi, tmp_path / "multi" / "1", "model.ubj")),
@@ -77,7 +79,7 @@ def test_every_kind_over_every_protocol(tmp_path: Path) -> None:
 
 
 def test_options(tmp_path: Path) -> None:
-    model = xgboost.XGBClassifier(n_estimators=6, max_depth=2).fit(IRIS_X, IRIS_Y)
+    model = xgboost.XGBClassifier(n_estimators=6, max_depth=2, n_jobs=1).fit(IRIS_X, IRIS_Y)
     base = save(model, tmp_path / "m" / "1")
     rows = IRIS_X[::10].astype(np.float32)
     backend = load(base, nthread=2, iteration_range=(0, 3))
@@ -107,7 +109,7 @@ def test_load_failures(tmp_path: Path) -> None:
 
 
 def test_concurrent_predictions_agree(tmp_path: Path) -> None:
-    model = xgboost.XGBClassifier(n_estimators=20, max_depth=4).fit(CANCER_X, CANCER_Y)
+    model = xgboost.XGBClassifier(n_estimators=20, max_depth=4, n_jobs=1).fit(CANCER_X, CANCER_Y)
     backend = load(save(model, tmp_path / "m" / "1"))
     rows = CANCER_X.astype(np.float32)
     want = model.predict_proba(rows)
