@@ -88,6 +88,11 @@ class LightgbmBackend(Backend):
         self._booster = booster
         self._signature = Signature(matrix_input(booster.num_feature(), "float64"), outputs)
 
+    @property
+    def booster(self) -> Any:
+        """The loaded Booster."""
+        return self._booster
+
     def runtime_info(self) -> dict[str, Any]:
         import lightgbm
 

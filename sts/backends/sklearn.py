@@ -102,10 +102,22 @@ class SklearnBackend(Backend):
         self._columns: list[str] | None = None  # None: one `inputs` matrix
 
     def load(self) -> None:
-        file = find_model_file(self.path, SUFFIXES, "scikit-learn")
-        self._model = read_model(file, self.opts)
-        self._columns, inputs = _inputs(self._model, self.opts.column_dtypes)
-        self._signatures, self._runs = _signatures(self._model, inputs)
+        self.serve(read_model(self.model_file(), self.opts))
+
+    def model_file(self) -> Path:
+        return find_model_file(self.path, SUFFIXES, "scikit-learn")
+
+    def serve(self, model: Any) -> None:
+        """Serve an estimator already in memory (what `load` read, or what `sts convert`
+        unpickled): its signatures and how each runs."""
+        self._model = model
+        self._columns, inputs = _inputs(model, self.opts.column_dtypes)
+        self._signatures, self._runs = _signatures(model, inputs)
+
+    @property
+    def model(self) -> Any:
+        """The estimator served."""
+        return self._model
 
     def runtime_info(self) -> dict[str, Any]:
         import sklearn
@@ -159,7 +171,7 @@ def read_model(file: Path, options: SklearnOptions) -> Any:
         model = _read_skops(file, [*TRUSTED_TYPES, *options.trusted_types])
     else:
         raise ModelLoadError(f"{file.name}: expected a .skops file")
-    _check_fitted(model, file)
+    check_fitted(model, file)
     return model
 
 
@@ -183,7 +195,7 @@ def _read_skops(file: Path, trusted: list[str]) -> Any:
         raise ModelLoadError(f"skops cannot load {file.name}: {first_line(exc)}") from None
 
 
-def _check_fitted(model: Any, file: Path) -> None:
+def check_fitted(model: Any, file: Path) -> None:
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 

@@ -100,6 +100,11 @@ class XgboostBackend(Backend):
         self._booster = booster
         self._signature = Signature(matrix_input(booster.num_features(), "float32"), outputs)
 
+    @property
+    def booster(self) -> Any:
+        """The loaded Booster."""
+        return self._booster
+
     def runtime_info(self) -> dict[str, Any]:
         import xgboost
 
