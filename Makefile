@@ -105,6 +105,7 @@ $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
 bench: $(VENV)/.bench-installed $(MX_VENV)/.test-installed
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_tabular.py
 	$(MX_BIN)/python benchmarks/bench_mxnet.py
 
 soak: $(VENV)/.bench-installed
