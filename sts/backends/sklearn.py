@@ -71,6 +71,8 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "numpy.dtype",
 )
 
+Run = Callable[[Any], dict[str, np.ndarray]]
+"""A signature's work: the features (a matrix, or a DataFrame of named columns) -> outputs."""
 _DTYPES = {"b": "bool", "i": "int64", "u": "int64", "f": "float64", "O": "string", "U": "string"}
 
 
@@ -98,7 +100,7 @@ class SklearnBackend(Backend):
         self.opts: SklearnOptions = options
         self._model: Any = None
         self._signatures: dict[str, Signature] = {}
-        self._runs: dict[str, Callable[[Any], dict[str, np.ndarray]]] = {}
+        self._runs: dict[str, Run] = {}
         self._columns: list[str] | None = None  # None: one `inputs` matrix
 
     def load(self) -> None:
@@ -286,94 +288,76 @@ def _selected(selected: Any, columns: list[str]) -> list[str]:
 
 def _signatures(
     model: Any, inputs: dict[str, TensorSpec]
-) -> tuple[dict[str, Signature], dict[str, Callable[[Any], dict[str, np.ndarray]]]]:
+) -> tuple[dict[str, Signature], dict[str, Run]]:
     """Signature name -> spec, and name -> a function of the features giving the outputs."""
     from sklearn.pipeline import Pipeline
 
-    classes = getattr(model, "classes_", None)
-    classes = np.asarray(classes) if isinstance(classes, np.ndarray | list) else None
-    if classes is not None and classes.ndim != 1:
-        classes = None  # multi-output classifiers: no single list of classes
-    # A pipeline transforms once when two of the final step's methods run on one request.
-    if isinstance(model, Pipeline) and len(model.steps) > 1:
-        head, final = model[:-1], model.steps[-1][1]
-
-        def call(method: str) -> Callable[[Any], Any]:
-            bound = getattr(final, method)
-            return lambda features: bound(head.transform(features))
-
-        transform_once: Callable[[Any], Any] = head.transform
-        final_methods: Any = final
-    else:
-
-        def call(method: str) -> Callable[[Any], Any]:
-            return getattr(model, method)  # type: ignore[no-any-return]
-
-        def transform_once(features: Any) -> Any:
-            return features
-
-        final_methods = model
-
+    raw_classes = getattr(model, "classes_", None)
+    # Multi-output classifiers hold a list of class arrays: no single list to report.
+    classes = raw_classes if isinstance(raw_classes, np.ndarray) and raw_classes.ndim == 1 else None
     specs: dict[str, Signature] = {}
-    runs: dict[str, Callable[[Any], dict[str, np.ndarray]]] = {}
-    has = {m: hasattr(model, m) for m in ("predict", "predict_proba", "decision_function")}
-    predictions = _predictions_spec(model, classes)
-    probabilities = classes_spec = None
-    if has["predict_proba"] and classes is not None:
-        probabilities = TensorSpec("probabilities", "float64", (-1, len(classes)))
-        classes_spec = TensorSpec("classes", _dtype_of(classes), (-1, len(classes)))
+    runs: dict[str, Run] = {}
+
+    def add(name: str, outputs: list[TensorSpec], run: Run) -> None:
+        specs[name] = Signature(inputs, {spec.name: spec for spec in outputs})
+        runs[name] = run
 
     def with_classes(out: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         assert classes is not None
         out["classes"] = np.broadcast_to(_plain(classes), (rows, len(classes)))
         return out
 
-    if has["predict"]:
-        predict = call("predict")
-        specs["predict"] = Signature(inputs, {"predictions": predictions})
-        runs["predict"] = lambda x: {"predictions": _plain(predict(x))}
-    if probabilities is not None and classes_spec is not None:
-        proba = call("predict_proba")
-        specs["predict_proba"] = Signature(
-            inputs, {"probabilities": probabilities, "classes": classes_spec}
+    predictions = _predictions_spec(model, classes)
+    if hasattr(model, "predict"):
+        predict = model.predict
+        add("predict", [predictions], lambda x: {"predictions": _plain(predict(x))})
+    probability_specs: list[TensorSpec] = []
+    if hasattr(model, "predict_proba") and classes is not None:
+        probability_specs = [
+            TensorSpec("probabilities", "float64", (-1, len(classes))),
+            TensorSpec("classes", _dtype_of(classes), (-1, len(classes))),
+        ]
+        proba = model.predict_proba
+        add(
+            "predict_proba",
+            probability_specs,
+            lambda x: with_classes({"probabilities": proba(x)}, len(x)),
         )
-        runs["predict_proba"] = lambda x: with_classes({"probabilities": proba(x)}, len(x))
-    if has["decision_function"]:
-        decide = call("decision_function")
-        width = -1 if classes is None else (None if len(classes) == 2 else len(classes))
-        shape = (-1,) if width is None else (-1, width)
-        specs["decision_function"] = Signature(
-            inputs, {"scores": TensorSpec("scores", "float64", shape)}
-        )
-        runs["decision_function"] = lambda x: {"scores": np.asarray(decide(x))}
+    if hasattr(model, "decision_function"):
+        decide = model.decision_function
+        binary = classes is not None and len(classes) == 2
+        width = (-1,) if binary else (-1, len(classes) if classes is not None else -1)
+        scores = TensorSpec("scores", "float64", width)
+        add("decision_function", [scores], lambda x: {"scores": np.asarray(decide(x))})
     if hasattr(model, "transform"):
         transform = model.transform
-        width = _output_width(model)
-        spec = TensorSpec("transformed", "float64", (-1, width))
-        specs["transform"] = Signature(inputs, {"transformed": spec})
-        runs["transform"] = lambda x: {"transformed": _dense(transform(x))}
+        transformed = TensorSpec("transformed", "float64", (-1, _output_width(model)))
+        add("transform", [transformed], lambda x: {"transformed": _dense(transform(x))})
 
-    if "predict" in runs and probabilities is not None and classes_spec is not None:
-        predict_final = final_methods.predict
-        proba_final = final_methods.predict_proba
+    if "predict" in runs and probability_specs:
+        # A pipeline's transforms run once although two of its final step's methods answer.
+        if isinstance(model, Pipeline) and len(model.steps) > 1:
+            prepare, final = model[:-1].transform, model.steps[-1][1]
+        else:
+            prepare, final = _unchanged, model
+        predict_final, proba_final = final.predict, final.predict_proba
 
         def both(x: Any) -> dict[str, np.ndarray]:
-            xt = transform_once(x)
+            xt = prepare(x)
             out = {"predictions": _plain(predict_final(xt)), "probabilities": proba_final(xt)}
             return with_classes(out, len(x))
 
-        specs[DEFAULT_SIGNATURE] = Signature(
-            inputs,
-            {"predictions": predictions, "probabilities": probabilities, "classes": classes_spec},
-        )
-        runs[DEFAULT_SIGNATURE] = both
+        add(DEFAULT_SIGNATURE, [predictions, *probability_specs], both)
     elif "predict" in runs or "transform" in runs:
         chosen = "predict" if "predict" in runs else "transform"
-        specs[DEFAULT_SIGNATURE] = specs[chosen]
-        runs[DEFAULT_SIGNATURE] = runs[chosen]
+        specs[DEFAULT_SIGNATURE], runs[DEFAULT_SIGNATURE] = specs[chosen], runs[chosen]
     else:
         raise ModelLoadError(f"a {type(model).__name__} has neither predict nor transform")
     return specs, runs
+
+
+def _unchanged(features: Any) -> Any:
+    return features
 
 
 def _predictions_spec(model: Any, classes: np.ndarray | None) -> TensorSpec:
