@@ -166,21 +166,7 @@ def xgboost_to_onnx(
     sample: Path | None = None,
 ) -> TabularConversion:
     """An XGBoost model -> ONNX through onnxmltools (every tree)."""
-    import onnxmltools
-    from onnxmltools.convert.common.data_types import FloatTensorType
-
-    chosen, path = _version(XgboostBackend, base_path, version)
-    source = _loaded(XgboostBackend, path, XgboostOptions())
-    width = source.signatures()[DEFAULT_SIGNATURE].inputs["inputs"].shape[1]
-    try:
-        onx = onnxmltools.convert_xgboost(
-            source.booster,
-            initial_types=[("inputs", FloatTensorType([None, width]))],
-            target_opset=ONNX_OPSET,
-        )
-    except Exception as exc:
-        raise ModelLoadError(f"onnxmltools cannot convert the model: {first_line(exc)}") from None
-    return _write_onnx(onx, source, output, chosen, sample)
+    return _trees_to_onnx(XgboostBackend, XgboostOptions(), base_path, output, version, sample)
 
 
 def lightgbm_to_onnx(
@@ -190,20 +176,34 @@ def lightgbm_to_onnx(
     sample: Path | None = None,
 ) -> TabularConversion:
     """A LightGBM model -> ONNX through onnxmltools (every tree, no ZipMap)."""
+    return _trees_to_onnx(LightgbmBackend, LightgbmOptions(), base_path, output, version, sample)
+
+
+def _trees_to_onnx(
+    cls: type[XgboostBackend | LightgbmBackend],
+    options: BackendOptions,
+    base_path: Path,
+    output: Path,
+    version: int | None,
+    sample: Path | None,
+) -> TabularConversion:
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    chosen, path = _version(LightgbmBackend, base_path, version)
-    source = _loaded(LightgbmBackend, path, LightgbmOptions())
+    chosen, path = _version(cls, base_path, version)
+    source = _loaded(cls, path, options)
     width = source.signatures()[DEFAULT_SIGNATURE].inputs["inputs"].shape[1]
+    types = [("inputs", FloatTensorType([None, width]))]
     try:
-        onx = onnxmltools.convert_lightgbm(
-            source.booster,
-            initial_types=[("inputs", FloatTensorType([None, width]))],
-            target_opset=ONNX_OPSET,
-            zipmap=False,
-        )
-    except Exception as exc:
+        if cls is XgboostBackend:
+            onx = onnxmltools.convert_xgboost(
+                source.booster, initial_types=types, target_opset=ONNX_OPSET
+            )
+        else:
+            onx = onnxmltools.convert_lightgbm(
+                source.booster, initial_types=types, target_opset=ONNX_OPSET, zipmap=False
+            )
+    except Exception as exc:  # the converters raise anything for what they cannot convert
         raise ModelLoadError(f"onnxmltools cannot convert the model: {first_line(exc)}") from None
     return _write_onnx(onx, source, output, chosen, sample)
 

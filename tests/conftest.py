@@ -45,6 +45,11 @@ def fake_config(name: str, base: Path, **extra: Any) -> ModelConfig:
     return ModelConfig(name=name, base_path=str(base), platform=fakes.PLATFORM, **extra)
 
 
+# The first load of every example model (TensorFlow, PyTorch, scikit-learn, ...) imports
+# each framework: minutes on a loaded 2-core machine. A condition, so fast runs stay fast.
+FIRST_LOAD_SECONDS = 180
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -68,7 +73,7 @@ def app_client(configs: list[ModelConfig], **overrides: Any) -> Iterator[TestCli
     """A TestClient whose models have finished their first load."""
     app = create_app(settings(**overrides), configs)
     with TestClient(app, raise_server_exceptions=False) as client:
-        wait_for(app.state.repository.ready.is_set, timeout=60, what="first load")
+        wait_for(app.state.repository.ready.is_set, FIRST_LOAD_SECONDS, "first load")
         yield client
 
 
@@ -118,7 +123,7 @@ class LiveServer:
     def __enter__(self) -> LiveServer:
         self.thread.start()
         wait_for(lambda: self.server.started, what="server start")
-        wait_for(self.repository.ready.is_set, timeout=60, what="first load")
+        wait_for(self.repository.ready.is_set, FIRST_LOAD_SECONDS, "first load")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -174,7 +179,7 @@ def running(
             return False
 
     try:
-        wait_for(ready, timeout=60, what="server ready")
+        wait_for(ready, FIRST_LOAD_SECONDS, "server ready")
         yield url
     finally:
         proc.send_signal(signal.SIGINT)

@@ -3,7 +3,8 @@ protocol, compared with the library's own in-process predictions."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -74,3 +75,22 @@ def every_protocol(
             out = by_name[name]
             assert out["shape"] == list(want.shape), (name, out["shape"])
             same(np.reshape(np.asarray(out["data"], dtype=object), out["shape"]), want, name)
+
+
+def agree_under_threads(
+    predict: Callable[[int], np.ndarray], want: Callable[[int], np.ndarray], calls: int = 50
+) -> None:
+    """`predict(i)` from four threads at once, `calls` times each, always equals `want(i)`."""
+    failures: list[int] = []
+
+    def hammer() -> None:
+        for i in range(calls):
+            if not np.array_equal(predict(i), want(i)):
+                failures.append(i)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:10]

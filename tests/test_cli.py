@@ -34,7 +34,8 @@ def test_serves_the_examples(server: str) -> None:
     assert httpx.get(f"{server}/health").text == "healthy"
     names = [m["model_name"] for m in httpx.get(f"{server}/v1/models").json()]
     assert names == [
-        "default", "colours", "digits", "digits_tf", "digits_mxnet", "digits_torch", "iris", "text"
+        "default", "colours", "digits", "digits_tf", "digits_mxnet", "digits_torch", "iris", "text",
+        "iris_sklearn", "cancer_xgboost", "diabetes_lightgbm",
     ]  # fmt: skip
     digit = (ROOT / "examples" / "images" / "digit.png").read_bytes()
     for model in ("digits", "digits_tf", "digits_mxnet", "digits_torch"):  # curl -F image=@...

@@ -4,7 +4,6 @@ ships with scikit-learn."""
 from __future__ import annotations
 
 import pickle
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from sts.backends.lightgbm import LightgbmBackend, LightgbmOptions
 from sts.config import ModelConfig
 from sts.errors import ModelLoadError
 from tests.conftest import app_client
-from tests.tabular import every_protocol
+from tests.tabular import agree_under_threads, every_protocol
 
 CANCER_X, CANCER_Y = load_breast_cancer(return_X_y=True)
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
@@ -110,17 +109,7 @@ def test_concurrent_predictions_agree(tmp_path: Path) -> None:
     model = lightgbm.LGBMClassifier(**SMALL).fit(CANCER_X, CANCER_Y)
     backend = load(save(model, tmp_path / "m" / "1"))
     want = model.predict_proba(CANCER_X)
-    failures: list[str] = []
-
-    def hammer() -> None:
-        for i in range(50):
-            got = backend.predict({"inputs": CANCER_X[i : i + 1]})["probabilities"]
-            if not np.array_equal(got, want[i : i + 1]):
-                failures.append(str(i))
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not failures
+    agree_under_threads(
+        lambda i: backend.predict({"inputs": CANCER_X[i : i + 1]})["probabilities"],
+        lambda i: want[i : i + 1],
+    )

@@ -25,7 +25,7 @@ from sts.backends.sklearn import SklearnBackend, SklearnOptions
 from sts.config import ModelConfig
 from sts.errors import InvalidInput, ModelLoadError
 from tests.conftest import app_client
-from tests.tabular import every_protocol
+from tests.tabular import agree_under_threads, every_protocol
 
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
 DIABETES_X, DIABETES_Y = load_diabetes(return_X_y=True)
@@ -284,20 +284,11 @@ def test_concurrent_predictions_agree(tmp_path: Path) -> None:
     inputs = {name: frame[name].to_numpy() for name in frame.columns}
     inputs["colour"] = np.array([s.encode() for s in frame["colour"]], dtype=object)
     want = model.predict_proba(frame)
-    failures: list[str] = []
-
-    def hammer() -> None:
-        for _ in range(20):
-            got = backend.predict(inputs)["probabilities"]
-            if not np.array_equal(got, want):
-                failures.append("differs")
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not failures
+    agree_under_threads(
+        lambda i: backend.predict({k: v[i : i + 3] for k, v in inputs.items()})["probabilities"],
+        lambda i: want[i : i + 3],
+        calls=20,
+    )
 
 
 def test_options_are_checked(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ with scikit-learn."""
 from __future__ import annotations
 
 import pickle
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from sts.backends.xgboost import XgboostBackend, XgboostOptions
 from sts.config import ModelConfig
 from sts.errors import ModelLoadError
 from tests.conftest import app_client
-from tests.tabular import every_protocol
+from tests.tabular import agree_under_threads, every_protocol
 
 CANCER_X, CANCER_Y = load_breast_cancer(return_X_y=True)
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
@@ -113,19 +112,7 @@ def test_concurrent_predictions_agree(tmp_path: Path) -> None:
     backend = load(save(model, tmp_path / "m" / "1"))
     rows = CANCER_X.astype(np.float32)
     want = model.predict_proba(rows)
-    failures: list[str] = []
-
-    def hammer() -> None:
-        for i in range(50):
-            row = rows[i : i + 1]
-            if not np.array_equal(
-                backend.predict({"inputs": row})["probabilities"], want[i : i + 1]
-            ):
-                failures.append(str(i))
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not failures
+    agree_under_threads(
+        lambda i: backend.predict({"inputs": rows[i : i + 1]})["probabilities"],
+        lambda i: want[i : i + 1],
+    )

@@ -17,14 +17,13 @@ import numpy as np
 from sts.backends.base import Backend, BackendOptions
 from sts.backends.tabular import (
     PICKLE_SUFFIXES,
-    binary_probabilities,
+    TreeOutputs,
     find_model_file,
     first_line,
     framework_errors,
-    matrix_input,
 )
 from sts.errors import ModelLoadError
-from sts.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
+from sts.signature import DEFAULT_SIGNATURE, Signature
 
 SUFFIXES = (".txt", *PICKLE_SUFFIXES)
 
@@ -51,7 +50,7 @@ class LightgbmBackend(Backend):
         self.opts: LightgbmOptions = options
         self._booster: Any = None
         self._signature: Signature | None = None
-        self._kind = "plain"  # "binary", "multi" or "plain"
+        self._outputs = TreeOutputs("plain", "float64")
         self._objective = ""
 
     def load(self) -> None:
@@ -73,20 +72,15 @@ class LightgbmBackend(Backend):
             raise ModelLoadError(f"num_iteration {wanted}: the model has {rounds} rounds")
         objective = str(booster.params.get("objective", "")).split()[0]
         classes = booster.num_model_per_iteration()
-        outputs: dict[str, TensorSpec] = {}
         if objective == "binary":
-            self._kind = "binary"
-            outputs["predictions"] = TensorSpec("predictions", "int64", (-1,))
-            outputs["probabilities"] = TensorSpec("probabilities", "float64", (-1, 2))
+            self._outputs = TreeOutputs("binary", "float64")
         elif objective in ("multiclass", "softmax", "multiclassova", "multiclass_ova", "ova"):
-            self._kind = "multi"
-            outputs["predictions"] = TensorSpec("predictions", "int64", (-1,))
-            outputs["probabilities"] = TensorSpec("probabilities", "float64", (-1, classes))
+            self._outputs = TreeOutputs("multi", "float64", classes)
         else:
-            outputs["predictions"] = TensorSpec("predictions", "float64", (-1,))
+            self._outputs = TreeOutputs("plain", "float64")
         self._objective = objective
         self._booster = booster
-        self._signature = Signature(matrix_input(booster.num_feature(), "float64"), outputs)
+        self._signature = self._outputs.signature(booster.num_feature())
 
     @property
     def booster(self) -> Any:
@@ -114,14 +108,7 @@ class LightgbmBackend(Backend):
                 num_iteration=self.opts.num_iteration,
                 num_threads=self.opts.num_threads,
             )
-        if self._kind == "binary":
-            return {
-                "predictions": (result > 0.5).astype(np.int64),
-                "probabilities": binary_probabilities(result),
-            }
-        if self._kind == "multi":
-            return {"predictions": np.argmax(result, axis=1), "probabilities": result}
-        return {"predictions": result}
+        return self._outputs.outputs(result)
 
     def unload(self) -> None:
         self._booster = None

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from sts.errors import BackendError, InvalidInput, ModelLoadError, StsError
-from sts.signature import TensorSpec
+from sts.signature import Signature, TensorSpec
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 """Files that only an unpickler reads (what the original loaded for scikit-learn)."""
@@ -85,6 +87,41 @@ def as_text(name: str, array: np.ndarray) -> np.ndarray:
     return out
 
 
-def binary_probabilities(positive: np.ndarray) -> np.ndarray:
-    """P(class 1) [n] -> [n, 2] (P(0), P(1)), as the libraries' scikit-learn wrappers do."""
-    return np.vstack((1 - positive, positive)).T
+@dataclass(frozen=True)
+class TreeOutputs:
+    """What a boosted-trees model's raw prediction means, and how sts reports it.
+
+    `binary`: P(class 1) per row -> `predictions` (1 where above 0.5) and `probabilities`
+    [n, 2]; `multi`: [n, classes] probabilities -> `predictions` (the most probable class)
+    and `probabilities`. Both as the libraries' scikit-learn wrappers (XGBClassifier,
+    LGBMClassifier) compute `predict` / `predict_proba`. `plain`: `predictions` as the
+    library gives them (regression, ranking, ...).
+    """
+
+    kind: Literal["binary", "multi", "plain"]
+    dtype: str  # of the library's prediction: float32 (XGBoost) or float64 (LightGBM)
+    classes: int = 0
+    targets: int = 1
+
+    def signature(self, width: int) -> Signature:
+        """`inputs` [-1, width] of `dtype`, and the outputs for `kind`."""
+        outputs = {}
+        if self.kind == "plain":
+            shape = (-1, self.targets) if self.targets > 1 else (-1,)
+            outputs["predictions"] = TensorSpec("predictions", self.dtype, shape)
+        else:
+            classes = 2 if self.kind == "binary" else self.classes
+            outputs["predictions"] = TensorSpec("predictions", "int64", (-1,))
+            outputs["probabilities"] = TensorSpec("probabilities", self.dtype, (-1, classes))
+        return Signature(matrix_input(width, self.dtype), outputs)
+
+    def outputs(self, result: np.ndarray) -> dict[str, np.ndarray]:
+        """The library's prediction -> sts's outputs."""
+        if self.kind == "binary":
+            return {
+                "predictions": (result > 0.5).astype(np.int64),
+                "probabilities": np.vstack((1 - result, result)).T,
+            }
+        if self.kind == "multi":
+            return {"predictions": np.argmax(result, axis=1), "probabilities": result}
+        return {"predictions": result}

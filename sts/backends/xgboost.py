@@ -19,14 +19,13 @@ import numpy as np
 from sts.backends.base import Backend, BackendOptions
 from sts.backends.tabular import (
     PICKLE_SUFFIXES,
-    binary_probabilities,
+    TreeOutputs,
     find_model_file,
     first_line,
     framework_errors,
-    matrix_input,
 )
 from sts.errors import ModelLoadError
-from sts.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
+from sts.signature import DEFAULT_SIGNATURE, Signature
 
 SUFFIXES = (".json", ".ubj", *PICKLE_SUFFIXES)
 
@@ -53,7 +52,7 @@ class XgboostBackend(Backend):
         self.opts: XgboostOptions = options
         self._booster: Any = None
         self._signature: Signature | None = None
-        self._kind = "plain"  # "binary", "multi" or "plain" (predictions as XGBoost gives)
+        self._outputs = TreeOutputs("plain", "float32")
         self._range: tuple[int, int] = (0, 0)
 
     def load(self) -> None:
@@ -84,21 +83,15 @@ class XgboostBackend(Backend):
                     f"iteration_range {[begin, end]} is outside the model's {rounds} rounds"
                 )
             self._range = (begin, end)
-        outputs: dict[str, TensorSpec] = {}
         if objective == "binary:logistic" and targets == 1:
-            self._kind = "binary"
-            outputs["predictions"] = TensorSpec("predictions", "int64", (-1,))
-            outputs["probabilities"] = TensorSpec("probabilities", "float32", (-1, 2))
+            self._outputs = TreeOutputs("binary", "float32")
         elif objective == "multi:softprob":
-            self._kind = "multi"
-            outputs["predictions"] = TensorSpec("predictions", "int64", (-1,))
-            outputs["probabilities"] = TensorSpec("probabilities", "float32", (-1, classes))
+            self._outputs = TreeOutputs("multi", "float32", classes)
         else:
-            shape = (-1, targets) if targets > 1 else (-1,)
-            outputs["predictions"] = TensorSpec("predictions", "float32", shape)
+            self._outputs = TreeOutputs("plain", "float32", targets=targets)
         self._objective = objective
         self._booster = booster
-        self._signature = Signature(matrix_input(booster.num_features(), "float32"), outputs)
+        self._signature = self._outputs.signature(booster.num_features())
 
     @property
     def booster(self) -> Any:
@@ -123,14 +116,7 @@ class XgboostBackend(Backend):
             result = self._booster.inplace_predict(
                 inputs["inputs"], iteration_range=self._range, validate_features=False
             )
-        if self._kind == "binary":
-            return {
-                "predictions": (result > 0.5).astype(np.int64),
-                "probabilities": binary_probabilities(result),
-            }
-        if self._kind == "multi":
-            return {"predictions": np.argmax(result, axis=1), "probabilities": result}
-        return {"predictions": result}
+        return self._outputs.outputs(result)
 
     def unload(self) -> None:
         self._booster = None
