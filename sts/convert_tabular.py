@@ -49,7 +49,7 @@ class TabularConversion:
     """Types the written .skops file holds beyond sts's list (the model's trusted_types)."""
 
 
-def _version(cls: type[Backend], base_path: Path, version: int | None) -> tuple[int, Path]:
+def _version(cls: type[Backend[Any]], base_path: Path, version: int | None) -> tuple[int, Path]:
     versions = cls.discover_versions(base_path)
     if not versions:
         raise ConfigError(cls.describe_missing(base_path))
@@ -59,7 +59,7 @@ def _version(cls: type[Backend], base_path: Path, version: int | None) -> tuple[
     return chosen, versions[chosen]
 
 
-def _loaded(cls: type[Backend], path: Path, options: BackendOptions) -> Any:
+def _loaded(cls: type[Backend[Any]], path: Path, options: BackendOptions) -> Any:
     backend = cls(path, options)
     backend.load()
     return backend
@@ -210,7 +210,7 @@ def _trees_to_onnx(
 
 def _write_onnx(
     onx: Any,
-    source: Backend,
+    source: Backend[Any],
     output: Path,
     version: int,
     sample: Path | None,
@@ -241,8 +241,8 @@ def _write_onnx(
 
 
 def _compare(
-    source: Backend,
-    target: Backend,
+    source: Backend[Any],
+    target: Backend[Any],
     sample: Path | None,
     model: Any,
     exact: bool,

@@ -14,16 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions
+from sts.backends.base import Backend, BackendOptions, translate_errors
 from sts.backends.tabular import (
     PICKLE_SUFFIXES,
     TreeOutputs,
     find_model_file,
     first_line,
-    framework_errors,
+    refusals,
+    worded_by,
 )
-from sts.errors import ModelLoadError
-from sts.signature import DEFAULT_SIGNATURE, Signature
+from sts.errors import BackendError, ModelLoadError
 
 SUFFIXES = (".txt", *PICKLE_SUFFIXES)
 
@@ -39,17 +39,14 @@ class LightgbmOptions(BackendOptions):
     stopped early, else all."""
 
 
-class LightgbmBackend(Backend):
+class LightgbmBackend(Backend[LightgbmOptions]):
     platform = "lightgbm"
     options_class = LightgbmOptions
     session_config_keys = {"intra_op_parallelism_threads": "num_threads"}
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
+    def __init__(self, path: Path, options: LightgbmOptions) -> None:
         super().__init__(path, options)
-        assert isinstance(options, LightgbmOptions)
-        self.opts: LightgbmOptions = options
         self._booster: Any = None
-        self._signature: Signature | None = None
         self._outputs = TreeOutputs("plain", "float64")
         self._objective = ""
 
@@ -67,7 +64,7 @@ class LightgbmBackend(Backend):
         except (lightgbm.basic.LightGBMError, ValueError, OSError) as exc:
             raise ModelLoadError(f"LightGBM cannot load {file.name}: {first_line(exc)}") from None
         rounds = booster.current_iteration()
-        wanted = self.opts.num_iteration
+        wanted = self.options.num_iteration
         if wanted is not None and not 0 < wanted <= rounds:
             raise ModelLoadError(f"num_iteration {wanted}: the model has {rounds} rounds")
         objective = str(booster.params.get("objective", "")).split()[0]
@@ -80,7 +77,7 @@ class LightgbmBackend(Backend):
             self._outputs = TreeOutputs("plain", "float64")
         self._objective = objective
         self._booster = booster
-        self._signature = self._outputs.signature(booster.num_feature())
+        self.signature = self._outputs.signature(booster.num_feature())
 
     @property
     def booster(self) -> Any:
@@ -92,23 +89,23 @@ class LightgbmBackend(Backend):
 
         return {"lightgbm": lightgbm.__version__, "objective": self._objective}
 
-    def signatures(self) -> dict[str, Signature]:
-        assert self._signature is not None
-        return {DEFAULT_SIGNATURE: self._signature}
-
     def predict(
         self, inputs: Mapping[str, np.ndarray], signature: str | None = None
     ) -> dict[str, np.ndarray]:
         import lightgbm
 
         # LightGBM refuses a wrong width in a LightGBMError; ValueError for the array.
-        with framework_errors("LightGBM", (lightgbm.basic.LightGBMError, ValueError)):
+        if self._booster is None:
+            raise BackendError("model is not loaded")
+        refused = (lightgbm.basic.LightGBMError, ValueError)
+        with translate_errors(refusals(refused), worded_by("LightGBM")):
             result = self._booster.predict(
                 inputs["inputs"],
-                num_iteration=self.opts.num_iteration,
-                num_threads=self.opts.num_threads,
+                num_iteration=self.options.num_iteration,
+                num_threads=self.options.num_threads,
             )
         return self._outputs.outputs(result)
 
     def unload(self) -> None:
         self._booster = None
+        self.signature = None

@@ -23,14 +23,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions
+from sts.backends.base import Backend, BackendOptions, translate_errors
 from sts.backends.tabular import (
     PICKLE_SUFFIXES,
     as_text,
     find_model_file,
     first_line,
-    framework_errors,
     matrix_input,
+    refusals,
+    worded_by,
 )
 from sts.errors import BackendError, ModelLoadError
 from sts.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
@@ -90,21 +91,19 @@ class SklearnOptions(BackendOptions):
     (default: string where an encoder saw text, else float64)."""
 
 
-class SklearnBackend(Backend):
+class SklearnBackend(Backend[SklearnOptions]):
     platform = "sklearn"
     options_class = SklearnOptions
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
+    def __init__(self, path: Path, options: SklearnOptions) -> None:
         super().__init__(path, options)
-        assert isinstance(options, SklearnOptions)
-        self.opts: SklearnOptions = options
         self._model: Any = None
         self._signatures: dict[str, Signature] = {}
         self._runs: dict[str, Run] = {}
         self._columns: list[str] | None = None  # None: one `inputs` matrix
 
     def load(self) -> None:
-        self.serve(read_model(self.model_file(), self.opts))
+        self.serve(read_model(self.model_file(), self.options))
 
     def model_file(self) -> Path:
         return find_model_file(self.path, SUFFIXES, "scikit-learn")
@@ -113,7 +112,7 @@ class SklearnBackend(Backend):
         """Serve an estimator already in memory (what `load` read, or what `sts convert`
         unpickled): its signatures and how each runs."""
         self._model = model
-        self._columns, inputs = _inputs(model, self.opts.column_dtypes)
+        self._columns, inputs = _inputs(model, self.options.column_dtypes)
         self._signatures, self._runs = _signatures(model, inputs)
 
     @property
@@ -127,11 +126,15 @@ class SklearnBackend(Backend):
         return {"scikit-learn": sklearn.__version__, "estimator": type(self._model).__name__}
 
     def signatures(self) -> dict[str, Signature]:
+        if not self._signatures:
+            raise BackendError("model is not loaded")
         return self._signatures
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], signature: str | None = None
     ) -> dict[str, np.ndarray]:
+        if self._model is None:
+            raise BackendError("model is not loaded")
         run = self._runs[signature or DEFAULT_SIGNATURE]
         if self._columns is None:
             features: Any = inputs["inputs"]
@@ -139,7 +142,7 @@ class SklearnBackend(Backend):
             features = self._frame(inputs)
         # scikit-learn says what is wrong with the values (NaN, an unknown category) in a
         # ValueError; TypeError for values of the wrong kind.
-        with framework_errors("scikit-learn", (ValueError, TypeError)):
+        with translate_errors(refusals((ValueError, TypeError)), worded_by("scikit-learn")):
             return run(features)
 
     def _frame(self, inputs: Mapping[str, np.ndarray]) -> Any:
@@ -153,6 +156,7 @@ class SklearnBackend(Backend):
 
     def unload(self) -> None:
         self._model = None
+        self._signatures, self._runs = {}, {}
 
 
 def read_model(file: Path, options: SklearnOptions) -> Any:

@@ -4,15 +4,15 @@ framework's exceptions into sts's."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from sts.errors import BackendError, InvalidInput, ModelLoadError, StsError
+from sts.backends.base import ErrorMap, one_line
+from sts.errors import BackendError, InvalidInput, ModelLoadError
 from sts.signature import Signature, TensorSpec
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
@@ -54,22 +54,18 @@ def matrix_input(width: int | None, dtype: str) -> dict[str, TensorSpec]:
 def first_line(exc: BaseException) -> str:
     """The first line of a framework's message (XGBoost appends a stack trace), trimmed."""
     text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.splitlines()[0].split())[:500]
+    return one_line(text.splitlines()[0], 500)
 
 
-@contextlib.contextmanager
-def framework_errors(framework: str, invalid: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """Inside: `invalid` exceptions (the framework refusing the caller's values) become
-    InvalidInput (400), any other non-sts exception BackendError (500), both prefixed by
-    `framework` and keeping the framework's own first line."""
-    try:
-        yield
-    except StsError:
-        raise
-    except invalid as exc:
-        raise InvalidInput(f"{framework}: {first_line(exc)}") from None
-    except Exception as exc:
-        raise BackendError(f"{framework}: {first_line(exc)}") from None
+def refusals(invalid: tuple[type[BaseException], ...]) -> ErrorMap:
+    """For `translate_errors`: `invalid` (the framework refusing the caller's values) ->
+    InvalidInput (400), any other exception -> BackendError (500)."""
+    return {**dict.fromkeys(invalid, InvalidInput), Exception: BackendError}
+
+
+def worded_by(framework: str) -> Callable[[BaseException], str]:
+    """A message cleaner for `translate_errors`: `<framework>: <its first line>`."""
+    return lambda exc: f"{framework}: {first_line(exc)}"
 
 
 def as_text(name: str, array: np.ndarray) -> np.ndarray:

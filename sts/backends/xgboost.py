@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions
+from sts.backends.base import Backend, BackendOptions, translate_errors
 from sts.backends.tabular import (
     PICKLE_SUFFIXES,
     TreeOutputs,
     find_model_file,
     first_line,
-    framework_errors,
+    refusals,
+    worded_by,
 )
-from sts.errors import ModelLoadError
-from sts.signature import DEFAULT_SIGNATURE, Signature
+from sts.errors import BackendError, ModelLoadError
 
 SUFFIXES = (".json", ".ubj", *PICKLE_SUFFIXES)
 
@@ -41,17 +41,14 @@ class XgboostOptions(BackendOptions):
     best iteration when training stopped early)."""
 
 
-class XgboostBackend(Backend):
+class XgboostBackend(Backend[XgboostOptions]):
     platform = "xgboost"
     options_class = XgboostOptions
     session_config_keys = {"intra_op_parallelism_threads": "nthread"}
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
+    def __init__(self, path: Path, options: XgboostOptions) -> None:
         super().__init__(path, options)
-        assert isinstance(options, XgboostOptions)
-        self.opts: XgboostOptions = options
         self._booster: Any = None
-        self._signature: Signature | None = None
         self._outputs = TreeOutputs("plain", "float32")
         self._range: tuple[int, int] = (0, 0)
 
@@ -68,7 +65,7 @@ class XgboostBackend(Backend):
         try:
             booster.load_model(str(file))
             config = json.loads(booster.save_config())
-            booster.set_param({"nthread": self.opts.nthread})
+            booster.set_param({"nthread": self.options.nthread})
         except (xgboost.core.XGBoostError, ValueError) as exc:
             raise ModelLoadError(f"XGBoost cannot load {file.name}: {first_line(exc)}") from None
         learner = config["learner"]
@@ -76,8 +73,8 @@ class XgboostBackend(Backend):
         params = learner["learner_model_param"]
         classes, targets = int(params.get("num_class", 0)), int(params.get("num_target", 1))
         rounds = booster.num_boosted_rounds()
-        if self.opts.iteration_range is not None:
-            begin, end = self.opts.iteration_range
+        if self.options.iteration_range is not None:
+            begin, end = self.options.iteration_range
             if not 0 <= begin < end <= rounds:
                 raise ModelLoadError(
                     f"iteration_range {[begin, end]} is outside the model's {rounds} rounds"
@@ -91,7 +88,7 @@ class XgboostBackend(Backend):
             self._outputs = TreeOutputs("plain", "float32", targets=targets)
         self._objective = objective
         self._booster = booster
-        self._signature = self._outputs.signature(booster.num_features())
+        self.signature = self._outputs.signature(booster.num_features())
 
     @property
     def booster(self) -> Any:
@@ -103,16 +100,14 @@ class XgboostBackend(Backend):
 
         return {"xgboost": xgboost.__version__, "objective": self._objective}
 
-    def signatures(self) -> dict[str, Signature]:
-        assert self._signature is not None
-        return {DEFAULT_SIGNATURE: self._signature}
-
     def predict(
         self, inputs: Mapping[str, np.ndarray], signature: str | None = None
     ) -> dict[str, np.ndarray]:
         # XGBoost says what is wrong with the input's shape in a ValueError (its own
         # XGBoostError is one).
-        with framework_errors("XGBoost", (ValueError,)):
+        if self._booster is None:
+            raise BackendError("model is not loaded")
+        with translate_errors(refusals((ValueError,)), worded_by("XGBoost")):
             result = self._booster.inplace_predict(
                 inputs["inputs"], iteration_range=self._range, validate_features=False
             )
@@ -120,3 +115,4 @@ class XgboostBackend(Backend):
 
     def unload(self) -> None:
         self._booster = None
+        self.signature = None

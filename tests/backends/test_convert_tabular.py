@@ -16,9 +16,9 @@ import xgboost
 from sklearn.datasets import load_breast_cancer, load_iris
 
 from sts.cli import main
-from sts.config import ModelConfig
+from sts.model_config import ModelConfig
+from tests.backends.test_sklearn_backend import categorical_pipeline, iris_frame, iris_pipeline
 from tests.conftest import app_client
-from tests.test_sklearn_backend import categorical_pipeline, iris_frame, iris_pipeline
 
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
 CANCER_X, CANCER_Y = load_breast_cancer(return_X_y=True)

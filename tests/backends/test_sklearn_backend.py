@@ -22,8 +22,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from sts.backends.base import backend_class
 from sts.backends.sklearn import SklearnBackend, SklearnOptions
-from sts.config import ModelConfig
 from sts.errors import InvalidInput, ModelLoadError
+from sts.model_config import ModelConfig
 from tests.conftest import app_client
 from tests.tabular import agree_under_threads, every_protocol
 

@@ -14,8 +14,8 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from sts.backends.base import backend_class
 from sts.backends.lightgbm import LightgbmBackend, LightgbmOptions
-from sts.config import ModelConfig
 from sts.errors import ModelLoadError
+from sts.model_config import ModelConfig
 from tests.conftest import app_client
 from tests.tabular import agree_under_threads, every_protocol
 
