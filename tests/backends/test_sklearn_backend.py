@@ -299,3 +299,21 @@ def test_options_are_checked(tmp_path: Path) -> None:
         SklearnOptions(allow_pickles=True)  # type: ignore[call-arg]
     with pytest.raises(InvalidInput):
         load(base).predict({"inputs": np.full((1, 4), np.inf)})
+
+
+def test_text_labels(tmp_path: Path) -> None:
+    names = np.array(["setosa", "versicolor", "virginica"])[IRIS_Y]
+    model = LogisticRegression(max_iter=500).fit(IRIS_X, names)
+    base = save(model, tmp_path / "names" / "1")
+    rows = IRIS_X[::30]
+    with app_client([config("names", base)]) as client:
+        outputs = client.get("/v2/models/names").json()["outputs"]
+        assert {o["name"]: o["datatype"] for o in outputs} == {
+            "predictions": "BYTES", "probabilities": "FP64", "classes": "BYTES"
+        }  # fmt: skip
+        expected = {
+            "predictions": model.predict(rows),
+            "probabilities": model.predict_proba(rows),
+            "classes": np.tile(model.classes_, (len(rows), 1)),
+        }
+        every_protocol(client, "names", {"inputs": rows}, expected)
