@@ -218,7 +218,9 @@ def convert_command(argv: Sequence[str]) -> int:
         help="numbered version folders, or the original's checkpoint prefix",
     )
     parser.add_argument("--model_version", type=int, help="default: the latest version")
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument(
+        "--output", required=True, help="the file to write: .onnx (.skops for sklearn-to-skops)"
+    )
     parser.add_argument(
         "--input_shape",
         action="append",
@@ -230,7 +232,8 @@ def convert_command(argv: Sequence[str]) -> int:
         "--check",
         choices=["true", "false"],
         default="true",
-        help="compare ONNX Runtime's outputs with MXNet's on a sample batch (default: true)",
+        help="mxnet-to-onnx: compare ONNX Runtime's outputs with MXNet's on a sample batch "
+        "(default: true; the other conversions always check)",
     )
     parser.add_argument(
         "--sample",
