@@ -38,6 +38,9 @@ FRAMEWORK_MODULES = {
     "onnx": "onnxruntime",
     "pytorch": "torch",
     "mxnet": "mxnet",
+    "sklearn": "skops.io",  # and scikit-learn with it
+    "xgboost": "xgboost",
+    "lightgbm": "lightgbm",
 }
 _import_locks = {module: threading.Lock() for module in FRAMEWORK_MODULES.values()}
 
