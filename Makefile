@@ -65,7 +65,7 @@ $(UV): | $(BIN)/python
 TFS_API := tensorflow-serving-api==2.21.0
 
 $(VENV)/.serve-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o,sklearn,xgboost,lightgbm]'
 	touch $@
 
 # TF Serving's official Python client (tests and `make protos`). Its package declares full
@@ -73,7 +73,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(UV)
 TFS_API := tensorflow-serving-api==2.21.0
 
 $(VENV)/.test-installed: pyproject.toml | $(UV)
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o,optimize,test,test-remote,dev]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,pmml,h2o,sklearn,xgboost,lightgbm,tabular-convert,optimize,test,test-remote,dev]'
 	$(UV_INSTALL) --no-deps '$(TFS_API)'
 	# KServe's schema models for tests/test_deploy.py, without its serving dependencies.
 	$(UV_INSTALL) --no-deps 'kserve==0.21.0'
@@ -131,12 +131,13 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy
 
 $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
-	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,optimize,test,dev,bench]'
+	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,sklearn,xgboost,lightgbm,tabular-convert,optimize,test,dev,bench]'
 	touch $@
 
 bench: $(VENV)/.bench-installed $(MX_VENV)/.test-installed
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_tabular.py
 	$(MX_BIN)/python benchmarks/bench_mxnet.py
 
 soak: $(VENV)/.bench-installed

@@ -307,6 +307,56 @@ def example_images() -> None:
     print(f"wrote examples/images/ (digit label {digits.target[1790]})")
 
 
+def tabular_models() -> None:
+    """scikit-learn (skops), XGBoost (JSON) and LightGBM (text) models, and a request each.
+
+    Held-out rows: the last two of each data set, which no model saw.
+    """
+    import lightgbm
+    import skops.io as sio
+    import xgboost
+    from sklearn.datasets import load_diabetes
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    iris = load_iris()
+    order = np.random.default_rng(0).permutation(len(iris.target))  # iris is sorted by class
+    x, y = iris.data[order], iris.target[order]
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    pipeline.fit(x[:-2], y[:-2])
+    folder = MODELS / "iris_sklearn" / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    sio.dump(pipeline, folder / "model.skops")
+    print(f"iris scikit-learn training accuracy: {pipeline.score(x[:-2], y[:-2]):.3f}")
+
+    cancer = load_breast_cancer()
+    booster = xgboost.XGBClassifier(n_estimators=20, max_depth=3, n_jobs=1, random_state=0)
+    booster.fit(cancer.data[:-2], cancer.target[:-2])
+    folder = MODELS / "cancer_xgboost" / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(folder / "model.json"))
+    print(f"cancer XGBoost training accuracy: {booster.score(cancer.data, cancer.target):.3f}")
+
+    diabetes = load_diabetes()
+    regressor = lightgbm.LGBMRegressor(
+        n_estimators=30, num_leaves=7, n_jobs=1, random_state=0, verbose=-1
+    )
+    regressor.fit(diabetes.data[:-2], diabetes.target[:-2])
+    folder = MODELS / "diabetes_lightgbm" / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    regressor.booster_.save_model(str(folder / "model.txt"))
+    print(f"diabetes LightGBM R^2: {regressor.score(diabetes.data, diabetes.target):.3f}")
+
+    requests = HERE / "requests"
+    for name, rows in (
+        ("iris_sklearn", x[-2:]),
+        ("cancer_xgboost", cancer.data[-2:]),
+        ("diabetes_lightgbm", diabetes.data[-2:]),
+    ):
+        body = {"model_name": name, "data": {"inputs": rows.round(5).tolist()}}
+        (requests / f"{name}.json").write_text(json.dumps(body) + "\n")
+
+
 def example_requests() -> None:
     """Ready-to-send request bodies for the README's curl lines (real held-out samples)."""
     digits = load_digits()
@@ -351,3 +401,4 @@ if __name__ == "__main__":
     colours()
     example_images()
     example_requests()
+    tabular_models()

@@ -29,7 +29,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SUBCOMMANDS = {
     "gen-client": "write a client for a model without serving",
     "hash-password": "print a password hash for --auth_password_hash or an htpasswd line",
-    "convert": "convert a model to ONNX (mxnet-, tensorflow-, pytorch-to-onnx)",
+    "convert": "convert a model: mxnet-, tensorflow-, pytorch-, sklearn-, xgboost-, "
+    "lightgbm-to-onnx; a scikit-learn pickle to .skops (sklearn-to-skops)",
     "optimize": "write an optimised or quantised version beside a model's",
     "ray": "serve on Ray Serve (--config serve.yaml, or flags and --num_replicas)",
 }
@@ -195,15 +196,19 @@ def hash_password_command(argv: Sequence[str]) -> int:
 
 
 def convert_command(argv: Sequence[str]) -> int:
-    """`sts convert {mxnet,tensorflow,pytorch}-to-onnx --model_base_path P --output F ...`"""
+    """`sts convert {mxnet,tensorflow,pytorch}-to-onnx --model_base_path P --output F ...`, or
+    sklearn-to-skops, sklearn-to-onnx, xgboost-to-onnx, lightgbm-to-onnx [--sample FILE]"""
     parser = argparse.ArgumentParser(
         prog=f"{program_name()} convert",
         description="Convert a model to ONNX, which every sts environment serves. Run it "
         "where the source framework is installed (MXNet: sts[mxnet-convert]; TensorFlow and "
-        "PyTorch: sts[optimize]).",
+        "PyTorch: sts[optimize]; scikit-learn, XGBoost, LightGBM: sts[tabular-convert]). "
+        "sklearn-to-skops turns a pickle into a .skops file, which sts loads without running "
+        "code from it.",
     )
     parser.add_argument(
-        "conversion", choices=["mxnet-to-onnx", "tensorflow-to-onnx", "pytorch-to-onnx"]
+        "conversion",
+        choices=["mxnet-to-onnx", "tensorflow-to-onnx", "pytorch-to-onnx", *TABULAR_CONVERSIONS],
     )
     parser.add_argument(
         "--model_base_path",
@@ -211,7 +216,9 @@ def convert_command(argv: Sequence[str]) -> int:
         help="numbered version folders, or the original's checkpoint prefix",
     )
     parser.add_argument("--model_version", type=int, help="default: the latest version")
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument(
+        "--output", required=True, help="the file to write: .onnx (.skops for sklearn-to-skops)"
+    )
     parser.add_argument(
         "--input_shape",
         action="append",
@@ -224,10 +231,29 @@ def convert_command(argv: Sequence[str]) -> int:
         "--check",
         choices=["true", "false"],
         default="true",
-        help="compare ONNX Runtime's outputs with MXNet's on a sample batch (default: true)",
+        help="mxnet-to-onnx: compare ONNX Runtime's outputs with MXNet's on a sample batch "
+        "(default: true; the other conversions always check)",
+    )
+    parser.add_argument(
+        "--sample",
+        help="scikit-learn, XGBoost, LightGBM: a JSON file of rows to compare on, "
+        '{"data": {input: values}} (default: random rows)',
+    )
+    parser.add_argument(
+        "--allow_pickle",
+        action="store_true",
+        help="sklearn-to-onnx: read a pickle (runs code from the file: only one you trust)",
+    )
+    parser.add_argument(
+        "--trusted_type",
+        action="append",
+        default=[],
+        help="sklearn-to-onnx: a type the .skops file may hold beyond sts's list",
     )
     options = parser.parse_args(argv)
     configure_logging("warning")
+    if options.conversion in TABULAR_CONVERSIONS:
+        return convert_tabular_command(options)
     from sts.convert import mxnet_to_onnx, parse_shapes
     from sts.storage import is_url
 
@@ -272,6 +298,46 @@ def convert_command(argv: Sequence[str]) -> int:
         print(
             f"checked against {source} on a sample batch: max abs difference "
             f"{done.max_abs_diff:.2e}"
+        )
+    return 0
+
+
+TABULAR_CONVERSIONS = ("sklearn-to-skops", "sklearn-to-onnx", "xgboost-to-onnx", "lightgbm-to-onnx")
+
+
+def convert_tabular_command(options: argparse.Namespace) -> int:
+    """The scikit-learn, XGBoost and LightGBM conversions (sts.convert_tabular)."""
+    from sts import convert_tabular as convert
+    from sts.backends.sklearn import SklearnOptions
+
+    base, output = Path(options.model_base_path), Path(options.output)
+    sample = Path(options.sample) if options.sample else None
+    try:
+        if options.conversion == "sklearn-to-skops":
+            done = convert.sklearn_to_skops(base, output, options.model_version, sample)
+        elif options.conversion == "sklearn-to-onnx":
+            model_options = SklearnOptions(
+                allow_pickle=options.allow_pickle, trusted_types=options.trusted_type
+            )
+            done = convert.sklearn_to_onnx(
+                base, output, options.model_version, model_options, sample
+            )
+        elif options.conversion == "xgboost-to-onnx":
+            done = convert.xgboost_to_onnx(base, output, options.model_version, sample)
+        else:
+            done = convert.lightgbm_to_onnx(base, output, options.model_version, sample)
+    except StsError as exc:
+        print(f"sts convert: error: {exc}", file=sys.stderr)
+        return 2
+    source = "given" if sample else "random"
+    print(
+        f"wrote {done.output} from version {done.version}; checked on {done.rows} {source} rows: "
+        f"labels match, max abs difference {done.max_abs_diff:.2e}"
+    )
+    if done.trusted_types:
+        print(
+            f"the file holds types beyond sts's trusted list: serve it with the option "
+            f"trusted_types: {done.trusted_types} if you trust their code"
         )
     return 0
 

@@ -70,6 +70,39 @@ def _have_java() -> bool:
     return java and importlib.util.find_spec("jpype") is not None
 
 
+def _sklearn(base: Path) -> None:
+    import skops.io as sio
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_iris(return_X_y=True)
+    (base / "1").mkdir(parents=True)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(x, y)
+    sio.dump(model, base / "1" / "model.skops")
+
+
+def _xgboost(base: Path) -> None:
+    import xgboost
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    (base / "1").mkdir(parents=True)
+    model = xgboost.XGBClassifier(n_estimators=3, max_depth=2, n_jobs=1).fit(x, y)
+    model.save_model(str(base / "1" / "model.json"))
+
+
+def _lightgbm(base: Path) -> None:
+    import lightgbm
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    (base / "1").mkdir(parents=True)
+    model = lightgbm.LGBMClassifier(n_estimators=3, num_leaves=4, n_jobs=1, verbose=-1)
+    model.fit(x, y).booster_.save_model(str(base / "1" / "model.txt"))
+
+
 def _have_mxnet() -> bool:
     # MXNet 1.9.1 imports only beside numpy < 1.24, in its own environment.
     numpy_version = tuple(int(part) for part in np.__version__.split(".")[:2])
@@ -103,6 +136,11 @@ CASES = [
         shapes={"x": (2, 4), "k": (2,)},
     ),
     Case("torch_export", "pytorch", "torch", _torch_export, frozenset({"dtype", "shape"})),
+    # The tree libraries take any float dtype (XGBoost casts to float32, LightGBM and
+    # scikit-learn to float64); each refuses an input of the wrong rank.
+    Case("sklearn", "sklearn", "skops", _sklearn, frozenset({"shape"})),
+    Case("xgboost", "xgboost", "xgboost", _xgboost, frozenset({"shape"})),
+    Case("lightgbm", "lightgbm", "lightgbm", _lightgbm, frozenset({"shape"})),
     # MXNet casts whatever dtype it is given into the bound arrays; a checkpoint without
     # a signature file says nothing of its input's shape.
     Case(

@@ -36,6 +36,7 @@ def test_serves_the_examples(server: str) -> None:
     assert names == [
         "default", "colours", "digits", "digits_tf", "digits_mxnet", "digits_torch", "iris", "text",
         "cancer_h2o", "diabetes_h2o", "iris_pmml",
+        "iris_sklearn", "cancer_xgboost", "diabetes_lightgbm",
     ]  # fmt: skip
     digit = (ROOT / "examples" / "images" / "digit.png").read_bytes()
     for model in ("digits", "digits_tf", "digits_mxnet", "digits_torch"):  # curl -F image=@...

@@ -81,7 +81,15 @@ def test_every_protocol_gives_the_same_answer() -> None:
     KServe v2: the same numbers and strings every way."""
     configs = load_model_config_file(ROOT / "examples" / "models.json")
     with app_client(configs) as client:
-        for name in ("iris", "digits", "default", "text"):
+        for name in (
+            "iris",
+            "digits",
+            "default",
+            "text",
+            "iris_sklearn",
+            "cancer_xgboost",
+            "diabetes_lightgbm",
+        ):
             body = request(f"{name}.json")
             model, data = body.get("model_name", "default"), body["data"]
             expected = client.post("/", json=body).json()
@@ -116,3 +124,30 @@ def test_every_protocol_gives_the_same_answer() -> None:
                 o["name"]: np.reshape(o["data"], o["shape"]).tolist() for o in r.json()["outputs"]
             }
             assert v2 == expected, name
+
+
+def test_tabular_examples_answer_as_their_libraries() -> None:
+    """The scikit-learn, XGBoost and LightGBM examples through sts equal each library's own
+    prediction in-process, on the held-out rows of their requests."""
+    import lightgbm
+    import skops.io as sio
+    import xgboost
+
+    models = ROOT / "examples" / "models"
+    pipeline = sio.load(models / "iris_sklearn" / "1" / "model.skops")
+    booster = xgboost.XGBClassifier()
+    booster.load_model(str(models / "cancer_xgboost" / "1" / "model.json"))
+    regressor = lightgbm.Booster(model_file=str(models / "diabetes_lightgbm" / "1" / "model.txt"))
+    configs = load_model_config_file(ROOT / "examples" / "models.json")
+    with app_client(configs) as client:
+        for name, expected in (
+            ("iris_sklearn", lambda x: pipeline.predict_proba(x)),
+            ("cancer_xgboost", lambda x: booster.predict_proba(x.astype(np.float32))),
+            ("diabetes_lightgbm", lambda x: regressor.predict(x)),
+        ):
+            body = request(f"{name}.json")
+            out = client.post("/", json=body).json()
+            got = out.get("probabilities", out["predictions"])
+            want = expected(np.array(body["data"]["inputs"]))
+            assert np.array_equal(np.asarray(got, dtype=want.dtype), want), name
+        assert client.post("/", json=request("iris_sklearn.json")).json()["predictions"] == [0, 1]

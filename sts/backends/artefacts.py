@@ -37,6 +37,18 @@ def _xgboost_json(file: Path) -> bool:
     return head.lstrip().startswith(b"{") and b'"learner"' in head
 
 
+def _lightgbm_text(file: Path) -> bool:
+    """LightGBM's text model: it starts with a `tree` line, then `version=v...`."""
+    if file.suffix.lower() != ".txt":
+        return False
+    try:
+        with file.open("rb") as stream:
+            head = stream.read(64)
+    except OSError:
+        return False
+    return head.startswith(b"tree\nversion=v")
+
+
 KERAS_EXPORT = (
     "sts does not load Keras files: export a SavedModel into a version folder (Keras 3: "
     '`model.export("<base_path>/1")`; tf.keras 2: `tf.saved_model.save(model, '
@@ -62,8 +74,21 @@ ARTEFACTS = (
     Artefact(
         "a scikit-learn model (skops)",
         _suffix(".skops"),
-        ("sklearn", "scikit-learn"),
+        ("sklearn", "scikitlearn"),
         SKLEARN_EXPORT,
+    ),
+    # A scikit-learn platform explains why it refuses a pickle and how to convert it.
+    Artefact(
+        "a pickle (scikit-learn or joblib)",
+        _suffix(".pkl", ".pickle", ".joblib"),
+        ("sklearn", "scikitlearn"),
+        SKLEARN_EXPORT,
+    ),
+    Artefact(
+        "a LightGBM model",
+        _lightgbm_text,
+        ("lightgbm",),
+        'convert it to ONNX (onnxmltools.convert_lightgbm) and serve it with platform "onnx"',
     ),
     Artefact(
         "an XGBoost model",

@@ -37,6 +37,9 @@ FRAMEWORK_MODULES = {
     "onnx": "onnxruntime",
     "pytorch": "torch",
     "mxnet": "mxnet",
+    "sklearn": "skops.io",  # and scikit-learn with it
+    "xgboost": "xgboost",
+    "lightgbm": "lightgbm",
 }
 _import_locks = {module: threading.Lock() for module in FRAMEWORK_MODULES.values()}
 _imported: set[str] = set()
@@ -302,6 +305,10 @@ PLATFORMS: dict[str, str] = {
     "h2o": "sts.backends.h2o:H2oBackend",
     "pmml": "sts.backends.pmml:PmmlBackend",
     "spark": "sts.backends.spark:SparkBackend",
+    "scikitlearn": "sts.backends.sklearn:SklearnBackend",
+    "sklearn": "sts.backends.sklearn:SklearnBackend",
+    "xgboost": "sts.backends.xgboost:XgboostBackend",
+    "lightgbm": "sts.backends.lightgbm:LightgbmBackend",
 }
 """Platform name -> `module:Class`, imported only when a model of that platform loads."""
 

@@ -29,7 +29,8 @@ def version_with(tmp_path: Path, name: str, content: bytes = b"\0") -> Path:
         ("model.keras", "tensorflow", 'Keras 3: `model.export("<base_path>/1")`'),
         ("weights.h5", "tensorflow", "tf.saved_model.save(model"),
         ("net-symbol.json", "tensorflow", 'serve it with platform "mxnet"'),
-        ("model.skops", "tensorflow", "options={id(model): {'zipmap': False}}"),
+        ("model.skops", "tensorflow", 'serve it with platform "sklearn"'),
+        ("model.joblib", "onnx", 'a pickle (scikit-learn or joblib), under platform \'onnx\''),
     ],
 )  # fmt: skip
 def test_the_hint_names_what_was_found_and_the_fix(
@@ -47,6 +48,17 @@ def test_xgboost_json_is_told_from_other_json(tmp_path: Path) -> None:
     assert "an XGBoost model" in platform_hint(folder, "tensorflow")
     (folder / "model.json").write_text('{"inputs": ["x"]}')
     assert platform_hint(folder, "tensorflow") == ""
+
+
+def test_tabular_models_are_told_apart(tmp_path: Path) -> None:
+    folder = version_with(tmp_path, "model.txt", b"tree\nversion=v4\nnum_class=1\n")
+    assert "a LightGBM model, under platform 'xgboost': serve it with platform \"lightgbm\"" in (
+        platform_hint(folder, "xgboost")
+    )
+    assert platform_hint(folder, "lightgbm") == ""
+    (folder / "model.txt").rename(folder / "model.skops")
+    assert platform_hint(folder, "scikitlearn") == ""
+    assert platform_hint(folder, "sklearn") == ""
 
 
 def test_no_hint_for_the_right_platform_or_unknown_files(tmp_path: Path) -> None:
