@@ -38,7 +38,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def settings(**overrides: Any) -> ServerSettings:
-    values: dict[str, Any] = {"file_system_poll_wait_seconds": 0}
+    # No gRPC port unless a test asks: module-scoped servers are built before the autouse
+    # fixture below clears the environment, and port 8001 may be taken (a `make serve`).
+    values: dict[str, Any] = {"file_system_poll_wait_seconds": 0, "grpc_port": 0}
     values.update(overrides)
     return ServerSettings(**values)
 
