@@ -425,13 +425,19 @@ class TensorflowBackend(Backend[TensorflowOptions]):
         self, inputs: Mapping[str, np.ndarray], signature: str | None = None
     ) -> dict[str, np.ndarray]:
         name = signature or self.default_signature()
+        spec = self._signatures.get(name)
+        if spec is None:
+            raise BackendError(f"signature {name!r} is not loaded")
+        # Inputs whose batch dimensions disagree are refused in both paths: a TF 1 graph
+        # would otherwise answer with rows that belong to no request (keys [2] with
+        # features [1] gave 2 keys and 1 prediction).
+        check_batch_size(inputs, spec)
         if self._session is not None:
             with translate_errors(self._errors, _clean_message):
                 return self._session.run(name, inputs)
         function = self._functions.get(name)
         if function is None:
             raise BackendError(f"signature {name!r} is not loaded")
-        check_batch_size(inputs, self._signatures[name])
         tf = self._tf
         with (
             translate_errors(self._errors, _clean_message),

@@ -109,6 +109,13 @@ def main(argv: Sequence[str]) -> int:
     except StsError as exc:
         print(f"sts optimize: error: {exc.message}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # a step's framework (onnx, onnxscript, tf2onnx) is missing
+        print(
+            f"sts optimize: error: {exc.name or exc} is not installed here; install "
+            "sts[optimize] (make test's environment has it)",
+            file=sys.stderr,
+        )
+        return 2
     print(report.to_json() if options.json else report.to_text())
     if not report.written:
         print(f"sts optimize: not written: {report.reason}", file=sys.stderr)

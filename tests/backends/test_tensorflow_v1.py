@@ -181,3 +181,19 @@ def test_unload_closes_the_session(models: Path) -> None:
 def test_wrong_dtype_reaching_the_graph_is_invalid_input(backend: TensorflowBackend) -> None:
     with pytest.raises(InvalidInput, match=r"tensorflow: .*float"):
         backend.predict({"x": np.array([1, 2], np.int32)})
+
+
+def test_inputs_that_disagree_on_the_batch_size_are_refused() -> None:
+    # The original's example model (TF 1): `keys` and `features` both batch on their first
+    # dimension; two keys with one row of features answered 2 keys and 1 prediction.
+    root = Path(__file__).resolve().parents[2] / "examples" / "models" / "cancer_tf1"
+    loaded = TensorflowBackend(min(root.iterdir()), TensorflowOptions())
+    loaded.load()
+    try:
+        keys = np.array([[1], [2]], dtype=np.int32)
+        with pytest.raises(InvalidInput, match="inputs disagree on the batch size"):
+            loaded.predict({"keys": keys, "features": np.ones((1, 9), np.float32)})
+        answer = loaded.predict({"keys": keys, "features": np.ones((2, 9), np.float32)})
+        assert len(answer["prediction"]) == 2
+    finally:
+        loaded.unload()

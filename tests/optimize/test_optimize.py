@@ -204,6 +204,20 @@ def test_bad_requests_exit_2_with_the_reason(
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
 
 
+def test_a_missing_framework_exits_2_naming_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `make serve`'s environment has no onnx package: say what to install, no traceback.
+    base = copy("digits_mlp", tmp_path)
+    for module in [m for m in sys.modules if m == "onnx" or m.startswith("onnx.")]:
+        monkeypatch.setitem(sys.modules, module, None)
+    assert main(["optimize", "--model_base_path", str(base)]) == 2
+    error = capsys.readouterr().err
+    assert "onnx is not installed here; install sts[optimize]" in error
+    assert "Traceback" not in error
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+
+
 def ask_all_protocols(client: httpx.Client, rows: np.ndarray) -> dict[str, np.ndarray]:
     """Probabilities for `rows` from the sts, TF Serving and KServe v2 REST APIs."""
     values = rows.tolist()
