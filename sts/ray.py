@@ -37,6 +37,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
+from sts.errors import ConfigError
 from sts.settings import ServerSettings
 from sts.storage import is_url
 
@@ -121,6 +122,14 @@ def driver_settings(args: Mapping[str, Any]) -> ServerSettings:
         value = values.get(flag)
         if isinstance(value, str) and value and not is_url(value) and os.path.exists(value):
             values[flag] = os.path.abspath(value)
+    # Ray Serve's proxy is the only way in: replicas answer through it, and several on
+    # one host could not all listen on one gRPC port (the second one failed to start).
+    if values.get("grpc_port"):
+        raise ConfigError(
+            "--grpc_port is not available under Ray Serve: requests reach the replicas "
+            "through Ray's HTTP proxy (use Ray Serve's own gRPC proxy for gRPC)"
+        )
+    values["grpc_port"] = 0
     settings = ServerSettings(**values)
     from sts.repository import check_configs
 
