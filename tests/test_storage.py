@@ -72,6 +72,8 @@ def s3() -> Iterator[S3]:
 
 
 def iris(url: str, options: dict[str, Any], **extra: Any) -> ModelConfig:
+    # The latest version serves (the default is every version): a new one replaces the old.
+    extra.setdefault("version_policy", "latest")
     return ModelConfig(
         name="iris", base_path=url, platform="onnx", storage_options=options, **extra
     )
