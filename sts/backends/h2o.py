@@ -64,8 +64,10 @@ class H2oBackend(Backend[H2oOptions]):
         with translate_errors(java_error_map(jpype, ModelLoadError), describe):
             mojo = jpype.JClass("hex.genmodel.MojoModel").load(str(model_file))
             wrapper_class = jpype.JClass("hex.genmodel.easy.EasyPredictModelWrapper")
+            # The nested class by its binary name: attribute access to it (`.Config`) failed
+            # in a full test run while the JVM was being shared with other models' loads.
             config = (
-                wrapper_class.Config()
+                jpype.JClass("hex.genmodel.easy.EasyPredictModelWrapper$Config")()
                 .setModel(mojo)
                 .setConvertUnknownCategoricalLevelsToNa(self.options.unknown_levels_as_missing)
             )

@@ -306,7 +306,12 @@ def test_killed_run_leaves_no_version_that_serves(tmp_path: Path) -> None:
     names = {p.name for p in base.iterdir()}
     assert names == {"1", "2", staged.name}
     assert staged.name.startswith(STAGING_PREFIX)
-    config = ModelConfig(name="digits", base_path=str(base), platform="onnx")
+    config = ModelConfig(
+        name="digits",
+        base_path=str(base),
+        platform="onnx",
+        version_policy=VersionPolicy.parse("latest"),
+    )
     with app_client([config]) as client:
         status = client.get("/v1/models/digits").json()
         assert status["model_version_list"] == ["2"]  # the latest whole version
