@@ -254,7 +254,9 @@ def test_overview_reads_at_a_glance(server: LiveServer, page: Page) -> None:
         for m in httpx.get(server.url + "/v1/models").json()
         for v in m["versions"]
     ]
-    assert any(v["import_seconds"] for _, v in statuses)  # one version imported each framework
+    # Which versions paid for an import depends on what this test process imported before
+    # the server started (in a full run, earlier tests imported every framework): each row's
+    # note must agree with its own status either way.
     for name, status in statuses:
         row = f"section.model[data-model='{name}'] tr[data-version='{status['version']}']"
         note = page.locator(f"{row} td.load .import")
