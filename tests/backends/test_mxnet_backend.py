@@ -84,7 +84,8 @@ def test_the_originals_prefix_layout_serves_each_epoch_as_a_version(client: Test
          "shape": [-1, 2]},
     ]  # fmt: skip
     assert [o["name"] for o in body["model_signature"]["outputs"]] == ["softmax"]
-    assert client.get("/v1/models/folder").json()["model_version_list"] == ["2"]  # latest
+    # Every epoch serves, as the original served every version (the default policy).
+    assert client.get("/v1/models/folder").json()["model_version_list"] == ["1", "2"]
     for version, scale in ((1, 1.0), (2, 2.0)):
         # the original's request: {"data": {"data": ...}}; SoftmaxOutput needs no label
         r = predict(client, "original", {"data": X}, model_version=version)
@@ -118,7 +119,7 @@ def test_without_a_signature_file_the_graph_names_inputs_and_outputs(client: Tes
     assert body["model_version_list"] == ["3"]
     signature = body["model_signature"]
     assert [(i["name"], i["dtype_name"], i["shape"]) for i in signature["inputs"]] == [
-        ("x", "float32", None)
+        ("x", "float32", [-1])  # an unknown rank: shown as [-1] with unknown_rank
     ]
     assert [(o["name"], o["dtype_name"]) for o in signature["outputs"]] == [
         ("probabilities", "float32"),
@@ -201,7 +202,8 @@ def test_hot_reload_picks_up_a_new_epoch(root: Path, tmp_path: Path) -> None:
         assert c.get("/v1/models/m").json()["model_version_list"] == ["1"]
         mx_models.original_mlp(prefix, epoch=5, scale=2.0)
         c.app.state.repository.poll()  # type: ignore[attr-defined]
-        assert c.get("/v1/models/m").json()["model_version_list"] == ["5"]
+        # The new epoch serves beside the old one (every version, as the original).
+        assert c.get("/v1/models/m").json()["model_version_list"] == ["1", "5"]
         r = predict(c, "m", {"data": X})
         assert np.allclose(r.json()["softmax"], mx_models.expected(X, 2.0)[0], atol=1e-6)
 
