@@ -159,7 +159,11 @@ def _grpc_server(
         settings.host,
         settings.grpc_port,
         [
-            TFServingGrpc(service, repository).services(),
+            TFServingGrpc(
+                service,
+                repository,
+                settings.reloaded_model_configs if settings.enable_model_control else None,
+            ).services(),
             V2Grpc(
                 service, repository, settings.enable_model_control, settings.strict_readiness
             ).services(),

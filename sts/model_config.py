@@ -257,7 +257,19 @@ def load_model_config_file(
     except OSError as exc:
         raise ConfigError(f"cannot read model config file {path}: {exc.strerror}") from None
     entries, format_policy = _read_entries(text, path)
+    return build_configs(entries, format_policy, path.parent, default_policy, tensorflow_defaults)
 
+
+def build_configs(
+    entries: list[tuple[str, dict[str, Any]]],
+    format_policy: VersionPolicy,
+    folder: Path,
+    default_policy: VersionPolicy | None = None,
+    tensorflow_defaults: dict[str, Any] | None = None,
+) -> list[ModelConfig]:
+    """(where, raw entry) pairs as validated configs: the version policy and TensorFlow
+    defaults filled in, relative local base paths resolved against `folder`, names unique.
+    ConfigError naming the entry."""
     configs: list[ModelConfig] = []
     seen: set[str] = set()
     for where, entry in entries:
@@ -266,7 +278,7 @@ def load_model_config_file(
             for key, value in (tensorflow_defaults or {}).items():
                 entry.setdefault(key, value)
         if isinstance(entry.get("base_path"), str) and not is_url(entry["base_path"]):
-            entry["base_path"] = str(_resolve_base_path(entry["base_path"], path.parent))
+            entry["base_path"] = str(_resolve_base_path(entry["base_path"], folder))
         config = build_entry(entry, where, source=where)
         if config.name in seen:
             raise ConfigError(f"model config {where}: duplicate model name {config.name!r}")

@@ -15,10 +15,12 @@ from sts.batching import BatchingOptions, read_batching_parameters
 from sts.images import DEFAULT_MAX_PIXELS
 from sts.model_config import (
     ORIGINAL_DEFAULT_POLICY,
+    TFSERVING_DEFAULT_POLICY,
     Bool,
     ModelConfig,
     PathList,
     Policy,
+    build_configs,
     build_entry,
     load_model_config_file,
 )
@@ -238,19 +240,7 @@ class ServerSettings(BaseSettings):
     def model_configs(self) -> list[ModelConfig]:
         """The models to serve: from the config file, else the single-model flags."""
         if self.model_config_file:
-            # The original loaded --custom_op_paths into TensorFlow at start-up whatever
-            # the config file said: they (and --session_config) are the defaults of
-            # TensorFlow entries that set none of their own.
-            tensorflow_defaults = {
-                "custom_op_paths": self.custom_op_paths,
-                "session_config": self.session_config,
-            }
-            explicit = "model_version_policy" in self.model_fields_set
-            configs = load_model_config_file(
-                Path(self.model_config_file),
-                default_policy=self.model_version_policy if explicit else None,
-                tensorflow_defaults={k: v for k, v in tensorflow_defaults.items() if v},
-            )
+            configs = load_model_config_file(Path(self.model_config_file), **self._file_defaults())
         else:
             configs = [
                 build_entry(
@@ -265,6 +255,33 @@ class ServerSettings(BaseSettings):
                     where="the command line",
                 )
             ]
+        return self._with_batching(configs)
+
+    def reloaded_model_configs(
+        self, entries: list[tuple[str, dict[str, Any]]]
+    ) -> list[ModelConfig]:
+        """The models of a config given at run time (TF Serving's HandleReloadConfigRequest:
+        `sts.tfserving_config.entries`), with the config file's defaults; relative base
+        paths are relative to the config file's folder, else the working directory."""
+        folder = Path(self.model_config_file).parent if self.model_config_file else Path.cwd()
+        configs = build_configs(entries, TFSERVING_DEFAULT_POLICY, folder, **self._file_defaults())
+        return self._with_batching(configs)
+
+    def _file_defaults(self) -> dict[str, Any]:
+        # The original loaded --custom_op_paths into TensorFlow at start-up whatever
+        # the config file said: they (and --session_config) are the defaults of
+        # TensorFlow entries that set none of their own.
+        tensorflow_defaults = {
+            "custom_op_paths": self.custom_op_paths,
+            "session_config": self.session_config,
+        }
+        explicit = "model_version_policy" in self.model_fields_set
+        return {
+            "default_policy": self.model_version_policy if explicit else None,
+            "tensorflow_defaults": {k: v for k, v in tensorflow_defaults.items() if v},
+        }
+
+    def _with_batching(self, configs: list[ModelConfig]) -> list[ModelConfig]:
         if self.enable_batching:
             batching = (
                 read_batching_parameters(Path(self.batching_parameters_file))

@@ -38,7 +38,7 @@ def parse_text(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
             f"model config file {path} is neither JSON nor a valid TF Serving "
             f"ModelServerConfig (text format): {exc}"
         ) from None
-    return _entries(message, path)
+    return entries(message, path)
 
 
 def parse_json(document: dict[str, Any], path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -53,20 +53,22 @@ def parse_json(document: dict[str, Any], path: Path) -> list[tuple[str, dict[str
         raise ConfigError(
             f"model config file {path} is not a valid TF Serving ModelServerConfig: {exc}"
         ) from None
-    return _entries(message, path)
+    return entries(message, path)
 
 
-def _entries(message: Any, path: Path) -> list[tuple[str, dict[str, Any]]]:
+def entries(message: Any, source: Path | str) -> list[tuple[str, dict[str, Any]]]:
+    """A `ModelServerConfig` message -> (where, entry) per `config`; `source` (a file, or
+    e.g. "the reload request") names where it came from in errors (ConfigError)."""
     if message.WhichOneof("config") != "model_config_list":
         raise ConfigError(
-            f"model config file {path}: sts reads model_config_list (custom_model_config is "
+            f"model config {source}: sts reads model_config_list (custom_model_config is "
             "TF Serving's extension point for its own C++ builds)"
         )
-    entries = []
+    found = []
     for index, config in enumerate(message.model_config_list.config):
-        where = f"entry {index}" + (f" ({config.name!r})" if config.name else "") + f" in {path}"
-        entries.append((where, _entry(config, where)))
-    return entries
+        where = f"entry {index}" + (f" ({config.name!r})" if config.name else "") + f" in {source}"
+        found.append((where, _entry(config, where)))
+    return found
 
 
 def _entry(config: Any, where: str) -> dict[str, Any]:

@@ -29,7 +29,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from sts.api.grpc import GrpcServer
 from sts.protos import V2
@@ -295,3 +301,75 @@ def inflight(url: str) -> float:
     text = httpx.get(f"{url}/metrics").text
     found = re.findall(r"^sts_inflight_requests\{[^}]*\} ([0-9.]+)$", text, flags=re.MULTILINE)
     return sum(float(v) for v in found)
+
+
+def test_a_message_that_does_not_parse_is_invalid_argument(base: Path) -> None:
+    with serving(base) as (_live, address), grpc.insecure_channel(address) as channel:
+        for method in (f"/{PREDICTION}/Predict", "/inference.GRPCInferenceService/ModelInfer"):
+            call = channel.unary_unary(method)  # bytes in, bytes out
+            with pytest.raises(grpc.RpcError) as caught:
+                call(b"\xff\xff\xff\xff", timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert method in caught.value.details()
+            assert "did not parse" in caught.value.details()
+
+
+def reload_request(*models: tuple[str, Path]) -> Any:
+    """TF Serving's `ReloadConfigRequest`, built with its own message classes."""
+    request = model_management_pb2.ReloadConfigRequest()
+    for name, path in models:
+        entry = request.config.model_config_list.config.add()
+        entry.name, entry.base_path, entry.model_platform = name, str(path), fakes.PLATFORM
+    return request
+
+
+def test_reload_config_needs_model_control(base: Path) -> None:
+    with serving(base) as (_live, address), grpc.insecure_channel(address) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.HandleReloadConfigRequest(reload_request(("default", base)), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "--enable_model_control" in caught.value.details()
+
+
+def test_reload_config_swaps_the_served_models(base: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    fakes.write_version(other, 3, add=10.0)
+    with (
+        serving(base, enable_model_control=True) as (live, address),
+        grpc.insecure_channel(address) as channel,
+    ):
+        wait_for(live.repository.ready.is_set, what="first load")
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+        # A model no longer listed is unloaded, a new one loaded before the reply.
+        reply = models.HandleReloadConfigRequest(reload_request(("other", other)), timeout=60)
+        assert reply.status.error_code == 0
+        response = predict(predict_request("other"), timeout=10)
+        assert list(response.outputs["y"].float_val) == [12.0, 14.0]
+        assert response.model_spec.version.value == 3
+        with pytest.raises(grpc.RpcError) as caught:
+            predict(predict_request("default"), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        status = get_model_status_pb2.GetModelStatusRequest()
+        status.model_spec.name = "other"
+        assert models.GetModelStatus(status, timeout=10).model_version_status[0].version == 3
+        # Bad configs change nothing: TF Serving's wording for other config kinds.
+        bad = model_management_pb2.ReloadConfigRequest()
+        bad.config.custom_model_config.Pack(bad)
+        broken = reload_request(("default", base))
+        broken.config.model_config_list.config[0].model_platform = "no_such_platform"
+        for request, words in (
+            (bad, "Only ModelConfigList is currently supported"),
+            (broken, "no_such_platform"),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                models.HandleReloadConfigRequest(request, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert words in caught.value.details()
+        response = predict(predict_request("other"), timeout=10)
+        assert list(response.outputs["y"].float_val) == [12.0, 14.0]
+        # An empty config changes nothing (TF Serving takes no action for one).
+        empty = model_management_pb2.ReloadConfigRequest()
+        assert models.HandleReloadConfigRequest(empty, timeout=10).status.error_code == 0
+        assert predict(predict_request("other"), timeout=10).outputs["y"]

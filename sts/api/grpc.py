@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -52,16 +53,19 @@ def unary(
 ) -> grpc.GenericRpcHandler:
     """Handlers for the unary methods of `service`, with request and response messages
     from sts's schemas. A method may return the response serialized (bytes): encoding in
-    the worker thread keeps that work off the event loop."""
+    the worker thread keeps that work off the event loop.
+
+    The request arrives as bytes and is parsed inside the handler: a message that does not
+    parse answers INVALID_ARGUMENT naming the method (gRPC's own deserializer hook would
+    answer UNKNOWN, or INTERNAL, with no message)."""
     descriptor = protos.service(service)
-    handlers = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for name, behaviour in methods.items():
         method = descriptor.methods_by_name[name]
         request = protos.message_class(method.input_type.full_name)
         response = protos.message_class(method.output_type.full_name)
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _checked(behaviour),
-            request_deserializer=request.FromString,
+            _checked(behaviour, request, f"/{service}/{name}"),
             response_serializer=_serializer(response),
         )
     return grpc.method_handlers_generic_handler(service, handlers)
@@ -74,10 +78,20 @@ def _serializer(message: Any) -> Callable[[Any], bytes]:
     return serialize
 
 
-def _checked(behaviour: Method) -> Method:
-    """sts's errors become gRPC status codes with the same message as over HTTP."""
+def _checked(behaviour: Method, message: Any, path: str) -> Method:
+    """The request parsed as `message` (INVALID_ARGUMENT when it does not parse); sts's
+    errors become gRPC status codes with the same message as over HTTP."""
+    expected = message.DESCRIPTOR.full_name
 
-    async def call(request: Any, context: Context) -> Any:
+    async def call(data: bytes, context: Context) -> Any:
+        try:
+            request = message.FromString(data)
+        except DecodeError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{path}: the request message did not parse as {expected} ({exc}); "
+                "send a serialized message of that type",
+            )
         try:
             return await behaviour(request, context)
         except StsError as exc:

@@ -1,6 +1,6 @@
 """TensorFlow Serving's gRPC API: `tensorflow.serving.PredictionService` (Predict, Classify,
 Regress, MultiInference, GetModelMetadata) and `tensorflow.serving.ModelService`
-(GetModelStatus).
+(GetModelStatus, and HandleReloadConfigRequest behind `--enable_model_control`).
 
 Requests take the same path as REST (codec -> service -> worker thread -> backend) and
 errors keep TF Serving's wording (`Servable not found for request: ...`), for models of
@@ -12,14 +12,16 @@ classify and regress are `tensorflow.Example` messages, fed to the signature ser
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import anyio.to_thread
 import numpy as np
 
 from sts.api.grpc import GrpcServices, unary
 from sts.codecs import check_shape, short
-from sts.errors import InvalidInput, ModelNotFound, NotFound, StsError
+from sts.errors import ConfigError, Forbidden, InvalidInput, ModelNotFound, NotFound, StsError
+from sts.model_config import ModelConfig
 from sts.protocols.tfserving.codec import check_method, classifications, regressions
 from sts.protocols.tfserving.wording import in_tf_words, label_version
 from sts.protos import TFS, enum_value
@@ -27,6 +29,7 @@ from sts.protos.tensors import dtype_name, from_array, serialized_examples, to_a
 from sts.repository import ModelRepository
 from sts.service import Call, Codec, InferenceService
 from sts.signature import CLASSIFY, REGRESS, Signature, TensorSpec
+from sts.tfserving_config import entries
 from sts.versions import ModelVersion
 
 if TYPE_CHECKING:
@@ -224,12 +227,24 @@ def signature_def(signature: Signature, proto: Any) -> None:
     proto.method_name = signature.method
 
 
-class TFServingGrpc:
-    """The servicers; one per app."""
+# Reads the entries of a reloaded `ModelServerConfig` into model configs, with the
+# server's defaults (`ServerSettings.reloaded_model_configs`).
+ConfigReader = Callable[[list[tuple[str, dict[str, Any]]]], list[ModelConfig]]
 
-    def __init__(self, service: InferenceService, repository: ModelRepository) -> None:
+
+class TFServingGrpc:
+    """The servicers; one per app. `reload_configs` (None: model control is off) lets
+    HandleReloadConfigRequest change the served models."""
+
+    def __init__(
+        self,
+        service: InferenceService,
+        repository: ModelRepository,
+        reload_configs: ConfigReader | None = None,
+    ) -> None:
         self.service = service
         self.repository = repository
+        self.reload_configs = reload_configs
 
     def services(self) -> GrpcServices:
         prediction = {
@@ -242,7 +257,13 @@ class TFServingGrpc:
         return GrpcServices(
             handlers=[
                 unary(PREDICTION_SERVICE, prediction),
-                unary(MODEL_SERVICE, {"GetModelStatus": self.get_model_status}),
+                unary(
+                    MODEL_SERVICE,
+                    {
+                        "GetModelStatus": self.get_model_status,
+                        "HandleReloadConfigRequest": self.handle_reload_config,
+                    },
+                ),
             ],
             names=[PREDICTION_SERVICE, MODEL_SERVICE],
         )
@@ -342,3 +363,45 @@ class TFServingGrpc:
                 status.status.error_code = enum_value("tensorflow.error.Code", "UNKNOWN")
                 status.status.error_message = mv.error
         return response
+
+    async def handle_reload_config(self, request: Any, context: Context) -> Any:
+        """Serve the models of `request.config` (a `ModelServerConfig`) from now on, as
+        TF Serving's `ModelServiceImpl::HandleReloadConfigRequest` and
+        `ServerCore::ReloadConfig` do: models it no longer lists are unloaded (after their
+        calls in flight), new ones loaded, a changed one loaded beside the old config and
+        swapped in once it serves (the watcher's swap). Answers once every listed model
+        serves a version; an empty config changes nothing. The config file, if any, is
+        not rewritten: a later change to it is applied over this one."""
+        if self.reload_configs is None:
+            raise Forbidden(
+                "HandleReloadConfigRequest changes the served models, which is off; start "
+                "sts with --enable_model_control (STFS_ENABLE_MODEL_CONTROL=true) to allow it"
+            )
+        config = request.config
+        kind = config.WhichOneof("config")
+        if kind is not None:
+            if kind != "model_config_list":
+                raise InvalidInput(
+                    "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                    "Only ModelConfigList is currently supported"
+                )
+            try:
+                configs = self.reload_configs(entries(config, "the reload request"))
+            except ConfigError as exc:
+                raise InvalidInput(exc.message) from None
+            await anyio.to_thread.run_sync(self._apply, configs)
+        response = TFS.ReloadConfigResponse()
+        response.status.error_code = enum_value("tensorflow.error.Code", "OK")
+        return response
+
+    def _apply(self, configs: list[ModelConfig]) -> None:
+        """In a worker thread: apply the model list, load, and check every model serves."""
+        try:
+            self.repository.update_configs(configs)
+        except ConfigError as exc:  # an entry's backend options: nothing changed
+            raise InvalidInput(exc.message) from None
+        self.repository.poll()
+        for config in configs:
+            if self.repository.is_unloaded(config.name):  # listed again: back in service
+                self.repository.load_model(config.name)
+            self.repository.resolve(config.name)  # ModelNotReady (UNAVAILABLE), with why
