@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -63,12 +62,11 @@ class BatchingOptions(BaseModel):
         return self
 
 
-_TEXT_FIELD = re.compile(r"(\w+)\s*\{\s*value\s*:\s*(-?\d+)\s*\}")
-_TEXT_LIST = re.compile(r"(\w+)\s*:\s*(-?\d+)")
-
-
 def read_batching_parameters(path: Path) -> BatchingOptions:
-    """TF Serving's `--batching_parameters_file` (protobuf text format), or JSON."""
+    """TF Serving's `--batching_parameters_file`: a `BatchingParameters` message in protobuf
+    text format (read by protobuf's `text_format` against TF Serving's message, see
+    `sts.protos.generate`), or the same fields as JSON. ConfigError naming the file (and
+    protobuf's line:column) for a field the message does not have or a bad value."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -80,20 +78,40 @@ def read_batching_parameters(path: Path) -> BatchingOptions:
         except ValueError as exc:
             raise ConfigError(f"{path}: invalid JSON: {exc}") from None
     else:
-        # TF Serving pads inputs of variable length; sts batches equal shapes only.
-        text = re.sub(r"pad_variable_length_inputs\s*:\s*(true|false)", "", text)
-        for name, number in _TEXT_FIELD.findall(text):
-            values[name] = int(number)
-        rest = _TEXT_FIELD.sub("", text)
-        for name, number in _TEXT_LIST.findall(rest):
-            values.setdefault(name, []).append(int(number))
-        leftover = _TEXT_LIST.sub("", rest).strip()
-        if leftover:
-            raise ConfigError(f"{path}: cannot read {leftover[:60]!r}")
+        values = _batching_text(text, path)
     try:
         return BatchingOptions.model_validate(values)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+# BatchingParameters' Int64Value fields, which are BatchingOptions' names.
+_WRAPPED = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
+
+
+def _batching_text(text: str, path: Path) -> dict[str, Any]:
+    from google.protobuf import text_format
+
+    from sts.protos import TFS
+
+    message = TFS.BatchingParameters()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ConfigError(
+            f"batching parameters file {path} is not a valid TF Serving BatchingParameters "
+            f"(text format): {exc}"
+        ) from None
+    values: dict[str, Any] = {
+        name: getattr(message, name).value for name in _WRAPPED if message.HasField(name)
+    }
+    if message.allowed_batch_sizes:
+        values["allowed_batch_sizes"] = list(message.allowed_batch_sizes)
+    if message.pad_variable_length_inputs:
+        # TF Serving pads inputs of different lengths into one batch; sts batches requests
+        # whose shapes agree beyond the batch dimension, and runs the others apart.
+        logger.info("%s: pad_variable_length_inputs: sts batches equal shapes only", path)
+    return values  # thread_pool_name names TF Serving's threads: nothing to set in sts
 
 
 @dataclass

@@ -214,7 +214,18 @@ def test_batching_parameters_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must equal max_batch_size"):
         read_batching_parameters(text)
     text.write_text("max_batch_size { value: 8 }\nbogus_thing { value: 1 }\n")
-    with pytest.raises(ConfigError, match="bogus_thing"):
+    with pytest.raises(ConfigError, match="bogus_thing") as caught:
+        read_batching_parameters(text)
+    assert str(text) in str(caught.value)
+    assert "2:1" in str(caught.value)  # protobuf's line:column
+    # Text format as protobuf reads it: comments, a wrapper's value as a bare field is wrong.
+    text.write_text("# TF Serving's example\nmax_batch_size { value: 8 }  # rows\n")
+    assert read_batching_parameters(text).max_batch_size == 8
+    text.write_text("max_batch_size: 8\n")
+    with pytest.raises(ConfigError, match="BatchingParameters"):
+        read_batching_parameters(text)
+    text.write_text('thread_pool_name { value: "batch" }\nnum_batch_threads { value: 0 }\n')
+    with pytest.raises(ConfigError, match="num_batch_threads"):
         read_batching_parameters(text)
     text.write_text("max_batch_size { value: 8 }\n")
     configured = settings(enable_batching=True, batching_parameters_file=str(text))

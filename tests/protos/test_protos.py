@@ -21,6 +21,25 @@ def test_descriptors_are_current() -> None:
     assert DESCRIPTORS.read_bytes() == generate.serialized(), "run `make protos`"
 
 
+def test_batching_parameters_match_tf_servings_file() -> None:
+    """The one hand-declared message reads TF Serving's own batching file (the example in
+    its `batching/README.md`) and has the numbers its `.proto` gives on the wire."""
+    from google.protobuf import text_format
+
+    message = TFS.BatchingParameters()
+    text_format.Parse(
+        "max_batch_size { value: 128 }\nbatch_timeout_micros { value: 0 }\n"
+        "max_enqueued_batches { value: 1000000 }\nnum_batch_threads { value: 8 }\n",
+        message,
+    )
+    assert message.max_batch_size.value == 128
+    message.allowed_batch_sizes.append(128)
+    # Field 1 (max_batch_size) a length-delimited wrapper, field 6 a packed int64 list.
+    wire = message.SerializeToString()
+    assert wire.startswith(b"\x0a\x03\x08\x80\x01")
+    assert b"\x32\x02\x80\x01" in wire
+
+
 def test_messages_load_without_tensorflow() -> None:
     code = (
         "import sys; from sts.protos import TFS, V2; "
