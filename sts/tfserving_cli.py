@@ -53,7 +53,18 @@ FLAGS: dict[str, tuple[str, str]] = {
         "false",
         "accepted: sts lets a label name any configured version",
     ),
+    "enable_model_warmup": (
+        "true",
+        "sts runs each version's warm-up requests (a SavedModel's "
+        "assets.extra/tf_serving_warmup_requests, or sts's warmup.json) before it serves; "
+        "false is refused: sts has no way to skip them",
+    ),
     "model_platform": ("tensorflow", "sts's own: the single model's backend (onnx, pytorch...)"),
+    "enable_model_control": (
+        "false",
+        "sts's own: allow ModelService/HandleReloadConfigRequest (and KServe v2's repository "
+        "extension) to change the served models",
+    ),
 }
 
 # TF Serving's flags sts does not implement: refused by name with what to do instead.
@@ -71,7 +82,6 @@ REFUSED: dict[str, str] = {
     "max_num_load_retries": "sts retries a failed version at the next poll",
     "load_retry_interval_micros": "sts retries a failed version at the next poll",
     "flush_filesystem_caches": "not needed by sts",
-    "enable_model_warmup": "sts always runs a version's warm-up requests",
     "num_request_iterations_for_warmup": "sts runs each warm-up request once",
     "remove_unused_fields_from_bundle_metagraph": "not needed by sts",
     "prefer_tflite_model": "sts does not serve TensorFlow Lite models",
@@ -108,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _flags(argv: Sequence[str]) -> dict[str, str]:
     """Flags as strings; absl's `--flag` (true), `--flag=v` and `--flag v` forms."""
     parser = build_parser()
-    booleans = {"enable_batching", "allow_version_labels_for_unavailable_models"}
+    booleans = {
+        "enable_batching",
+        "allow_version_labels_for_unavailable_models",
+        "enable_model_warmup",
+        "enable_model_control",
+    }
     normal: list[str] = []
     for item in argv:  # a bare boolean flag means true, as in absl
         name = item[2:] if item.startswith("--") else ""
@@ -139,6 +154,12 @@ def settings_from_flags(argv: Sequence[str]) -> ServerSettings:
                 value["per_process_gpu_memory_fraction"]
             )
         parse_bool(value["allow_version_labels_for_unavailable_models"])
+        if not parse_bool(value["enable_model_warmup"]):
+            raise ConfigError(
+                "--enable_model_warmup=false: sts always runs a version's warm-up requests "
+                "before it serves it; remove assets.extra/tf_serving_warmup_requests from "
+                "the SavedModel to load it without warm-up"
+            )
         poll = float(value["file_system_poll_wait_seconds"])
         config_poll = float(value["model_config_file_poll_wait_seconds"])
     except ValueError as exc:
@@ -158,6 +179,7 @@ def settings_from_flags(argv: Sequence[str]) -> ServerSettings:
         "file_system_poll_wait_seconds": poll,
         "enable_batching": value["enable_batching"],
         "batching_parameters_file": value["batching_parameters_file"],
+        "enable_model_control": value["enable_model_control"],
         "session_config": session,
         # TF Serving serves the latest version of a model given by flags.
         "model_version_policy": "latest",

@@ -74,11 +74,22 @@ def test_flags_mean_what_they_mean_in_tf_serving() -> None:
         ([], "give --model_base_path"),
         (["--model_base_path=/m", "--rest_api_port=0"], "sts always serves HTTP"),
         (["--model_base_path=/m", "--port=x"], "grpc_port"),
+        (["--model_base_path=/m", "--enable_model_warmup=false"], "always runs a version's warm"),
     ],
 )
 def test_refusals_name_the_flag(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         settings_from_flags(argv)
+
+
+def test_warmup_and_model_control_flags() -> None:
+    """TF Serving's default `--enable_model_warmup=true` is what sts does anyway (it runs
+    assets.extra/tf_serving_warmup_requests at load); model control is sts's own flag."""
+    for argv in (["--enable_model_warmup"], ["--enable_model_warmup=true"], []):
+        assert settings_from_flags(["--model_base_path=/m", *argv]).enable_model_control is False
+    assert settings_from_flags(
+        ["--model_base_path=/m", "--enable_model_control"]
+    ).enable_model_control
 
 
 def test_text_model_config(tmp_path: Path) -> None:
