@@ -6,6 +6,11 @@ place), in the typed `*_val` field of its dtype, or in `half_val` (the bits of h
 bfloat16 values). As in TensorFlow, fewer typed values than elements repeat the last one
 (`tf.make_tensor_proto(0.0, shape=[2, 3])` sends one), and none means zeros. Responses use
 the typed fields, as TF Serving does: clients read `outputs["y"].float_val` directly.
+
+An ONNX model's structured output (a sequence of maps such as skl2onnx's ZipMap, a map, a
+sequence of tensors, an optional; see `sts.backends.onnx.structured`) is a string tensor
+in metadata (DT_STRING, v2's BYTES); over gRPC each of its elements is sent as its JSON
+text (`string_element`), the value the JSON protocols write in its place.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from sts.codecs import dumps
 from sts.errors import InvalidInput
 from sts.protos import TF
 from sts.signature import DTYPES, DType
@@ -150,12 +156,29 @@ def from_array(array: np.ndarray, proto: Any | None = None) -> Any:
     flat = array.reshape(-1)
     field = getattr(out, _FIELDS[dt.name])
     if dt.name == "string":
-        field.extend(v if isinstance(v, bytes) else str(v).encode("utf-8") for v in flat)
+        field.extend(string_element(v) for v in flat)
     elif dt.name == "float16":
         field.extend(flat.view(np.uint16).tolist())
     else:
         field.extend(flat.tolist())
     return out
+
+
+def is_structured(value: Any) -> bool:
+    """Whether an element of an object array is part of a structured ONNX output (a dict,
+    list or None: a JSON value) rather than a string."""
+    return not isinstance(value, bytes | str | np.generic)
+
+
+def string_element(value: Any) -> bytes:
+    """One element of a string output on the wire: bytes as they are, text as UTF-8, an
+    element of a structured output as its JSON text (NaN and Infinity as strings, so any
+    JSON parser reads it), e.g. b'{"0": 0.9, "1": 0.1}' for a ZipMap row."""
+    if isinstance(value, bytes):
+        return value
+    if not is_structured(value):
+        return str(value).encode("utf-8")
+    return dumps(value, strict=True)
 
 
 def serialized_examples(examples: Any) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Every kind of result ONNX Runtime returns (tensor, sequence of tensors, sequence of maps,
 optional, empty optional) through every protocol: metadata and predictions answer, JSON
 writes sequences and maps as lists and objects, v2's binary tensor data refuses them with a
-400, and nothing is a 500. A scikit-learn classifier converted the default way (ZipMap)."""
+400, and nothing is a 500. A scikit-learn classifier converted the default way (ZipMap).
+Over gRPC: JSON text per element (TF Serving's string_val, v2's typed bytes_contents);
+v2's raw_output_contents refuses them, naming the fix."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from sts.backends.onnx import OnnxBackend, OnnxOptions
 from sts.errors import ModelLoadError
 from sts.model_config import ModelConfig
 from tests import onnx_models
-from tests.conftest import app_client
+from tests.conftest import LiveServer, app_client, free_port, settings
 
 X = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
 ZIPMAP = [{"10": 1.0, "20": 2.0, "30": 3.0}, {"10": 4.0, "20": 5.0, "30": 6.0}]
@@ -171,3 +173,76 @@ def test_a_map_result_is_one_json_object() -> None:
     value = structured({1: np.float32(0.5), 2: np.float32(0.25)})
     assert value.shape == ()
     assert json.loads(dumps({"m": value})) == {"m": {"1": 0.5, "2": 0.25}}
+
+
+@pytest.fixture(scope="module")
+def grpc_channel(root: Path) -> Iterator[Any]:
+    """The same models behind a live server's gRPC port."""
+    import grpc
+
+    names = ("kinds", "iris")
+    configs = [ModelConfig(name=n, base_path=str(root / n), platform="onnx") for n in names]
+    port = free_port()
+    with (
+        LiveServer(settings(grpc_port=port), configs),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as ch,
+    ):
+        yield ch
+
+
+def test_tf_serving_grpc_sends_structured_outputs_as_json_text(grpc_channel: Any) -> None:
+    """TF Serving's own client: a structured output is the DT_STRING tensor its metadata
+    says, one JSON document per element (the value REST writes in its place)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc_channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "kinds"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array(X, np.float32)))
+    outputs = stub.Predict(request, timeout=30).outputs
+    assert outputs["zipmap"].dtype == tf.string.as_datatype_enum
+    decoded = {
+        name: [json.loads(v) for v in tf.make_ndarray(outputs[name]).reshape(-1)]
+        for name in STRUCTURED
+    }
+    assert decoded == {
+        "zipmap": ZIPMAP,
+        "zipmap_str": ZIPMAP_STR,
+        "sequence": [X, X],
+        "empty": [None],
+    }
+    np.testing.assert_array_equal(tf.make_ndarray(outputs["tensor"]), X)
+    request.model_spec.name = "iris"
+    del request.inputs["x"]
+    request.inputs["X"].CopyFrom(tf.make_tensor_proto(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)))
+    outputs = stub.Predict(request, timeout=30).outputs
+    (probabilities,) = [json.loads(v) for v in outputs["output_probability"].string_val]
+    assert set(probabilities) == {"0", "1", "2"}
+    assert max(probabilities, key=probabilities.get) == "0"
+
+
+def test_v2_grpc_structured_outputs_in_typed_contents_only(grpc_channel: Any) -> None:
+    import grpc
+
+    from sts.protos import V2
+
+    infer = grpc_channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=V2.ModelInferRequest.SerializeToString,
+        response_deserializer=V2.ModelInferResponse.FromString,
+    )
+    request = V2.ModelInferRequest(model_name="kinds")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[2, 3])
+    tensor.contents.fp32_contents.extend(np.array(X, np.float32).reshape(-1).tolist())
+    request.outputs.add(name="zipmap")
+    with pytest.raises(grpc.RpcError) as caught:
+        infer(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "output 'zipmap' is a sequence or map" in caught.value.details()
+    assert "binary_data_output: false" in caught.value.details()
+    assert "'zipmap': False" in caught.value.details()
+    request.parameters["binary_data_output"].bool_param = False
+    (output,) = infer(request, timeout=30).outputs
+    assert (output.datatype, list(output.shape)) == ("BYTES", [2])
+    assert [json.loads(v) for v in output.contents.bytes_contents] == ZIPMAP

@@ -9,7 +9,9 @@ KServe's clients both work; Triton-only methods answer UNIMPLEMENTED.
 A request's tensors are checked and decoded by the same code as REST's binary extension:
 `raw_input_contents` are the binary parts (read in place), typed `contents` are packed to
 that form first. Outputs go back in `raw_output_contents`, as Triton does, or in typed
-`contents` when the request sets the parameter `binary_data_output` to false.
+`contents` when the request sets the parameter `binary_data_output` to false. A structured
+ONNX output (ZipMap's sequence of maps...) travels only in typed contents, each element its
+JSON text, as v2 REST sends it only as JSON; raw, it is refused naming the fix.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from sts.protocols.v2.codec import (
 from sts.protocols.v2.codec import to_binary as raw_bytes
 from sts.protocols.v2.views import index_entries, metadata_document
 from sts.protos import V2
+from sts.protos.tensors import is_structured, string_element
 from sts.repository import ModelRepository
 from sts.service import Call, Codec, InferenceService
 from sts.signature import DTYPES, TensorSpec, dtype_of
@@ -162,6 +165,14 @@ class InferCodec(Codec[bytes]):
             tensor.datatype = dt.v2
             tensor.shape.extend(array.shape)
             if raw:
+                if dt.v2 == "BYTES" and any(map(is_structured, array.reshape(-1))):
+                    raise InvalidInput(
+                        f"output '{name}' is a sequence or map (an ONNX ZipMap, say), which "
+                        "raw_output_contents cannot carry; ask for typed contents (request "
+                        "parameter binary_data_output: false), where each element is its "
+                        "JSON text, or export the model without it (skl2onnx: "
+                        "options={id(model): {'zipmap': False}})"
+                    )
                 response.raw_output_contents.append(raw_bytes(array, dt, name))
             elif dt.v2 == "FP16":
                 raise InvalidInput(f"output '{name}' is FP16, which only travels raw")
@@ -169,7 +180,7 @@ class InferCodec(Codec[bytes]):
                 field = getattr(tensor.contents, CONTENTS[dt.v2])
                 flat = array.reshape(-1)
                 if dt.v2 == "BYTES":
-                    field.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+                    field.extend(string_element(v) for v in flat)
                 else:
                     field.extend(flat.tolist())
         return bytes(response.SerializeToString())
