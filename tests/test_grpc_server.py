@@ -9,6 +9,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import json
 import os
 import re
 import signal
@@ -373,3 +374,50 @@ def test_reload_config_swaps_the_served_models(base: Path, tmp_path: Path) -> No
         empty = model_management_pb2.ReloadConfigRequest()
         assert models.HandleReloadConfigRequest(empty, timeout=10).status.error_code == 0
         assert predict(predict_request("other"), timeout=10).outputs["y"]
+
+
+GRPCURL = BIN / "grpcurl"
+
+
+@pytest.mark.skipif(not GRPCURL.exists(), reason="grpcurl ships for linux x86-64 only")
+def test_grpcurl(base: Path) -> None:
+    """grpcurl, a client nobody here wrote, by reflection only: list, describe, health, and
+    a v2 ModelInfer with basic auth in its metadata."""
+    overrides = {"enable_auth": True, "host": "127.0.0.1", "auth_password": "s3cret"}
+    auth = "authorization: Basic " + base64.b64encode(b"admin:s3cret").decode()
+
+    def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(GRPCURL), "-plaintext", "-max-time", "30", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    with serving(base, **overrides) as (_live, address):
+        listed = grpcurl("-H", auth, address, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert {PREDICTION, "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= set(
+            listed.stdout.split()
+        )
+        described = grpcurl("-H", auth, address, "describe", "tensorflow.TensorProto")
+        assert "tensor_content" in described.stdout, described.stderr
+        health = grpcurl("-H", auth, address, "grpc.health.v1.Health/Check")
+        assert health.returncode == 0, health.stderr
+        assert json.loads(health.stdout) == {"status": "SERVING"}
+        body = {
+            "model_name": "default",
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [1, 2],
+                    "contents": {"fp32_contents": [1.0, 2.0]},
+                }
+            ],
+            "parameters": {"binary_data_output": {"bool_param": False}},
+        }
+        infer = ["-d", json.dumps(body), address, "inference.GRPCInferenceService/ModelInfer"]
+        answer = grpcurl("-H", auth, *infer)
+        assert answer.returncode == 0, answer.stderr
+        (output,) = json.loads(answer.stdout)["outputs"]
+        assert output["contents"] == {"fp32_contents": [3, 5]}, output
+        refused = grpcurl(*infer)
+        assert "Unauthenticated" in refused.stderr
+        assert "authentication required" in refused.stderr
