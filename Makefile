@@ -150,7 +150,8 @@ examples: $(VENV)/.test-installed $(MX_VENV)/.test-installed java
 	$(BIN)/python examples/build_jvm_models.py
 	$(MX_BIN)/python examples/build_mxnet_models.py
 
-# sts/protos/descriptors.binpb: the gRPC schemas, from the installed packages' descriptors.
+# sts/protos/descriptors.binpb: the gRPC schemas, from the installed packages' descriptors
+# (and TF Serving's BatchingParameters, which no package ships, declared in sts/protos/generate.py).
 protos: $(VENV)/.test-installed
 	$(BIN)/python -m sts.protos.generate
 
