@@ -173,12 +173,15 @@ class OnnxBackend(Backend[OnnxOptions]):
 def _spec(node: Any) -> TensorSpec:
     """A tensor's dtype and shape; an optional tensor's as its tensor's. A sequence (as
     skl2onnx's ZipMap gives) reports strings of shape [-1], a map strings of shape []:
+    a sequence of tensors is not one per row (`rows` false: batches run each request alone);
     each is answered as JSON (see `structured`), as v2's BYTES."""
     kind: str = node.type
     inner = kind[len("optional(") : -1] if kind.startswith("optional(") else kind
     dtype = _ORT_TYPES.get(inner)
     if dtype is None:
-        return TensorSpec(node.name, "string", (-1,) if inner.startswith("seq(") else ())
+        if inner.startswith("seq("):  # a ZipMap gives a map per row; other sequences, not
+            return TensorSpec(node.name, "string", (-1,), rows=inner.startswith("seq(map("))
+        return TensorSpec(node.name, "string", ())
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
     return TensorSpec(node.name, dtype, shape)
 
