@@ -399,8 +399,9 @@ def write_client(
     batch_size: int = 2,
     output: str = "-",
 ) -> int:
-    """Load the model named by `--model_name` (the only one, with a config file of one),
-    render its client for the server these settings describe, and write it."""
+    """Load the model named by `--model_name` (given: it must exist; not given: the only
+    model, said on stderr, else an error listing the models), render its client for the
+    server these settings describe, and write it. Returns the exit status (2: refused)."""
     from sts.codegen.clients import Target, check_protocol, language_of, render
     from sts.codegen.examples import unknown_shape_note
     from sts.repository import ModelRepository
@@ -411,12 +412,20 @@ def write_client(
         print(f"sts: error: {exc}", file=sys.stderr)
         return 2
     names = [c.name for c in configs]
-    chosen = [c for c in configs if c.name == settings.model_name] or (
-        configs if len(configs) == 1 else []
-    )
+    if "model_name" in settings.model_fields_set:
+        chosen = [c for c in configs if c.name == settings.model_name]
+    else:  # no silent "default": one model is the one, several must be chosen from
+        chosen = configs if len(configs) == 1 else []
     if not chosen:
         print(f"sts: error: choose a model with --model_name; models: {names}", file=sys.stderr)
         return 2
+    if "model_name" not in settings.model_fields_set:
+        why = (
+            f"the only model in {settings.model_config_file}"
+            if settings.model_config_file
+            else "the name --model_base_path is served under without --model_name"
+        )
+        print(f"sts: writing a client for model '{chosen[0].name}' ({why})", file=sys.stderr)
     scheme = "https" if settings.enable_ssl else "http"
     base_url = settings.public_url or f"{scheme}://{settings.local_host}:{settings.port}"
     try:
