@@ -328,3 +328,33 @@ def test_metrics_axes_and_words(server: LiveServer, page: Page) -> None:
         "latency, ms"
         in page.locator(".chart-block[data-model='iris'] figcaption").nth(1).inner_text()
     )
+
+
+def test_an_unknown_model_gets_a_page_not_json(server: LiveServer, browser: Browser) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    # The page itself answers 404 (Chromium logs that); nothing else may fail.
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(m.text) if m.type == "error" and "status of 404" not in m.text else None
+        ),
+    )
+    answer = page.goto(server.url + "/dashboard/models/nope<b>")
+    assert answer is not None
+    assert answer.status == 404
+    assert answer.headers["content-type"].startswith("text/html")
+    assert page.locator("h1").inner_text() == "No model nope<b>"  # escaped, not markup
+    served = page.locator("#served-models a").all_inner_texts()
+    assert {"default", "digits", "iris", "text"} <= set(served)
+    shot(page, "unknown-model")
+    page.click("#served-models a:text-is('iris')")
+    page.wait_for_url("**/dashboard/models/iris")
+    assert page.locator("h1").inner_text().startswith("iris")
+    page.go_back()
+    page.click("#back")
+    page.wait_for_selector("section.model[data-model='iris']")
+    context.close()
+    assert not problems, problems
