@@ -210,7 +210,11 @@ def find_model_file(path: Path, preferred: str, suffixes: Sequence[str]) -> Path
         return path
     if (path / preferred).is_file():
         return path / preferred
-    found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+    try:
+        entries = list(path.iterdir())
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror}") from None
+    found = sorted(p for p in entries if p.suffix.lower() in suffixes and p.is_file())
     if len(found) == 1:
         return found[0]
     if not found:
@@ -218,6 +222,26 @@ def find_model_file(path: Path, preferred: str, suffixes: Sequence[str]) -> Path
     names = ", ".join(p.name for p in found)
     kinds = "/".join(suffixes)
     raise ModelLoadError(f"several {kinds} files in {path} ({names}); name one {preferred}")
+
+
+def text_value(name: str, value: Any) -> str:
+    """One element of string input `name` as text: bytes (what the codecs give) must be
+    UTF-8 (InvalidInput naming the input), anything else is `str(value)`."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input '{name}': string value is not UTF-8") from None
+    return str(value)
+
+
+def as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """String input `name` as an object array of `str`, same shape (see `text_value`)."""
+    out = np.empty(array.shape, dtype=object)
+    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
+    for i, value in enumerate(flat_in):
+        flat_out[i] = text_value(name, value)
+    return out
 
 
 ErrorMap = Mapping[type[BaseException], type[StsError]]
