@@ -8,7 +8,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +342,25 @@ def convert_tabular_command(options: argparse.Namespace) -> int:
     return 0
 
 
+FlagTable = Mapping[str, tuple[str, str]]
+"""Flags as `name -> (default, help)`."""
+
+
+def add_flag_table(
+    parser: argparse.ArgumentParser, table: FlagTable, *, set_defaults: bool, metavar: str = ""
+) -> None:
+    """Add `--name` for each entry; its help ends in `(default: ...)` unless the help says
+    its own. `set_defaults` false: a flag not given stays absent (argparse.SUPPRESS)."""
+    for name, (default, help_text) in table.items():
+        shown = "" if "(default" in help_text else f" (default: {default})"
+        options: dict[str, Any] = {"help": help_text + shown}
+        if set_defaults:
+            options["default"] = default
+        if metavar:
+            options["metavar"] = metavar
+        parser.add_argument(f"--{name}", **options)
+
+
 def gen_client_command(argv: Sequence[str]) -> int:
     """`sts gen-client [server flags] --language L [--protocol P] [--output FILE] ...`"""
     parser = argparse.ArgumentParser(
@@ -356,13 +375,11 @@ def gen_client_command(argv: Sequence[str]) -> int:
         "language": ("bash", "bash, python, golang, javascript or json"),
         "protocol": ("sts", "sts, tfserving or v2"),
         "model_version": ("", "a version number or label (default: the latest)"),
-        "signature_name": ("", "default: the model's default signature"),
+        "signature_name": ("", "a signature (default: the model's default signature)"),
         "batch_size": ("2", "size of every -1 dimension"),
         "output": ("-", "file to write (default: standard output)"),
     }
-    for name, (default, help_text) in extra.items():
-        shown = "" if "default" in help_text else f" (default: {default})"
-        parser.add_argument(f"--{name}", default=default, help=help_text + shown)
+    add_flag_table(parser, extra, set_defaults=True)
     values = vars(parser.parse_args(argv))
     options = {name: values.pop(name) for name in extra}
     try:
