@@ -23,7 +23,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ import numpy as np
 from bench import (
     BIN,
     CONCURRENCY,
-    RESULTS,
     ROOT,
     free_port,
     measure_floor,
@@ -40,6 +38,7 @@ from bench import (
     serve,
     wrk,
 )
+from bench_tabular import save_results, table_head, table_start
 
 MODEL = ROOT / "examples" / "models" / "digits_mxnet"
 ROW = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8, 1)
@@ -95,15 +94,15 @@ def main() -> int:
                              "concurrency": connections, **result})  # fmt: skip
                 print_row(rows[-1], floors)
     floor = floors["mxnet"]
-    print(f"\n{'scenario':<24}{'c':>4}{'req/s':>10}{'p50 ms':>9}{'errors':>8}"
-          f"{'p50 - floor':>13}{'thr/floor':>11}{'thr/best batch':>16}")  # fmt: skip
+    print(
+        table_head("scenario", 24) + f"{'p50 - floor':>13}{'thr/floor':>11}{'thr/best batch':>16}"
+    )
     for row in rows:
         row["p50_above_floor_ms"] = row["p50_ms"] - floor["single"]["p50_ms"]
         row["throughput_vs_floor"] = row["throughput"] / floor["single"]["throughput"]
         row["throughput_vs_best_batch"] = row["throughput"] / floor["best_batch"]["rows_per_s"]
         print(
-            f"{row['scenario']:<24}{row['concurrency']:>4}{row['throughput']:>10.1f}"
-            f"{row['p50_ms']:>9.2f}{row['errors']:>8}{row['p50_above_floor_ms']:>13.3f}"
+            table_start(row, 24) + f"{row['p50_above_floor_ms']:>13.3f}"
             f"{row['throughput_vs_floor']:>11.2f}{row['throughput_vs_best_batch']:>16.2f}"
         )
     print(
@@ -111,12 +110,7 @@ def main() -> int:
         f"{floor['single']['p50_ms']:.3f} ms; best batch {floor['best_batch']['batch']}: "
         f"{floor['best_batch']['rows_per_s']:.1f} rows/s"
     )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"mxnet-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"rows": rows, "floors": floors, "cpus": os.cpu_count()}, indent=2))
-    print(f"wrote {out}")
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return save_results("mxnet", rows, floors, work)
 
 
 if __name__ == "__main__":

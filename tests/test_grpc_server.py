@@ -34,7 +34,16 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from sts.api.grpc import GrpcServer
 from sts.protos import V2
 from tests import fakes
-from tests.conftest import BIN, ROOT, LiveServer, fake_config, free_port, settings, wait_for
+from tests.conftest import (
+    BIN,
+    ROOT,
+    LiveServer,
+    fake_config,
+    free_port,
+    settings,
+    wait_for,
+    wait_until_ready,
+)
 
 PREDICTION = "tensorflow.serving.PredictionService"
 
@@ -268,15 +277,7 @@ def test_sigterm_drains_grpc_calls_in_flight(tmp_path: Path) -> None:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            assert process.poll() is None
-            try:
-                return httpx.get(f"{url}/health/ready").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout=60, what="server ready")
+        wait_until_ready(process, url, timeout=60)
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             calls = [stub.Predict.future(predict_request(), timeout=30) for _ in range(4)]

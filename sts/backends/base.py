@@ -175,6 +175,18 @@ class Backend(ABC, Generic[OptionsT]):
         return f"no version folders (numbered sub-folders) under {base_path}"
 
     @classmethod
+    def version_folder(cls, base_path: Path, version: int | None = None) -> tuple[int, Path]:
+        """The number and path of `version` (None: the latest) under `base_path`, for the
+        offline commands (convert, optimize); ConfigError when there is none."""
+        versions = cls.discover_versions(base_path)
+        if not versions:
+            raise ConfigError(cls.describe_missing(base_path))
+        chosen = max(versions) if version is None else version
+        if chosen not in versions:
+            raise ConfigError(f"no version {chosen} under {base_path}; found {sorted(versions)}")
+        return chosen, versions[chosen]
+
+    @classmethod
     def plan_process(cls, options: Sequence[OptionsT], names: Sequence[str]) -> None:
         """Check settings the framework holds once per process across every model of this
         platform (`names[i]` owns `options[i]`); raise ConfigError when they conflict."""

@@ -25,7 +25,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sts.model_config import ModelConfig
-from tests.conftest import BIN, FIRST_LOAD_SECONDS, ROOT, app_client, free_port, wait_for
+from tests.conftest import (
+    BIN,
+    ROOT,
+    app_client,
+    free_port,
+    wait_for,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
@@ -425,16 +432,8 @@ def test_the_server_stops_gracefully_with_a_jvm_inside() -> None:
     command += ["--grpc_port", "0"]  # the default 8001 may be taken on a shared machine
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, process.communicate()[0]
-        try:
-            return httpx.get(f"{url}/health/ready").status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(ready, timeout=FIRST_LOAD_SECONDS, what="server ready")
+        wait_until_ready(process, url)
         body = {"data": expected("iris_pmml")["inputs"]}
         assert httpx.post(url, json=body).json()["species"] == expected("iris_pmml")["species"]
         process.send_signal(stop)
