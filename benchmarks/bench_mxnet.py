@@ -18,9 +18,7 @@ import os
 # (which inherits this environment).
 os.environ.update(OMP_NUM_THREADS="1", MXNET_CPU_WORKER_NTHREADS="1")
 
-import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -38,7 +36,7 @@ from bench import (
     serve,
     wrk,
 )
-from bench_tabular import save_results, table_head, table_start
+from bench_tabular import bench_options, save_results, table_head, table_start
 
 MODEL = ROOT / "examples" / "models" / "digits_mxnet"
 ROW = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8, 1)
@@ -65,11 +63,8 @@ def in_process(seconds: float = 3.0) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5, help="per point (default 5)")
-    options = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("bench: wrk is not installed (make bench installs it)", file=sys.stderr)
+    options = bench_options(__doc__)
+    if options is None:
         return 2
     work = Path(tempfile.mkdtemp(prefix="sts-bench-mxnet-"))
     batching = {"max_batch_size": 32, "batch_timeout_micros": 2000, "num_batch_threads": 1}

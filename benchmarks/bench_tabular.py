@@ -59,12 +59,20 @@ def first_row(name: str) -> np.ndarray:
     return np.array(body["data"]["inputs"][:1], dtype=np.float64)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_options(doc: str) -> argparse.Namespace | None:
+    """The command line (`--seconds`), or None (said on stderr) when wrk is missing."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5, help="per point (default 5)")
     options = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench: wrk is not installed (make bench installs it)", file=sys.stderr)
+        return None
+    return options
+
+
+def main() -> int:
+    options = bench_options(__doc__)
+    if options is None:
         return 2
     measured = floors()
     rows: list[dict[str, Any]] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -157,6 +158,13 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
     env["STFS_GRPC_PORT"] = "0"
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
+
+
+def inflight_requests(url: str) -> float:
+    """Requests the server at `url` holds, from its own metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(r"^sts_inflight_requests\{[^}]*\} ([0-9.]+)$", text, flags=re.MULTILINE)
+    return sum(float(v) for v in found)
 
 
 def wait_until_ready(

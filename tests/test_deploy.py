@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sts.cli import build_parser
 from sts.settings import ServerSettings
-from tests.conftest import BIN, ROOT, free_port, wait_for, wait_until_ready
+from tests.conftest import BIN, ROOT, free_port, inflight_requests, wait_for, wait_until_ready
 from tests.kube_schemas import has_schema, validate
 
 DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile*"))
@@ -214,7 +214,9 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
         with ThreadPoolExecutor(8) as pool:
             answers = [pool.submit(ask, i) for i in range(8)]
             # SIGTERM once all eight are in flight (each takes 1.5 s)
-            wait_for(lambda: inflight(url) == 8, timeout=10, what="eight requests in flight")
+            wait_for(
+                lambda: inflight_requests(url) == 8, timeout=10, what="eight requests in flight"
+            )
             process.send_signal(signal.SIGTERM)
             statuses = [a.result() for a in answers]
         assert statuses == [200] * 8  # none dropped
@@ -224,13 +226,6 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
-
-
-def inflight(url: str) -> float:
-    """Requests the server holds, from its own metrics."""
-    text = httpx.get(f"{url}/metrics").text
-    found = re.findall(r"^sts_inflight_requests\{[^}]*\} ([0-9.]+)$", text, flags=re.MULTILINE)
-    return sum(float(v) for v in found)
 
 
 @pytest.mark.parametrize(

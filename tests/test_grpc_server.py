@@ -10,7 +10,6 @@ import base64
 import concurrent.futures
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -40,6 +39,7 @@ from tests.conftest import (
     LiveServer,
     fake_config,
     free_port,
+    inflight_requests,
     settings,
     wait_for,
     wait_until_ready,
@@ -281,7 +281,7 @@ def test_sigterm_drains_grpc_calls_in_flight(tmp_path: Path) -> None:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             calls = [stub.Predict.future(predict_request(), timeout=30) for _ in range(4)]
-            wait_for(lambda: inflight(url) == 4, what="four calls in flight")
+            wait_for(lambda: inflight_requests(url) == 4, what="four calls in flight")
             process.send_signal(signal.SIGTERM)
             answers = [call.result() for call in calls]  # none dropped
         assert [list(a.outputs["y"].float_val) for a in answers] == [[2.0, 4.0]] * 4
@@ -289,10 +289,3 @@ def test_sigterm_drains_grpc_calls_in_flight(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
-
-
-def inflight(url: str) -> float:
-    """Requests the server holds, from its own metrics."""
-    text = httpx.get(f"{url}/metrics").text
-    found = re.findall(r"^sts_inflight_requests\{[^}]*\} ([0-9.]+)$", text, flags=re.MULTILINE)
-    return sum(float(v) for v in found)
