@@ -18,12 +18,9 @@ import os
 # (which inherits this environment).
 os.environ.update(OMP_NUM_THREADS="1", MXNET_CPU_WORKER_NTHREADS="1")
 
-import argparse
 import json
-import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,6 @@ import numpy as np
 from bench import (
     BIN,
     CONCURRENCY,
-    RESULTS,
     ROOT,
     free_port,
     measure_floor,
@@ -40,6 +36,7 @@ from bench import (
     serve,
     wrk,
 )
+from bench_tabular import bench_options, save_results, table_head, table_start
 
 MODEL = ROOT / "examples" / "models" / "digits_mxnet"
 ROW = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8, 1)
@@ -66,11 +63,8 @@ def in_process(seconds: float = 3.0) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5, help="per point (default 5)")
-    options = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("bench: wrk is not installed (make bench installs it)", file=sys.stderr)
+    options = bench_options(__doc__)
+    if options is None:
         return 2
     work = Path(tempfile.mkdtemp(prefix="sts-bench-mxnet-"))
     batching = {"max_batch_size": 32, "batch_timeout_micros": 2000, "num_batch_threads": 1}
@@ -95,15 +89,15 @@ def main() -> int:
                              "concurrency": connections, **result})  # fmt: skip
                 print_row(rows[-1], floors)
     floor = floors["mxnet"]
-    print(f"\n{'scenario':<24}{'c':>4}{'req/s':>10}{'p50 ms':>9}{'errors':>8}"
-          f"{'p50 - floor':>13}{'thr/floor':>11}{'thr/best batch':>16}")  # fmt: skip
+    print(
+        table_head("scenario", 24) + f"{'p50 - floor':>13}{'thr/floor':>11}{'thr/best batch':>16}"
+    )
     for row in rows:
         row["p50_above_floor_ms"] = row["p50_ms"] - floor["single"]["p50_ms"]
         row["throughput_vs_floor"] = row["throughput"] / floor["single"]["throughput"]
         row["throughput_vs_best_batch"] = row["throughput"] / floor["best_batch"]["rows_per_s"]
         print(
-            f"{row['scenario']:<24}{row['concurrency']:>4}{row['throughput']:>10.1f}"
-            f"{row['p50_ms']:>9.2f}{row['errors']:>8}{row['p50_above_floor_ms']:>13.3f}"
+            table_start(row, 24) + f"{row['p50_above_floor_ms']:>13.3f}"
             f"{row['throughput_vs_floor']:>11.2f}{row['throughput_vs_best_batch']:>16.2f}"
         )
     print(
@@ -111,12 +105,7 @@ def main() -> int:
         f"{floor['single']['p50_ms']:.3f} ms; best batch {floor['best_batch']['batch']}: "
         f"{floor['best_batch']['rows_per_s']:.1f} rows/s"
     )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"mxnet-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"rows": rows, "floors": floors, "cpus": os.cpu_count()}, indent=2))
-    print(f"wrote {out}")
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return save_results("mxnet", rows, floors, work)
 
 
 if __name__ == "__main__":

@@ -59,12 +59,20 @@ def first_row(name: str) -> np.ndarray:
     return np.array(body["data"]["inputs"][:1], dtype=np.float64)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_options(doc: str) -> argparse.Namespace | None:
+    """The command line (`--seconds`), or None (said on stderr) when wrk is missing."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5, help="per point (default 5)")
     options = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench: wrk is not installed (make bench installs it)", file=sys.stderr)
+        return None
+    return options
+
+
+def main() -> int:
+    options = bench_options(__doc__)
+    if options is None:
         return 2
     measured = floors()
     rows: list[dict[str, Any]] = []
@@ -89,19 +97,33 @@ def main() -> int:
                 rows.append({"server": "sts", "scenario": name, "floor": name,
                              "concurrency": connections, **result})  # fmt: skip
                 print_row(rows[-1], measured)
-    print(f"\n{'model':<20}{'c':>4}{'req/s':>10}{'p50 ms':>9}{'errors':>8}"
-          f"{'in-process p50 ms':>19}{'p50 - in-process':>18}")  # fmt: skip
+    print(table_head("model", 20) + f"{'in-process p50 ms':>19}{'p50 - in-process':>18}")
     for row in rows:
         floor = measured[row["floor"]]["single"]
         row["p50_above_floor_ms"] = row["p50_ms"] - floor["p50_ms"]
-        print(
-            f"{row['scenario']:<20}{row['concurrency']:>4}{row['throughput']:>10.1f}"
-            f"{row['p50_ms']:>9.2f}{row['errors']:>8}{floor['p50_ms']:>19.3f}"
-            f"{row['p50_above_floor_ms']:>18.3f}"
-        )
+        print(table_start(row, 20) + f"{floor['p50_ms']:>19.3f}{row['p50_above_floor_ms']:>18.3f}")
+    return save_results("tabular", rows, measured, work)
+
+
+def table_head(first: str, width: int) -> str:
+    """The header of the closing table's columns every benchmark has (then its own)."""
+    return f"\n{first:<{width}}{'c':>4}{'req/s':>10}{'p50 ms':>9}{'errors':>8}"
+
+
+def table_start(row: dict[str, Any], width: int) -> str:
+    """A wrk row's columns under `table_head`."""
+    return (
+        f"{row['scenario']:<{width}}{row['concurrency']:>4}{row['throughput']:>10.1f}"
+        f"{row['p50_ms']:>9.2f}{row['errors']:>8}"
+    )
+
+
+def save_results(kind: str, rows: list[dict[str, Any]], floors: dict[str, Any], work: Path) -> int:
+    """Write results/<kind>-<time>.json (rows, floors, CPUs), remove the `work` folder;
+    the exit status."""
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"tabular-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"rows": rows, "floors": measured, "cpus": os.cpu_count()}, indent=2))
+    out = RESULTS / f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps({"rows": rows, "floors": floors, "cpus": os.cpu_count()}, indent=2))
     print(f"wrote {out}")
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -5,6 +5,11 @@ Options keep TF Serving's names. A batch is put together when a batch thread is 
 so under load batches fill up by themselves; `batch_timeout_micros` makes the first
 request of a quiet period wait for company. A request larger than `max_batch_size` runs
 alone; more than `max_enqueued_batches` batches' worth of waiting rows answer 503 at once.
+
+A signature whose results cannot be split by rows (an output without the batch dimension,
+a scalar, a sequence or an empty optional from ONNX) runs each request alone: known from
+its signature where the declared shapes tell, else found on its first merged batch, which
+is then run again request by request (a warning names the output once).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -27,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sts.errors import BackendError, ConfigError, QueueFull
 
 if TYPE_CHECKING:
+    from sts.signature import Signature
     from sts.versions import ModelVersion
 
 logger = logging.getLogger("sts.batching")
@@ -147,6 +154,10 @@ class Batcher:
         self._queued_rows: dict[Key, int] = {}  # rows in each queue, kept as they come and go
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._waiting_rows = 0
+        # Per version, its signatures that run each request alone (see the module's note).
+        self._unsplittable: weakref.WeakKeyDictionary[ModelVersion, dict[str, str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def submit(
         self,
@@ -159,7 +170,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         rows = _rows(inputs)
-        if rows is None or rows == 0 or rows > self.options.max_batch_size:
+        alone = self._alone(version, signature)
+        if alone or rows is None or rows == 0 or rows > self.options.max_batch_size:
             key: Key = (id(version), signature, (("", "alone", (id(future),)),))
         else:
             key = (
@@ -186,6 +198,13 @@ class Batcher:
             self._timers[key] = loop.call_later(delay, self._start, key)
         return future
 
+    def _alone(self, version: ModelVersion, signature: str) -> bool:
+        """Whether this signature's requests must run one by one (see the module's note)."""
+        known = self._unsplittable.setdefault(version, {})
+        if signature not in known:
+            known[signature] = _fixed_rows(version.signatures.get(signature))
+        return bool(known[signature])
+
     def _start(self, key: Key) -> None:
         timer = self._timers.pop(key, None)
         if timer is not None:
@@ -207,7 +226,17 @@ class Batcher:
             # The batch holds the version itself: its requests may give up (time out)
             # while it runs, and the version must not be unloaded under it.
             with version.hold():
-                results = await loop.run_in_executor(self._executor, _execute, batch, self.options)
+                results, unsplit = await loop.run_in_executor(
+                    self._executor, _execute, batch, self.options
+                )
+            if unsplit:
+                logger.warning(
+                    "model '%s' version %s: %s; its requests run one by one from now on",
+                    self.model,
+                    version.version,
+                    unsplit,
+                )
+                self._unsplittable.setdefault(version, {})[batch[0].signature] = unsplit
             if self._observe is not None:
                 rows = sum(w.rows for w in batch)
                 self._observe(rows, waits, time.perf_counter() - started)
@@ -249,17 +278,48 @@ def _rows(inputs: dict[str, np.ndarray]) -> int | None:
     return size if size >= 0 else None
 
 
-def _execute(batch: list[_Waiting], options: BatchingOptions) -> list[Any]:
-    """Run a batch in a worker thread: concatenate, pad, predict, split, encode each."""
+def _fixed_rows(signature: Signature | None) -> str:
+    """Why a signature's declared shapes forbid batching ("" when they do not): a tensor of
+    known rank whose first size is fixed, a scalar, or one marked as not in rows (`rows`)
+    is not split by rows."""
+    if signature is None:
+        return ""
+    for kind, specs in (("input", signature.inputs), ("output", signature.outputs)):
+        for name, spec in specs.items():
+            if not spec.rows or (
+                spec.shape is not None and (not spec.shape or spec.shape[0] != -1)
+            ):
+                return (
+                    f"{kind} '{name}' of shape {spec.describe_shape()} has no batch dimension first"
+                )
+    return ""
+
+
+def _unsplittable(outputs: dict[str, Any], size: int) -> str:
+    """Why outputs of a batch of `size` rows cannot be split ("" when they can)."""
+    for name, value in outputs.items():
+        if not isinstance(value, np.ndarray):
+            return f"output '{name}' is a {type(value).__name__}, not a tensor of rows"
+        if value.ndim == 0 or value.shape[0] != size:
+            return (
+                f"output '{name}' of shape {list(value.shape)} does not follow "
+                f"the batch of {size} rows"
+            )
+    return ""
+
+
+def _execute(batch: list[_Waiting], options: BatchingOptions) -> tuple[list[Any], str]:
+    """Run a batch in a worker thread: concatenate, pad, predict, split, encode each. Also
+    says why its outputs could not be split ("" when they could): each request then ran
+    alone."""
     version, signature = batch[0].version, batch[0].signature
     backend = version.backend
     if backend is None:
         error = BackendError(f"model '{version.model}' version {version.version} is not loaded")
-        return [error] * len(batch)
+        return [error] * len(batch), ""
     try:
         if len(batch) == 1:
-            outputs = backend.predict(batch[0].inputs, signature)
-            return [_finish(batch[0], outputs)]
+            return [_alone(batch[0], signature)], ""
         rows = sum(w.rows for w in batch)
         size = next((s for s in options.allowed_batch_sizes if s >= rows), rows)
         inputs = {}
@@ -269,22 +329,31 @@ def _execute(batch: list[_Waiting], options: BatchingOptions) -> list[Any]:
                 parts.append(np.repeat(parts[-1][-1:], size - rows, axis=0))
             inputs[name] = np.concatenate(parts)
         outputs = backend.predict(inputs, signature)
-        for name, value in outputs.items():
-            if value.ndim == 0 or value.shape[0] != size:
-                raise BackendError(
-                    f"model '{version.model}': output '{name}' of shape {list(value.shape)} "
-                    f"does not follow the batch of {size} rows, so it cannot be split; "
-                    "turn batching off for this model"
-                )
     except Exception as exc:  # the whole batch failed: every request gets the error
-        return [exc] * len(batch)
+        return [exc] * len(batch), ""
+    unsplit = _unsplittable(outputs, size)
+    if unsplit:
+        return [_alone(waiting, signature) for waiting in batch], unsplit
     results = []
     offset = 0
     for waiting in batch:
         part = {n: v[offset : offset + waiting.rows] for n, v in outputs.items()}
         offset += waiting.rows
         results.append(_finish(waiting, part))
-    return results
+    return results, ""
+
+
+def _alone(waiting: _Waiting, signature: str) -> Any:
+    """One request run by itself: its encoded answer, or its error."""
+    backend = waiting.version.backend
+    if backend is None:
+        version = waiting.version
+        return BackendError(f"model '{version.model}' version {version.version} is not loaded")
+    try:
+        outputs = backend.predict(waiting.inputs, signature)
+    except Exception as exc:
+        return exc
+    return _finish(waiting, outputs)
 
 
 def _finish(waiting: _Waiting, outputs: dict[str, np.ndarray]) -> Any:

@@ -8,7 +8,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +342,25 @@ def convert_tabular_command(options: argparse.Namespace) -> int:
     return 0
 
 
+FlagTable = Mapping[str, tuple[str, str]]
+"""Flags as `name -> (default, help)`."""
+
+
+def add_flag_table(
+    parser: argparse.ArgumentParser, table: FlagTable, *, set_defaults: bool, metavar: str = ""
+) -> None:
+    """Add `--name` for each entry; its help ends in `(default: ...)` unless the help says
+    its own. `set_defaults` false: a flag not given stays absent (argparse.SUPPRESS)."""
+    for name, (default, help_text) in table.items():
+        shown = "" if "(default" in help_text else f" (default: {default})"
+        options: dict[str, Any] = {"help": help_text + shown}
+        if set_defaults:
+            options["default"] = default
+        if metavar:
+            options["metavar"] = metavar
+        parser.add_argument(f"--{name}", **options)
+
+
 def gen_client_command(argv: Sequence[str]) -> int:
     """`sts gen-client [server flags] --language L [--protocol P] [--output FILE] ...`"""
     parser = argparse.ArgumentParser(
@@ -356,13 +375,11 @@ def gen_client_command(argv: Sequence[str]) -> int:
         "language": ("bash", "bash, python, golang, javascript or json"),
         "protocol": ("sts", "sts, tfserving or v2"),
         "model_version": ("", "a version number or label (default: the latest)"),
-        "signature_name": ("", "default: the model's default signature"),
+        "signature_name": ("", "a signature (default: the model's default signature)"),
         "batch_size": ("2", "size of every -1 dimension"),
         "output": ("-", "file to write (default: standard output)"),
     }
-    for name, (default, help_text) in extra.items():
-        shown = "" if "default" in help_text else f" (default: {default})"
-        parser.add_argument(f"--{name}", default=default, help=help_text + shown)
+    add_flag_table(parser, extra, set_defaults=True)
     values = vars(parser.parse_args(argv))
     options = {name: values.pop(name) for name in extra}
     try:
@@ -399,8 +416,9 @@ def write_client(
     batch_size: int = 2,
     output: str = "-",
 ) -> int:
-    """Load the model named by `--model_name` (the only one, with a config file of one),
-    render its client for the server these settings describe, and write it."""
+    """Load the model named by `--model_name` (given: it must exist; not given: the only
+    model, said on stderr, else an error listing the models), render its client for the
+    server these settings describe, and write it. Returns the exit status (2: refused)."""
     from sts.codegen.clients import Target, check_protocol, language_of, render
     from sts.codegen.examples import unknown_shape_note
     from sts.repository import ModelRepository
@@ -411,12 +429,20 @@ def write_client(
         print(f"sts: error: {exc}", file=sys.stderr)
         return 2
     names = [c.name for c in configs]
-    chosen = [c for c in configs if c.name == settings.model_name] or (
-        configs if len(configs) == 1 else []
-    )
+    if "model_name" in settings.model_fields_set:
+        chosen = [c for c in configs if c.name == settings.model_name]
+    else:  # no silent "default": one model is the one, several must be chosen from
+        chosen = configs if len(configs) == 1 else []
     if not chosen:
         print(f"sts: error: choose a model with --model_name; models: {names}", file=sys.stderr)
         return 2
+    if "model_name" not in settings.model_fields_set:
+        why = (
+            f"the only model in {settings.model_config_file}"
+            if settings.model_config_file
+            else "the name --model_base_path is served under without --model_name"
+        )
+        print(f"sts: writing a client for model '{chosen[0].name}' ({why})", file=sys.stderr)
     scheme = "https" if settings.enable_ssl else "http"
     base_url = settings.public_url or f"{scheme}://{settings.local_host}:{settings.port}"
     try:

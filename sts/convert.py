@@ -63,13 +63,8 @@ def mxnet_to_onnx(
             f"MXNet's ONNX exporter needs the onnx package below 1.19 ({exc}); install "
             "sts[mxnet-convert] in the MXNet environment"
         ) from None
-    versions = MxnetBackend.discover_versions(base_path)
-    if not versions:
-        raise ConfigError(MxnetBackend.describe_missing(base_path))
-    chosen = max(versions) if version is None else version
-    if chosen not in versions:
-        raise ConfigError(f"no version {chosen} under {base_path}; found {sorted(versions)}")
-    backend = MxnetBackend(versions[chosen], MxnetOptions())
+    chosen, path = MxnetBackend.version_folder(base_path, version)
+    backend = MxnetBackend(path, MxnetOptions())
     backend.load()
     try:
         signature = backend.signatures()[DEFAULT_SIGNATURE]

@@ -49,16 +49,6 @@ class TabularConversion:
     """Types the written .skops file holds beyond sts's list (the model's trusted_types)."""
 
 
-def _version(cls: type[Backend[Any]], base_path: Path, version: int | None) -> tuple[int, Path]:
-    versions = cls.discover_versions(base_path)
-    if not versions:
-        raise ConfigError(cls.describe_missing(base_path))
-    chosen = max(versions) if version is None else version
-    if chosen not in versions:
-        raise ConfigError(f"no version {chosen} under {base_path}; found {sorted(versions)}")
-    return chosen, versions[chosen]
-
-
 def _loaded(cls: type[Backend[Any]], path: Path, options: BackendOptions) -> Any:
     backend = cls(path, options)
     backend.load()
@@ -99,7 +89,7 @@ def sklearn_to_skops(
 
     from sts.backends.pickles import unpickle_trusted_file
 
-    chosen, path = _version(SklearnBackend, base_path, version)
+    chosen, path = SklearnBackend.version_folder(base_path, version)
     source = SklearnBackend(path, SklearnOptions())
     file = source.model_file()
     if file.suffix not in PICKLE_SUFFIXES:
@@ -132,7 +122,7 @@ def sklearn_to_onnx(
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-    chosen, path = _version(SklearnBackend, base_path, version)
+    chosen, path = SklearnBackend.version_folder(base_path, version)
     source = _loaded(SklearnBackend, path, options or SklearnOptions())
     signature = source.signatures()[DEFAULT_SIGNATURE]
     matrix = list(signature.inputs) == ["inputs"]
@@ -190,7 +180,7 @@ def _trees_to_onnx(
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    chosen, path = _version(cls, base_path, version)
+    chosen, path = cls.version_folder(base_path, version)
     source = _loaded(cls, path, options)
     width = source.signatures()[DEFAULT_SIGNATURE].inputs["inputs"].shape[1]
     types = [("inputs", FloatTensorType([None, width]))]

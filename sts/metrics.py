@@ -34,6 +34,9 @@ RECENT_MAX = 200_000
 # What requests for a model that does not exist are counted under: client-chosen names
 # must not become label values (each would be a new time series).
 UNKNOWN_MODEL = "_unknown"
+# The protocol label of the generated-code routes' refusals: no inference, so counted in
+# `sts_requests_total` but not among a model's requests and errors on the dashboard.
+CODEGEN = "codegen"
 
 
 class Observed:
@@ -181,6 +184,8 @@ class Metrics:
             observed.seen = True
         self.requests.labels(model, version, protocol, str(status)).inc()
         self.latency.labels(model, protocol).observe(seconds)
+        if protocol == CODEGEN:
+            return
         with self._lock:
             self._recent.append((time.time(), model, seconds, status >= 400))
 

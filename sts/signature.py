@@ -71,6 +71,9 @@ class TensorSpec:
     """False where the framework, not `shape`, decides which shapes it takes: a TF 1 graph
     run in a session shows its SignatureDef's shape, but a request of another shape goes to
     the graph, which answers for it (as TF Serving does)."""
+    rows: bool = True
+    """False where the first dimension is not the batch although `shape` may say -1 (an
+    ONNX sequence of tensors: its length): a batch of requests cannot be split by it."""
 
     @property
     def dt(self) -> DType:

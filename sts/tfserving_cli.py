@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sts import __version__
-from sts.cli import configure_logging, serve
+from sts.cli import FlagTable, add_flag_table, configure_logging, serve
 from sts.errors import ConfigError, describe_errors
 from sts.model_config import parse_bool
 from sts.settings import ServerSettings
@@ -27,7 +27,7 @@ from sts.settings import ServerSettings
 PROG = "tensorflow_model_server"
 
 # TF Serving's flags sts implements: flag -> (default, help).
-FLAGS: dict[str, tuple[str, str]] = {
+FLAGS: FlagTable = {
     "port": ("8500", "gRPC port (TF Serving's PredictionService and ModelService, KServe v2)"),
     "rest_api_port": ("8501", "HTTP port: TF Serving's REST API (and sts's other APIs)"),
     "model_name": ("default", "name of the model given by --model_base_path"),
@@ -108,8 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--version", action="version", version=f"sts {__version__}")
-    for flag, (default, help_text) in FLAGS.items():
-        parser.add_argument(f"--{flag}", metavar="VALUE", help=f"{help_text} (default: {default})")
+    add_flag_table(parser, FLAGS, set_defaults=False, metavar="VALUE")
     for flag, instead in REFUSED.items():
         parser.add_argument(f"--{flag}", metavar="VALUE", help=f"not supported: {instead}")
     return parser

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -159,6 +160,34 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
 
 
+def inflight_requests(url: str) -> float:
+    """Requests the server at `url` holds, from its own metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(r"^sts_inflight_requests\{[^}]*\} ([0-9.]+)$", text, flags=re.MULTILINE)
+    return sum(float(v) for v in found)
+
+
+def wait_until_ready(
+    process: subprocess.Popen[Any],
+    url: str,
+    timeout: float = FIRST_LOAD_SECONDS,
+    verify: Any = True,
+) -> None:
+    """Wait until the server `process` answers ready at `url`; AssertionError with its
+    output (when piped) as soon as it exits instead."""
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            output = process.communicate()[0] if process.stdout is not None else ""
+            raise AssertionError(f"the server exited with {process.returncode}: {output}")
+        try:
+            return httpx.get(f"{url}/health/ready", verify=verify).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(ready, timeout=timeout, what="server ready")
+
+
 @contextlib.contextmanager
 def running(
     *args: str, cwd: Path | str = "/", scheme: str = "http", verify: Any = True
@@ -177,17 +206,8 @@ def running(
         text=True,
     )
     url = f"{scheme}://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(proc.communicate()[0])
-        try:
-            return httpx.get(f"{url}/health/ready", verify=verify).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(ready, timeout=FIRST_LOAD_SECONDS, what="server ready")
+        wait_until_ready(proc, url, verify=verify)
         yield url
     finally:
         proc.send_signal(signal.SIGINT)

@@ -99,6 +99,36 @@ def transposed(path: Path) -> Path:
     return save(graph, path)
 
 
+def sequence(path: Path) -> Path:
+    """`x` float [n, 2] -> `same`, x, and `seq`, the sequence (x, x): its length is not the
+    batch."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["same"]),
+            helper.make_node("SequenceConstruct", ["x", "x"], ["seq"]),
+        ],
+        "sequence",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+        [
+            helper.make_tensor_value_info("same", TensorProto.FLOAT, ["n", 2]),
+            helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None),
+        ],
+    )
+    return save(graph, path)
+
+
+def distinct(path: Path) -> Path:
+    """`x` float [n, 2] -> `values`, its distinct values in order, declared [n]: a shape
+    that looks batched, which no run follows."""
+    graph = helper.make_graph(
+        [helper.make_node("Unique", ["x"], ["values"])],
+        "distinct",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+        [helper.make_tensor_value_info("values", TensorProto.FLOAT, ["n"])],
+    )
+    return save(graph, path)
+
+
 def _zipmap_type(key: int) -> onnx.TypeProto:
     scalar = helper.make_tensor_type_proto(TensorProto.FLOAT, [])
     return helper.make_sequence_type_proto(helper.make_map_type_proto(key, scalar))

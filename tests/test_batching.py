@@ -13,7 +13,7 @@ import pytest
 
 from sts.batching import Batcher, BatchingOptions, read_batching_parameters
 from sts.codecs import decode_named_inputs
-from sts.errors import BackendError, ConfigError, QueueFull
+from sts.errors import ConfigError, QueueFull
 from sts.model_config import ModelConfig
 from sts.repository import ModelRepository
 from sts.service import Call, InferenceService
@@ -157,29 +157,93 @@ def test_requests_that_give_up_leave_the_queue_and_its_counts(tmp_path: Path) ->
     svc.repository.close()
 
 
-def test_outputs_without_a_batch_dimension_cannot_be_split(tmp_path: Path) -> None:
-    onnx_models.transposed(tmp_path / "t" / "1" / "model.onnx")
-    config = ModelConfig(
-        name="m",
-        base_path=str(tmp_path / "t"),
-        platform="onnx",
-        batching=BatchingOptions(batch_timeout_micros=50_000),
-    )
+def onnx_service(path: Path, **batching: Any) -> InferenceService:
+    options = BatchingOptions(**{"batch_timeout_micros": 50_000, **batching})
+    config = ModelConfig(name="m", base_path=str(path), platform="onnx", batching=options)
     repo = ModelRepository([config])
     repo.load_all()
-    svc = InferenceService(repo)
+    return InferenceService(repo)
+
+
+@pytest.mark.parametrize("model", ["transposed", "sequence"])
+def test_outputs_declared_without_rows_run_alone(tmp_path: Path, model: str) -> None:
+    # Declared: `flipped` as [2, n], `seq` as an ONNX sequence (its length, 2, is not the
+    # batch). A batch of two one-row requests would split either wrongly, without an error.
+    getattr(onnx_models, model)(tmp_path / "m" / "1" / "model.onnx")
+    svc = onnx_service(tmp_path / "m")
+    output = {"transposed": "flipped", "sequence": "seq"}[model]
+    rows = [[[1.0, 2.0]], [[3.0, 4.0]]]
 
     async def main() -> list[Any]:
-        return await asyncio.gather(
-            *(ask(svc, [[1.0, 2.0]], output="same") for _ in range(3)), return_exceptions=True
-        )
+        return await asyncio.gather(*(ask(svc, r, output=output) for r in rows))
 
-    results = asyncio.run(main())
-    assert all(isinstance(r, BackendError) for r in results), results
-    assert "output 'flipped' of shape [2, 3] does not follow the batch" in str(results[0])
-    assert asyncio.run(ask(svc, [[1.0, 2.0]], output="same")) == [[1.0, 2.0]]  # alone: fine
+    answers = asyncio.run(main())
+    if model == "transposed":
+        assert answers == [[[1.0], [2.0]], [[3.0], [4.0]]]
+    else:
+        assert answers == [[r, r] for r in rows]
     svc.close()
-    repo.close()
+    svc.repository.close()
+
+
+def test_outputs_found_unsplittable_run_again_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `values` is declared [n], but holds the distinct values of all rows: found on the first
+    # merged batch, which then runs request by request; later requests run alone at once.
+    onnx_models.distinct(tmp_path / "m" / "1" / "model.onnx")
+    svc = onnx_service(tmp_path / "m", num_batch_threads=1)
+    requests = [[[1.0, 2.0]], [[3.0, 4.0], [5.0, 6.0]], [[7.0, 8.0]]]
+    expected = [[1.0, 2.0], [3.0, 4.0, 5.0, 6.0], [7.0, 8.0]]
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(ask(svc, r, output="values") for r in requests))
+
+    with caplog.at_level("WARNING", logger="sts.batching"):
+        assert asyncio.run(main()) == expected
+        assert "output 'values' of shape [" in caplog.text
+        assert "] does not follow the batch of" in caplog.text
+        assert asyncio.run(main()) == expected
+        assert caplog.text.count("run one by one") == 1  # said once
+    svc.close()
+    svc.repository.close()
+
+
+def test_zipmap_probabilities_are_split_by_rows(tmp_path: Path) -> None:
+    # scikit-learn through skl2onnx the default way: probabilities are a ZipMap, a map per
+    # row, which a batch splits like a tensor.
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    features, labels = load_iris(return_X_y=True)
+    clf = LogisticRegression(max_iter=500).fit(features, labels)
+    onnx_model = skl2onnx.to_onnx(clf, features[:1].astype(np.float32))
+    (tmp_path / "iris" / "1").mkdir(parents=True)
+    (tmp_path / "iris" / "1" / "model.onnx").write_bytes(onnx_model.SerializeToString())
+    svc = onnx_service(tmp_path / "iris", num_batch_threads=1)
+    requests = [features[i : i + 1 + i % 2].tolist() for i in (0, 51, 100, 121)]
+
+    async def one(rows: list[list[float]]) -> Any:
+        def decode(call: Call) -> Any:
+            return decode_named_inputs({"X": rows}, call.signature)
+
+        def encode(call: Call, outputs: dict[str, Any]) -> Any:
+            return outputs["output_label"].tolist(), outputs["output_probability"].tolist()
+
+        return await svc.infer("m", None, fakes.FunctionCodec(decode, encode, None))
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(one(r) for r in requests))
+
+    for rows, (label, probabilities) in zip(requests, asyncio.run(main()), strict=True):
+        assert label == clf.predict(np.array(rows)).tolist()
+        expected = clf.predict_proba(np.array(rows))
+        assert [[p[k] for k in sorted(p)] for p in probabilities] == pytest.approx(
+            expected, rel=1e-5
+        )
+    svc.close()
+    svc.repository.close()
 
 
 def test_batching_over_http_and_metrics(tmp_path: Path) -> None:

@@ -393,6 +393,7 @@ def test_gen_client_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "package main" in done.stdout
+    assert "client for model 'default' (the name --model_base_path is served under" in done.stderr
     done = run(
         str(BIN / "sts"), "gen-client", "--language", "cobol", "--model_base_path", str(iris)
     )
@@ -404,3 +405,7 @@ def test_gen_client_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "choose a model with --model_name; models: ['default', " in done.stderr
+    done = run(str(BIN / "sts"), "gen-client", "--model_config_file", str(config))
+    assert done.returncode == 2  # never "default" silently
+    assert "choose a model with --model_name; models: ['default', " in done.stderr
+    assert not done.stdout

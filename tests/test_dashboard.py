@@ -39,20 +39,24 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
+def watch(page: Page, expected_status: int) -> list[str]:
+    """The script errors and failed loads of `page`, as they happen; a load answered
+    `expected_status` (an answer the test asks for on purpose) is not one."""
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    expected = f"status of {expected_status}"
+    page.on(
+        "console",
+        lambda m: problems.append(m.text) if m.type == "error" and expected not in m.text else None,
+    )
+    return problems
+
+
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     opened = context.new_page()
-    problems: list[str] = []
-    opened.on("pageerror", lambda error: problems.append(str(error)))
-    # A 400 is an answer the page shows (the test sends bad input on purpose); anything
-    # else logged as an error (a missing asset, a script error) fails the test.
-    opened.on(
-        "console",
-        lambda m: (
-            problems.append(m.text) if m.type == "error" and "status of 400" not in m.text else None
-        ),
-    )
+    problems = watch(opened, 400)  # the try-it form sends bad input on purpose
     yield opened
     context.close()
     assert not problems, problems  # no script errors, no failed loads
@@ -328,3 +332,25 @@ def test_metrics_axes_and_words(server: LiveServer, page: Page) -> None:
         "latency, ms"
         in page.locator(".chart-block[data-model='iris'] figcaption").nth(1).inner_text()
     )
+
+
+def test_an_unknown_model_gets_a_page_not_json(server: LiveServer, browser: Browser) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    problems = watch(page, 404)  # the page itself answers 404 (Chromium logs that)
+    answer = page.goto(server.url + "/dashboard/models/nope<b>")
+    assert answer is not None
+    assert answer.status == 404
+    assert answer.headers["content-type"].startswith("text/html")
+    assert page.locator("h1").inner_text() == "No model nope<b>"  # escaped, not markup
+    served = page.locator("#served-models a").all_inner_texts()
+    assert {"default", "digits", "iris", "text"} <= set(served)
+    shot(page, "unknown-model")
+    page.click("#served-models a:text-is('iris')")
+    page.wait_for_url("**/dashboard/models/iris")
+    assert page.locator("h1").inner_text().startswith("iris")
+    page.go_back()
+    page.click("#back")
+    page.wait_for_selector("section.model[data-model='iris']")
+    context.close()
+    assert not problems, problems

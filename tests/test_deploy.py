@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sts.cli import build_parser
 from sts.settings import ServerSettings
-from tests.conftest import BIN, FIRST_LOAD_SECONDS, ROOT, free_port, wait_for
+from tests.conftest import BIN, ROOT, free_port, inflight_requests, wait_for, wait_until_ready
 from tests.kube_schemas import has_schema, validate
 
 DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile*"))
@@ -205,15 +205,7 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            assert process.poll() is None
-            try:
-                return httpx.get(f"{url}/health/ready").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout=FIRST_LOAD_SECONDS, what="server ready")
+        wait_until_ready(process, url)
 
         def ask(_: int) -> int:
             body = {"data": {"x": [[1, 2]]}}
@@ -222,7 +214,9 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
         with ThreadPoolExecutor(8) as pool:
             answers = [pool.submit(ask, i) for i in range(8)]
             # SIGTERM once all eight are in flight (each takes 1.5 s)
-            wait_for(lambda: inflight(url) == 8, timeout=10, what="eight requests in flight")
+            wait_for(
+                lambda: inflight_requests(url) == 8, timeout=10, what="eight requests in flight"
+            )
             process.send_signal(signal.SIGTERM)
             statuses = [a.result() for a in answers]
         assert statuses == [200] * 8  # none dropped
@@ -232,13 +226,6 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
-
-
-def inflight(url: str) -> float:
-    """Requests the server holds, from its own metrics."""
-    text = httpx.get(f"{url}/metrics").text
-    found = re.findall(r"^sts_inflight_requests\{[^}]*\} ([0-9.]+)$", text, flags=re.MULTILINE)
-    return sum(float(v) for v in found)
 
 
 @pytest.mark.parametrize(

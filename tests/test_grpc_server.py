@@ -11,7 +11,6 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -41,7 +40,17 @@ from tensorflow_serving.apis import (
 from sts.api.grpc import GrpcServer
 from sts.protos import V2
 from tests import fakes
-from tests.conftest import BIN, ROOT, LiveServer, fake_config, free_port, settings, wait_for
+from tests.conftest import (
+    BIN,
+    ROOT,
+    LiveServer,
+    fake_config,
+    free_port,
+    inflight_requests,
+    settings,
+    wait_for,
+    wait_until_ready,
+)
 
 PREDICTION = "tensorflow.serving.PredictionService"
 
@@ -275,19 +284,11 @@ def test_sigterm_drains_grpc_calls_in_flight(tmp_path: Path) -> None:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            assert process.poll() is None
-            try:
-                return httpx.get(f"{url}/health/ready").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout=60, what="server ready")
+        wait_until_ready(process, url, timeout=60)
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             calls = [stub.Predict.future(predict_request(), timeout=30) for _ in range(4)]
-            wait_for(lambda: inflight(url) == 4, what="four calls in flight")
+            wait_for(lambda: inflight_requests(url) == 4, what="four calls in flight")
             process.send_signal(signal.SIGTERM)
             answers = [call.result() for call in calls]  # none dropped
         assert [list(a.outputs["y"].float_val) for a in answers] == [[2.0, 4.0]] * 4
@@ -295,13 +296,6 @@ def test_sigterm_drains_grpc_calls_in_flight(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
-
-
-def inflight(url: str) -> float:
-    """Requests the server holds, from its own metrics."""
-    text = httpx.get(f"{url}/metrics").text
-    found = re.findall(r"^sts_inflight_requests\{[^}]*\} ([0-9.]+)$", text, flags=re.MULTILINE)
-    return sum(float(v) for v in found)
 
 
 def test_a_message_that_does_not_parse_is_invalid_argument(base: Path) -> None:

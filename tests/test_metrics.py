@@ -119,3 +119,26 @@ def test_summary_for_the_dashboard(tmp_path: Path) -> None:
         assert 0 < last["p50_ms"] <= last["p99_ms"] < 1000
         assert client.get("/metrics/summary", params={"window": 5}).status_code == 400
         assert re.search(r"sts_batch_size", client.get("/metrics").text)
+
+
+def test_generated_code_refusals_have_their_own_protocol(tmp_path: Path) -> None:
+    fakes.write_version(tmp_path / "m", 1)
+    with app_client([fake_config("m", tmp_path / "m")]) as client:
+        assert (
+            client.get("/v1/models/m/gen_client", params={"language": "cobol"}).status_code == 400
+        )
+        assert client.get("/v1/models/m/gen_json", params={"batch_size": 0}).status_code == 400
+        assert client.get("/v1/models/nope/gen_client").status_code == 404
+        assert client.get("/v1/models/m/gen_json").status_code == 200
+        text = client.get("/metrics").text
+        codegen = {"version": "", "protocol": "codegen"}
+        assert value(text, "sts_requests_total", model="m", status="400", **codegen) == 2
+        assert value(text, "sts_requests_total", model="_unknown", status="404", **codegen) == 1
+        tfserving = [
+            labels
+            for (name, labels), count in samples(text).items()
+            if name == "sts_requests_total" and ("protocol", "tfserving") in labels
+        ]
+        assert tfserving == []  # not inference errors of TF Serving's API
+        summary = client.get("/metrics/summary", params={"window": 60}).json()
+        assert summary["models"] == {}  # nor of the model, on the dashboard

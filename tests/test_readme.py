@@ -43,3 +43,23 @@ def test_make_serve_listens_on_loopback_unless_told() -> None:
 
     assert "--host 127.0.0.1 --port 8500" in serve_line()
     assert "--host 0.0.0.0 --port 9000" in serve_line("HOST=0.0.0.0", "PORT=9000")
+
+
+def test_unknown_label_statuses_are_as_documented(tmp_path: Path) -> None:
+    # TF Serving answers an unknown label 400 (ServerCore: InvalidArgument "Unrecognized
+    # servable version label"); the original protocol keeps its 404.
+    from tests import fakes
+    from tests.conftest import app_client, fake_config
+
+    fakes.write_version(tmp_path / "m", 1)
+    config = fake_config("m", tmp_path / "m", version_labels={"stable": 1})
+    with app_client([config]) as client:
+        original = client.post("/", json={"model_name": "m", "model_version": "gone", "data": {}})
+        tfserving = client.post("/v1/models/m/labels/gone:predict", json={"instances": [[1, 2]]})
+    assert original.status_code == 404
+    assert tfserving.status_code == 400
+    assert tfserving.json() == {"error": "Unrecognized servable version label: gone"}
+    table_row = next(line for line in README.splitlines() if line.startswith("| 404 |"))
+    assert "label" in table_row
+    assert "TF Serving's API answers an unknown label 400" in table_row
+    assert "an unknown label is **400**\n  `Unrecognized servable version label: <label>`" in README

@@ -23,7 +23,7 @@ from moto.server import ThreadedMotoServer
 from sts.errors import ConfigError
 from sts.model_config import ModelConfig
 from sts.storage import RemoteStore, secret_values
-from tests.conftest import ROOT, app_client, free_port, wait_for
+from tests.conftest import ROOT, app_client, free_port, wait_for, wait_until_ready
 
 IRIS = (ROOT / "examples" / "models" / "iris_logreg" / "1" / "model.onnx").read_bytes()
 ROW = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
@@ -368,15 +368,8 @@ def test_an_s3_model_serves_through_the_cli(s3: S3, tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}"
 
-    def ready() -> bool:
-        assert proc.poll() is None, proc.communicate()[0]
-        try:
-            return httpx.get(f"{url}/health/ready").status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(ready, timeout=60, what="server ready")
+        wait_until_ready(proc, url, timeout=60)
         reply = httpx.post(f"{url}/v1/models/iris:predict", json=ROW)
         assert reply.status_code == 200, reply.text
     finally:

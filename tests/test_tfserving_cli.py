@@ -19,7 +19,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from sts.errors import ConfigError
 from sts.model_config import load_model_config_file
 from sts.tfserving_cli import settings_from_flags
-from tests.conftest import BIN, ROOT, free_port, wait_for
+from tests.conftest import BIN, ROOT, free_port, wait_until_ready
 
 MODELS = ROOT / "examples" / "models"
 TEXT_CONFIG = f"""
@@ -128,15 +128,7 @@ def test_a_tf_serving_command_line(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     try:
-
-        def ready() -> bool:
-            assert process.poll() is None, "the server exited"
-            try:
-                return httpx.get(f"http://127.0.0.1:{rest_port}/health/ready").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout=120, what="tensorflow_model_server ready")
+        wait_until_ready(process, f"http://127.0.0.1:{rest_port}", timeout=120)
         rest = httpx.post(
             f"http://127.0.0.1:{rest_port}/v1/models/iris:predict",
             json={"instances": [[5.1, 3.5, 1.4, 0.2]]},

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sts.errors import StsError
-from sts.metrics import OBSERVED, UNKNOWN_MODEL, Metrics, Observed
+from sts.metrics import CODEGEN, OBSERVED, UNKNOWN_MODEL, Metrics, Observed
 from sts.repository import ModelRepository
 
 router = APIRouter(tags=["metrics"])
@@ -96,10 +96,13 @@ class RequestAccounting:
 
 
 def protocol_of(path: str) -> str:
-    """The protocol label of a request path: `sts` (`POST /`), `tfserving` (`/v1/...`),
-    `v2` (`/v2...`), else `http`."""
+    """The protocol label of a request path: `sts` (`POST /`), `codegen` (the original's
+    `gen_json` and `gen_client`: no inference), `tfserving` (`/v1/...`), `v2` (`/v2...`),
+    else `http`."""
     if path == "/":
         return "sts"
+    if path.startswith("/v1/models/") and path.endswith(("/gen_json", "/gen_client")):
+        return CODEGEN
     if path.startswith("/v1/"):
         return "tfserving"
     if path == "/v2" or path.startswith("/v2/"):

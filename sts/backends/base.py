@@ -175,6 +175,18 @@ class Backend(ABC, Generic[OptionsT]):
         return f"no version folders (numbered sub-folders) under {base_path}"
 
     @classmethod
+    def version_folder(cls, base_path: Path, version: int | None = None) -> tuple[int, Path]:
+        """The number and path of `version` (None: the latest) under `base_path`, for the
+        offline commands (convert, optimize); ConfigError when there is none."""
+        versions = cls.discover_versions(base_path)
+        if not versions:
+            raise ConfigError(cls.describe_missing(base_path))
+        chosen = max(versions) if version is None else version
+        if chosen not in versions:
+            raise ConfigError(f"no version {chosen} under {base_path}; found {sorted(versions)}")
+        return chosen, versions[chosen]
+
+    @classmethod
     def plan_process(cls, options: Sequence[OptionsT], names: Sequence[str]) -> None:
         """Check settings the framework holds once per process across every model of this
         platform (`names[i]` owns `options[i]`); raise ConfigError when they conflict."""
@@ -210,7 +222,11 @@ def find_model_file(path: Path, preferred: str, suffixes: Sequence[str]) -> Path
         return path
     if (path / preferred).is_file():
         return path / preferred
-    found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+    try:
+        entries = list(path.iterdir())
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror}") from None
+    found = sorted(p for p in entries if p.suffix.lower() in suffixes and p.is_file())
     if len(found) == 1:
         return found[0]
     if not found:
@@ -218,6 +234,26 @@ def find_model_file(path: Path, preferred: str, suffixes: Sequence[str]) -> Path
     names = ", ".join(p.name for p in found)
     kinds = "/".join(suffixes)
     raise ModelLoadError(f"several {kinds} files in {path} ({names}); name one {preferred}")
+
+
+def text_value(name: str, value: Any) -> str:
+    """One element of string input `name` as text: bytes (what the codecs give) must be
+    UTF-8 (InvalidInput naming the input), anything else is `str(value)`."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input '{name}': string value is not UTF-8") from None
+    return str(value)
+
+
+def as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """String input `name` as an object array of `str`, same shape (see `text_value`)."""
+    out = np.empty(array.shape, dtype=object)
+    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
+    for i, value in enumerate(flat_in):
+        flat_out[i] = text_value(name, value)
+    return out
 
 
 ErrorMap = Mapping[type[BaseException], type[StsError]]

@@ -6,7 +6,9 @@ Signature: one input per feature column, named as in the MOJO, float64 `[-1]` fo
 columns and string `[-1]` for categorical ones (their levels from the MOJO's domains);
 outputs `predictions` (the label, or the value for regression), and for classifiers
 `probabilities` float64 `[-1, K]` and `classes` string `[-1, K]` (the response's levels,
-in the order of the probabilities). NaN in a numeric column is a missing value, as in H2O.
+in the order of the probabilities). NaN in a numeric column and "" in a categorical one are
+missing values, as H2O reads empty cells; a level the model does not know is a 400 unless
+the model option `convert_unknown_categorical_levels_to_na` scores it as missing.
 """
 
 from __future__ import annotations
@@ -18,10 +20,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import AliasChoices, Field
 
-from sts.backends.base import Backend, BackendOptions, find_model_file, translate_errors
-from sts.backends.jvm import JVM, column_rows, java_error_map, java_message, text_value
-from sts.errors import BackendError, ModelLoadError
+from sts.backends.base import (
+    Backend,
+    BackendOptions,
+    find_model_file,
+    text_value,
+    translate_errors,
+)
+from sts.backends.jvm import JVM, column_rows, java_error_map, java_message
+from sts.errors import BackendError, InvalidInput, ModelLoadError, shorten
 from sts.signature import PREDICT, Signature, TensorSpec
 
 CLASSIFIERS = ("Binomial", "Multinomial", "Ordinal")
@@ -31,9 +40,16 @@ SERVED = (*CLASSIFIERS, "Regression", "Clustering")
 class H2oOptions(BackendOptions):
     """How genmodel treats values the model has not seen."""
 
-    unknown_levels_as_missing: bool = True
-    """A categorical value the model was not trained on counts as missing (H2O's own
-    scoring does this); false: such a value is refused with a 400."""
+    convert_unknown_categorical_levels_to_na: bool = Field(
+        default=False,
+        validation_alias=AliasChoices(
+            "convert_unknown_categorical_levels_to_na", "unknown_levels_as_missing"
+        ),
+    )
+    """True: a categorical value the model was not trained on is scored as missing (N/A),
+    `EasyPredictModelWrapper.Config.setConvertUnknownCategoricalLevelsToNa`. False (H2O's
+    default, where genmodel throws): such a value is a 400 naming the column, the value and
+    the levels it knows. (`unknown_levels_as_missing`: its earlier name.)"""
 
 
 class H2oBackend(Backend[H2oOptions]):
@@ -50,6 +66,7 @@ class H2oBackend(Backend[H2oOptions]):
         self._category = ""
         self._classes: list[str] = []
         self._columns: list[tuple[str, Any, bool]] = []  # name, Java name, categorical
+        self._levels: dict[str, frozenset[str]] = {}  # categorical column -> its levels
         self._input_errors: tuple[Any, ...] = ()
         self._serial: AbstractContextManager[Any] = nullcontext()
 
@@ -69,7 +86,9 @@ class H2oBackend(Backend[H2oOptions]):
             config = (
                 jpype.JClass("hex.genmodel.easy.EasyPredictModelWrapper$Config")()
                 .setModel(mojo)
-                .setConvertUnknownCategoricalLevelsToNa(self.options.unknown_levels_as_missing)
+                .setConvertUnknownCategoricalLevelsToNa(
+                    self.options.convert_unknown_categorical_levels_to_na
+                )
             )
             wrapper = wrapper_class(config)
             category = str(mojo.getModelCategory().toString())
@@ -92,6 +111,11 @@ class H2oBackend(Backend[H2oOptions]):
             (name, jpype.JString(name), domain is not None)
             for name, domain in zip(names, domains, strict=True)
         ]
+        self._levels = {
+            name: frozenset(str(level) for level in domain)
+            for name, domain in zip(names, domains, strict=True)
+            if domain is not None
+        }
         if algorithm.startswith("Deeplearning"):
             # H2O's deep learning MOJOs kept scratch state per model (h2o-3 issue 9016);
             # every other algorithm scores concurrently (issue 8675).
@@ -142,9 +166,12 @@ class H2oBackend(Backend[H2oOptions]):
                     value = values[i]
                     # Plain Python values: JPype boxes them (explicit JDouble/JString
                     # wrappers cost three times the whole prediction).
+                    # "" and NaN: missing, as H2O reads an empty cell.
                     if categorical:
-                        row.put(java, text_value(name, value))
-                    elif not np.isnan(value):  # NaN: missing, as H2O reads an empty cell
+                        text = text_value(name, value)
+                        if text:
+                            row.put(java, self._level(name, text))
+                    elif not np.isnan(value):
                         row.put(java, float(value))
                 prediction = self._wrapper.predict(row)
                 if self._category in CLASSIFIERS:
@@ -163,6 +190,21 @@ class H2oBackend(Backend[H2oOptions]):
             }
         dtype = np.int64 if self._category == "Clustering" else np.float64
         return {"predictions": np.array(labels, dtype=dtype)}
+
+    def _level(self, name: str, value: str) -> str:
+        """`value` of categorical column `name`; InvalidInput for a level the model does not
+        know, unless the model converts those to missing (then genmodel does)."""
+        levels = self._levels[name]
+        if value in levels or self.options.convert_unknown_categorical_levels_to_na:
+            return value
+        known = sorted(levels)
+        shown = ", ".join(repr(level) for level in known[:20])
+        more = f", ... ({len(known)} in all)" if len(known) > 20 else ""
+        raise InvalidInput(
+            f"input '{name}': unknown level {shorten(value)!r}; the model knows [{shown}{more}]. "
+            "To score unknown levels as missing, set the model option "
+            "convert_unknown_categorical_levels_to_na: true"
+        )
 
     def unload(self) -> None:
         self._wrapper = None

@@ -202,16 +202,6 @@ def java_message(prefix: str) -> Callable[[BaseException], str]:
     return lambda exc: prefix + describe_java_error(exc)
 
 
-def text_value(name: str, value: Any) -> str:
-    """One string element of input `name` as text: bytes must be UTF-8 (InvalidInput)."""
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"input '{name}': string value is not UTF-8") from None
-    return str(value)
-
-
 def column_rows(inputs: Mapping[str, np.ndarray]) -> int:
     """The number of rows in named one-dimensional columns (InvalidInput when a column is
     not one value per row, or the columns disagree)."""

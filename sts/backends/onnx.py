@@ -8,7 +8,15 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions, ErrorMap, one_line, translate_errors
+from sts.backends.base import (
+    Backend,
+    BackendOptions,
+    ErrorMap,
+    as_text,
+    find_model_file,
+    one_line,
+    translate_errors,
+)
 from sts.errors import BackendError, InvalidInput, ModelLoadError
 from sts.signature import PREDICT, Signature, TensorSpec
 from sts.telemetry import disable_library_telemetry
@@ -63,18 +71,7 @@ class OnnxBackend(Backend[OnnxOptions]):
         self._errors: ErrorMap = {}
 
     def model_file(self) -> Path:
-        if self.path.is_file():
-            return self.path
-        preferred = self.path / "model.onnx"
-        if preferred.is_file():
-            return preferred
-        found = sorted(self.path.glob("*.onnx"))
-        if len(found) == 1:
-            return found[0]
-        if not found:
-            raise ModelLoadError(f"no model.onnx in {self.path}")
-        names = ", ".join(p.name for p in found)
-        raise ModelLoadError(f"several .onnx files in {self.path} ({names}); name one model.onnx")
+        return find_model_file(self.path, "model.onnx", (".onnx",))
 
     def load(self) -> None:
         disable_library_telemetry()  # before onnxruntime's environment exists
@@ -158,7 +155,7 @@ class OnnxBackend(Backend[OnnxOptions]):
         feeds: dict[str, np.ndarray] = {}
         for name, array in inputs.items():
             # onnxruntime turns bytes into "b'...'" text: give it str.
-            feeds[name] = _as_text(name, array) if name in self._string_inputs else array
+            feeds[name] = as_text(name, array) if name in self._string_inputs else array
         with translate_errors(self._errors, _clean):
             results = self._session.run(self._output_names, feeds)
         return {
@@ -173,12 +170,15 @@ class OnnxBackend(Backend[OnnxOptions]):
 def _spec(node: Any) -> TensorSpec:
     """A tensor's dtype and shape; an optional tensor's as its tensor's. A sequence (as
     skl2onnx's ZipMap gives) reports strings of shape [-1], a map strings of shape []:
+    a sequence of tensors is not one per row (`rows` false: batches run each request alone);
     each is answered as JSON (see `structured`), as v2's BYTES."""
     kind: str = node.type
     inner = kind[len("optional(") : -1] if kind.startswith("optional(") else kind
     dtype = _ORT_TYPES.get(inner)
     if dtype is None:
-        return TensorSpec(node.name, "string", (-1,) if inner.startswith("seq(") else ())
+        if inner.startswith("seq("):  # a ZipMap gives a map per row; other sequences, not
+            return TensorSpec(node.name, "string", (-1,), rows=inner.startswith("seq(map("))
+        return TensorSpec(node.name, "string", ())
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
     return TensorSpec(node.name, dtype, shape)
 
@@ -211,22 +211,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
-
-
-def _as_text(name: str, array: np.ndarray) -> np.ndarray:
-    def text(value: Any) -> str:
-        if isinstance(value, bytes):
-            try:
-                return value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput(f"input '{name}': string value is not UTF-8") from None
-        return str(value)
-
-    out = np.empty(array.shape, dtype=object)
-    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
-    for i, value in enumerate(flat_in):
-        flat_out[i] = text(value)
-    return out
 
 
 def _clean(exc: BaseException) -> str:

@@ -18,8 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions, find_model_file, translate_errors
-from sts.backends.jvm import JVM, column_rows, java_error_map, java_message, text_value
+from sts.backends.base import (
+    Backend,
+    BackendOptions,
+    find_model_file,
+    text_value,
+    translate_errors,
+)
+from sts.backends.jvm import JVM, column_rows, java_error_map, java_message
 from sts.errors import BackendError, InvalidInput, ModelLoadError
 from sts.signature import PREDICT, Signature, TensorSpec
 

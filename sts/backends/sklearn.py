@@ -23,10 +23,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions, translate_errors
+from sts.backends.base import Backend, BackendOptions, as_text, translate_errors
 from sts.backends.tabular import (
     PICKLE_SUFFIXES,
-    as_text,
     find_model_file,
     first_line,
     matrix_input,

@@ -1,17 +1,20 @@
 """What the tabular backends (scikit-learn, XGBoost, LightGBM) share: finding the model
-file in a version folder, refusing pickles, the one-matrix signature, and turning the
-framework's exceptions into sts's."""
+file in a version folder, refusing pickles, the one-matrix signature, turning the
+framework's exceptions into sts's, and (`TreeBackend`) everything of the two boosted-trees
+adapters but reading their boosters."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
-from sts.backends.base import ErrorMap, one_line
+from sts.backends.base import Backend, BackendOptions, ErrorMap, one_line, translate_errors
 from sts.errors import BackendError, InvalidInput, ModelLoadError
 from sts.signature import Signature, TensorSpec
 
@@ -68,21 +71,6 @@ def worded_by(framework: str) -> Callable[[BaseException], str]:
     return lambda exc: f"{framework}: {first_line(exc)}"
 
 
-def as_text(name: str, array: np.ndarray) -> np.ndarray:
-    """A string input (bytes from the codec) as an object array of str; InvalidInput when
-    a value is not UTF-8."""
-    out = np.empty(array.shape, dtype=object)
-    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
-    for i, value in enumerate(flat_in):
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput(f"input '{name}': string value is not UTF-8") from None
-        flat_out[i] = value
-    return out
-
-
 @dataclass(frozen=True)
 class TreeOutputs:
     """What a boosted-trees model's raw prediction means, and how sts reports it.
@@ -121,3 +109,75 @@ class TreeOutputs:
         if self.kind == "multi":
             return {"predictions": np.argmax(result, axis=1), "probabilities": result}
         return {"predictions": result}
+
+
+TreeOptionsT = TypeVar("TreeOptionsT", bound=BackendOptions)
+
+
+class TreeBackend(Backend[TreeOptionsT]):
+    """A boosted-trees model in its library's own file format (never a pickle), served as
+    `TreeOutputs` say. A subclass names its library and file formats, reads the booster
+    (`read_booster`) and runs it (`run`); the rest is here."""
+
+    library: ClassVar[str]  # its name in messages: "XGBoost"
+    module: ClassVar[str]  # its Python module: "xgboost"
+    suffixes: ClassVar[tuple[str, ...]]  # its own formats, preferred first
+    save_hint: ClassVar[str]  # "as text, booster.save_model('model.txt')"
+    dtype: ClassVar[str]  # of its predictions (and of `inputs`)
+
+    def __init__(self, path: Path, options: TreeOptionsT) -> None:
+        super().__init__(path, options)
+        self._booster: Any = None
+        self._outputs = TreeOutputs("plain", self.dtype)
+        self._objective = ""
+
+    def model_file(self) -> Path:
+        """The version's model file; ModelLoadError for none, several, or a pickle."""
+        file = find_model_file(self.path, (*self.suffixes, *PICKLE_SUFFIXES), self.library)
+        if file.suffix in PICKLE_SUFFIXES:
+            raise ModelLoadError(
+                f"{file.name} is a pickle, which sts never loads (it would run code from the "
+                f"file): save the model {self.save_hint}"
+            )
+        return file
+
+    def load(self) -> None:
+        file = self.model_file()
+        self._booster, self._objective, self._outputs, width = self.read_booster(file)
+        self.signature = self._outputs.signature(width)
+
+    @abstractmethod
+    def read_booster(self, file: Path) -> tuple[Any, str, TreeOutputs, int]:
+        """The booster in `file`, its objective, what its predictions mean, and its number
+        of features. Raises ModelLoadError (with the library's first line)."""
+
+    @abstractmethod
+    def run(self, booster: Any, rows: np.ndarray) -> np.ndarray:
+        """The library's raw prediction for `rows` [n, features]."""
+
+    @abstractmethod
+    def refused(self) -> tuple[type[BaseException], ...]:
+        """The library's exceptions that mean the caller's input was wrong (400)."""
+
+    @property
+    def booster(self) -> Any:
+        """The loaded booster."""
+        return self._booster
+
+    def runtime_info(self) -> dict[str, Any]:
+        version = importlib.import_module(self.module).__version__
+        return {self.module: version, "objective": self._objective}
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], signature: str | None = None
+    ) -> dict[str, np.ndarray]:
+        booster = self._booster
+        if booster is None:
+            raise BackendError("model is not loaded")
+        with translate_errors(refusals(self.refused()), worded_by(self.library)):
+            result = self.run(booster, inputs["inputs"])
+        return self._outputs.outputs(result)
+
+    def unload(self) -> None:
+        self._booster = None
+        self.signature = None

@@ -10,24 +10,14 @@ Prediction uses `inplace_predict`, which XGBoost documents as thread-safe and lo
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sts.backends.base import Backend, BackendOptions, translate_errors
-from sts.backends.tabular import (
-    PICKLE_SUFFIXES,
-    TreeOutputs,
-    find_model_file,
-    first_line,
-    refusals,
-    worded_by,
-)
-from sts.errors import BackendError, ModelLoadError
-
-SUFFIXES = (".json", ".ubj", *PICKLE_SUFFIXES)
+from sts.backends.base import BackendOptions
+from sts.backends.tabular import TreeBackend, TreeOutputs, first_line
+from sts.errors import ModelLoadError
 
 
 class XgboostOptions(BackendOptions):
@@ -41,26 +31,23 @@ class XgboostOptions(BackendOptions):
     best iteration when training stopped early)."""
 
 
-class XgboostBackend(Backend[XgboostOptions]):
+class XgboostBackend(TreeBackend[XgboostOptions]):
     platform = "xgboost"
     options_class = XgboostOptions
     session_config_keys = {"intra_op_parallelism_threads": "nthread"}
+    library = "XGBoost"
+    module = "xgboost"
+    suffixes = (".json", ".ubj")
+    save_hint = "in XGBoost's own format, model.save_model('model.json')"
+    dtype = "float32"
 
     def __init__(self, path: Path, options: XgboostOptions) -> None:
         super().__init__(path, options)
-        self._booster: Any = None
-        self._outputs = TreeOutputs("plain", "float32")
         self._range: tuple[int, int] = (0, 0)
 
-    def load(self) -> None:
+    def read_booster(self, file: Path) -> tuple[Any, str, TreeOutputs, int]:
         import xgboost
 
-        file = find_model_file(self.path, SUFFIXES, "XGBoost")
-        if file.suffix in PICKLE_SUFFIXES:
-            raise ModelLoadError(
-                f"{file.name} is a pickle, which sts never loads (it would run code from the "
-                "file): save the model in XGBoost's own format, model.save_model('model.json')"
-            )
         booster = xgboost.Booster()
         try:
             booster.load_model(str(file))
@@ -81,38 +68,20 @@ class XgboostBackend(Backend[XgboostOptions]):
                 )
             self._range = (begin, end)
         if objective == "binary:logistic" and targets == 1:
-            self._outputs = TreeOutputs("binary", "float32")
+            outputs = TreeOutputs("binary", self.dtype)
         elif objective == "multi:softprob":
-            self._outputs = TreeOutputs("multi", "float32", classes)
+            outputs = TreeOutputs("multi", self.dtype, classes)
         else:
-            self._outputs = TreeOutputs("plain", "float32", targets=targets)
-        self._objective = objective
-        self._booster = booster
-        self.signature = self._outputs.signature(booster.num_features())
+            outputs = TreeOutputs("plain", self.dtype, targets=targets)
+        return booster, objective, outputs, booster.num_features()
 
-    @property
-    def booster(self) -> Any:
-        """The loaded Booster."""
-        return self._booster
-
-    def runtime_info(self) -> dict[str, Any]:
-        import xgboost
-
-        return {"xgboost": xgboost.__version__, "objective": self._objective}
-
-    def predict(
-        self, inputs: Mapping[str, np.ndarray], signature: str | None = None
-    ) -> dict[str, np.ndarray]:
+    def refused(self) -> tuple[type[BaseException], ...]:
         # XGBoost says what is wrong with the input's shape in a ValueError (its own
         # XGBoostError is one).
-        if self._booster is None:
-            raise BackendError("model is not loaded")
-        with translate_errors(refusals((ValueError,)), worded_by("XGBoost")):
-            result = self._booster.inplace_predict(
-                inputs["inputs"], iteration_range=self._range, validate_features=False
-            )
-        return self._outputs.outputs(result)
+        return (ValueError,)
 
-    def unload(self) -> None:
-        self._booster = None
-        self.signature = None
+    def run(self, booster: Any, rows: np.ndarray) -> np.ndarray:
+        result: np.ndarray = booster.inplace_predict(
+            rows, iteration_range=self._range, validate_features=False
+        )
+        return result

@@ -30,13 +30,8 @@ def convert_to_onnx(
     signature, default: the default one) or a PyTorch model to the ONNX file `output`,
     inputs and outputs named as in the signature, batch dimension dynamic."""
     cls = backend_class(platform)
-    versions = cls.discover_versions(base_path)
-    if not versions:
-        raise ConfigError(cls.describe_missing(base_path))
-    chosen = max(versions) if version is None else version
-    if chosen not in versions:
-        raise ConfigError(f"no version {chosen} under {base_path}; found {sorted(versions)}")
-    source = cls(versions[chosen], cls.options_class())
+    chosen, path = cls.version_folder(base_path, version)
+    source = cls(path, cls.options_class())
     source.load()
     try:
         signatures = source.signatures()

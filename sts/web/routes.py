@@ -19,7 +19,7 @@ from sts import __version__
 from sts.api.deps import RepositoryDep
 from sts.codegen.clients import LANGUAGES, PROTOCOLS
 from sts.codegen.examples import example_data, image_inputs, unknown_shape_note
-from sts.errors import StsError
+from sts.errors import ModelNotFound, StsError, shorten
 from sts.optimize.report import read_report
 from sts.protocols.sts.views import model_detail
 from sts.resources import resource_dir
@@ -40,7 +40,7 @@ def plural(count: int, noun: str) -> str:
 _env.filters["plural"] = plural
 
 
-def _page(request: Request, template: str, **values: Any) -> HTMLResponse:
+def _page(request: Request, template: str, status_code: int = 200, **values: Any) -> HTMLResponse:
     repository = request.app.state.repository
     page = _env.get_template(template).render(
         ready=repository.ready.is_set(),
@@ -49,7 +49,7 @@ def _page(request: Request, template: str, **values: Any) -> HTMLResponse:
         root=request.scope.get("root_path", ""),
         **values,
     )
-    return HTMLResponse(page)
+    return HTMLResponse(page, status_code=status_code)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -71,7 +71,11 @@ async def dashboard() -> RedirectResponse:
 
 @router.get("/dashboard/models/{model_name}", response_class=HTMLResponse)
 async def model_page(model_name: str, request: Request, repository: RepositoryDep) -> HTMLResponse:
-    model = repository.model(model_name)  # 404 (JSON) for an unknown model
+    try:
+        model = repository.model(model_name)
+    except ModelNotFound:  # a page, not the API's JSON: the served models and a way back
+        names = [m.name for m in repository.models()]
+        return _page(request, "not_found.html", 404, name=shorten(model_name), models=names)
     detail = model_detail(model)
     examples: dict[str, str] = {}
     images: dict[str, list[str]] = {}

@@ -25,7 +25,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sts.model_config import ModelConfig
-from tests.conftest import BIN, FIRST_LOAD_SECONDS, ROOT, app_client, free_port, wait_for
+from tests.conftest import (
+    BIN,
+    ROOT,
+    app_client,
+    free_port,
+    wait_for,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
@@ -95,7 +102,10 @@ def client(root: Path, cancer_pmml: tuple[Path, Any, Any]) -> Iterator[TestClien
     configs = [
         config("cancer_h2o", root / "cancer_h2o", "h2o"),
         config(
-            "strict_h2o", root / "cancer_h2o", "h2o", options={"unknown_levels_as_missing": False}
+            "lenient_h2o",
+            root / "cancer_h2o",
+            "h2o",
+            options={"convert_unknown_categorical_levels_to_na": True},
         ),
         config("diabetes_h2o", EXAMPLES / "diabetes_h2o", "h2o"),
         config("iris_pmml", root / "iris_pmml", "pmml"),
@@ -215,7 +225,7 @@ def test_signatures_in_every_protocols_metadata(client: TestClient) -> None:
 def test_gen_json_and_a_generated_client_request(client: TestClient) -> None:
     example = client.get("/v1/models/cancer_h2o/gen_json").json()
     assert set(example["data"]) == {*CANCER_COLUMNS, "worst_area", "size_band"}
-    r = sts_predict(client, "cancer_h2o", example["data"])  # "" is an unseen level: missing
+    r = sts_predict(client, "cancer_h2o", example["data"])  # "" is missing, as in H2O
     assert r.status_code == 200, r.text
     request = json.loads(
         client.get(
@@ -233,7 +243,13 @@ def test_gen_json_and_a_generated_client_request(client: TestClient) -> None:
         ("cancer_h2o", {"size_band": None}, "size_band"),
         ("iris_pmml", {"sepal_length": [[1.0, 2.0]] * 3}, "sepal_length"),
         ("iris_pmml", {"petal_width": None}, "petal_width"),
-        ("strict_h2o", {"size_band": ["huge"] * 8}, "huge"),
+        (
+            "cancer_h2o",
+            {"size_band": ["huge"] * 8},
+            "input 'size_band': unknown level 'huge'; the model knows ['large', 'medium', "
+            "'small']. To score unknown levels as missing, set the model option "
+            "convert_unknown_categorical_levels_to_na: true",
+        ),
         ("iris_pmml", {"sepal_length": [float("nan")] * 3}, "no value for 'species'"),
     ],
 )
@@ -256,10 +272,13 @@ def test_bad_input_is_a_400(
     assert message in r.json()["error"]
 
 
-def test_unseen_level_counts_as_missing_by_default(client: TestClient) -> None:
+def test_unseen_level_counts_as_missing_when_the_model_says_so(client: TestClient) -> None:
     data = dict(expected("cancer_h2o")["inputs"])
     data["size_band"] = ["huge"] * 8
-    assert sts_predict(client, "cancer_h2o", data).status_code == 200
+    lenient = sts_predict(client, "lenient_h2o", data)
+    assert lenient.status_code == 200, lenient.text
+    assert len(lenient.json()["predictions"]) == 8
+    assert sts_predict(client, "cancer_h2o", data).status_code == 400  # by default
 
 
 def test_broken_files_and_spark_fail_their_load_with_the_reason(client: TestClient) -> None:
@@ -410,18 +429,11 @@ def test_the_server_stops_gracefully_with_a_jvm_inside() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
     command = [str(BIN / "sts"), "--model_base_path", str(EXAMPLES / "iris_pmml")]
     command += ["--model_platform", "pmml", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--grpc_port", "0"]  # the default 8001 may be taken on a shared machine
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, process.communicate()[0]
-        try:
-            return httpx.get(f"{url}/health/ready").status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(ready, timeout=FIRST_LOAD_SECONDS, what="server ready")
+        wait_until_ready(process, url)
         body = {"data": expected("iris_pmml")["inputs"]}
         assert httpx.post(url, json=body).json()["species"] == expected("iris_pmml")["species"]
         process.send_signal(stop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from sts.api.bodies import media_type, read_json_body
 from sts.api.deps import RepositoryDep, SettingsDep
@@ -62,10 +63,32 @@ async def read_image_upload(request: Request, kind: str, settings: ServerSetting
         body = await request.body()
         if not body:
             raise InvalidInput(f"the {kind} body is empty")
+        unknown = [name for name in request.query_params if name not in FORM_FIELDS]
+        if unknown:
+            raise InvalidInput(
+                f"unknown query parameter '{short(unknown[0])}' for a raw {kind} body; "
+                f"parameters: {list(FORM_FIELDS)}"
+            )
         return ImageUpload([body], dict(request.query_params))
     images: list[bytes] = []
     fields: dict[str, str] = {}
-    form = await request.form(max_files=settings.max_image_parts, max_fields=len(FORM_FIELDS) + 8)
+    try:
+        form = await request.form(
+            max_files=settings.max_image_parts, max_fields=len(FORM_FIELDS) + 8
+        )
+    except HTTPException as exc:  # Starlette's words for a form over its limits
+        if "Too many files" in str(exc.detail):
+            raise InvalidInput(
+                f"the form has more file parts than --max_image_parts "
+                f"({settings.max_image_parts}); send fewer images per request, or raise "
+                "--max_image_parts"
+            ) from None
+        if "Too many fields" in str(exc.detail):
+            raise InvalidInput(
+                f"the form has more than {len(FORM_FIELDS) + 8} fields; fields: "
+                f"{list(FORM_FIELDS)}, files: {list(IMAGE_PARTS)}"
+            ) from None
+        raise
     try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):

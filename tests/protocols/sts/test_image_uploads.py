@@ -108,6 +108,14 @@ def test_raw_image_body(client: TestClient) -> None:
     assert response.json()["classes"] == [8]
     empty = client.post("/?model_name=digits", content=b"", headers={"content-type": "image/png"})
     assert empty.status_code == 400
+    misspelt = client.post(
+        "/?model_name=digits_tf&signature=x", content=DIGIT, headers={"content-type": "image/png"}
+    )
+    assert misspelt.status_code == 400
+    assert misspelt.json()["error"] == (
+        "unknown query parameter 'signature' for a raw image/png body; "
+        "parameters: ['model_name', 'model_version', 'signature_name']"
+    )
 
 
 @pytest.mark.parametrize("alphabet", [base64.b64encode, base64.urlsafe_b64encode])
@@ -182,7 +190,11 @@ def test_too_many_parts_and_too_many_bytes(client: TestClient) -> None:
     files = [("images", (f"{i}.png", DIGIT)) for i in range(5)]
     too_many = client.post("/", files=files, data={"model_name": "digits"})
     assert too_many.status_code == 400
-    assert "Too many files" in too_many.json()["error"]
+    assert "more file parts than --max_image_parts (4)" in too_many.json()["error"]
+    fields = {f"f{i}": "x" for i in range(12)}
+    too_many = client.post("/", files={"image": ("d.png", DIGIT)}, data=fields)
+    assert too_many.status_code == 400
+    assert "fields: ['model_name', 'model_version', 'signature_name']" in too_many.json()["error"]
     big = encode(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8), "PNG")
     too_big = client.post("/", files={"image": ("big.png", big)}, data={"model_name": "colours"})
     assert too_big.status_code == 413
