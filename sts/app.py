@@ -69,6 +69,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
         timeout=settings.request_timeout_seconds,
         max_queue=settings.max_queued_requests,
         metrics=metrics,
+        inline_seconds=settings.inline_predict_us / 1e6,
     )
     config_file = Path(settings.model_config_file) if settings.model_config_file else None
     watcher = Watcher(repository, settings.poll_seconds, config_file, settings.model_configs)

@@ -25,7 +25,6 @@ from typing import Any
 import orjson
 from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
-from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sts.api.bodies import JSON_MEDIA_TYPES, Reply, parse_body
@@ -35,6 +34,7 @@ from sts.protocols.sts import routes as sts_routes
 from sts.protocols.tfserving import routes as tfserving_routes
 from sts.protocols.tfserving.codec import CODECS
 from sts.protocols.v2 import routes as v2_routes
+from sts.service import SMALL_REQUEST_BYTES
 
 Handler = Callable[[Scope, Receive], Awaitable[Reply]]
 
@@ -58,7 +58,7 @@ class FastInference:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        handler = self.route(get_route_path(scope), scope)
+        handler = self.route(route_path(scope), scope)
         if handler is None:
             await self.app(scope, receive, send)
             return
@@ -101,8 +101,9 @@ class FastInference:
     # ------------------------------------------------------------ the original protocol
 
     async def _sts(self, scope: Scope, receive: Receive) -> Reply:
-        document = await parse_body(await read_body(receive))
-        return await sts_routes.json_reply(self.state, document)
+        body = await read_body(receive)
+        document = await parse_body(body)
+        return await sts_routes.json_reply(self.state, document, len(body) <= SMALL_REQUEST_BYTES)
 
     # ------------------------------------------------------------ TF Serving
 
@@ -152,6 +153,16 @@ class FastInference:
             return await v2_routes.infer_reply(self.state, body, text, model, version)
 
         return handle
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the `root_path` prefix (as Starlette's
+    routing strips it)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

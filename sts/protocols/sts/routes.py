@@ -45,19 +45,20 @@ async def predict(request: Request) -> Response:
         model, version, signature = request_target(upload.fields)
         reply = await service.infer(model, version, UploadCodec(upload, settings, signature))
     else:
+        # `FastInference` answers JSON bodies ahead of this route: this is for the schema.
         reply = await json_reply(request.app.state, await read_json_body(request, kind))
     return Response(reply.body, media_type=reply.media_type)
 
 
-async def json_reply(state: State, document: Any) -> Reply:
+async def json_reply(state: State, document: Any, small: bool = False) -> Reply:
     """One JSON prediction (`document` parsed from the body), for the route above and
-    `sts.api.fast`."""
+    `sts.api.fast`; `small`: the body is at most `SMALL_REQUEST_BYTES`."""
     service: InferenceService = state.service
     settings: ServerSettings = state.settings
     model, version, codec = JsonCodec.from_document(
         document, settings.max_image_pixels, settings.strict_json
     )
-    reply: Reply = await service.infer(model, version, codec)
+    reply: Reply = await service.infer(model, version, codec, small=small)
     return reply
 
 

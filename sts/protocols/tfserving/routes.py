@@ -22,7 +22,7 @@ from sts.protocols.tfserving.codec import CODECS, parse_document
 from sts.protocols.tfserving.views import metadata_document, status_document
 from sts.protocols.tfserving.wording import in_tf_words, label_version
 from sts.repository import ModelRepository
-from sts.service import InferenceService
+from sts.service import SMALL_REQUEST_BYTES, InferenceService
 
 router = APIRouter(tags=["tensorflow serving"])
 # Registered after every other router: anything else under /v1/ is TF Serving's
@@ -115,10 +115,12 @@ async def infer_reply(
     service: InferenceService = state.service
     if label is not None:
         version = label_version(state.repository, model, label)
-    document = await parse_body(await read_body(), parse_document)
+    body = await read_body()
+    document = await parse_body(body, parse_document)
     settings = state.settings
     codec = codec_class(document, model, version, settings.max_image_pixels, settings.strict_json)
-    reply: Reply = await service.infer(model, version, codec, "tfserving")
+    small = len(body) <= SMALL_REQUEST_BYTES
+    reply: Reply = await service.infer(model, version, codec, "tfserving", small)
     return reply
 
 

@@ -22,7 +22,7 @@ from sts.errors import Forbidden, InvalidInput, StsError
 from sts.protocols.v2.codec import HEADER_LENGTH, V2Codec, parse_request, split_body
 from sts.protocols.v2.views import index_entries, metadata_document
 from sts.repository import ModelRepository
-from sts.service import InferenceService
+from sts.service import SMALL_REQUEST_BYTES, InferenceService
 
 router = APIRouter(tags=["kserve v2"])
 
@@ -128,7 +128,8 @@ async def infer_reply(
     header, binary = split_body(body, header_length)
     infer_request = await parse_body(header, parse_request)
     codec = V2Codec(infer_request, binary, state.settings.max_image_pixels)
-    reply: Reply = await service.infer(model, version, codec, "v2")
+    small = len(body) <= SMALL_REQUEST_BYTES
+    reply: Reply = await service.infer(model, version, codec, "v2", small)
     return reply
 
 
