@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import statistics
 import time
 import weakref
 from abc import ABC, abstractmethod
@@ -77,32 +78,33 @@ class Codec(ABC, Generic[T]):
 INLINE_PLATFORMS = frozenset(
     {"onnx", "pytorch_onnx", "sklearn", "scikitlearn", "xgboost", "lightgbm"}
 )
-# Worker-thread runs timed before a version may run inline (and after it is sent back).
+# Runs timed per decision: a version's inline-or-not is decided again every this many runs.
 INLINE_SAMPLES = 32
-# An inline run slower than this many thresholds sends the version back to worker threads.
-INLINE_RECHECK_FACTOR = 2.0
+# One inline run slower than this many thresholds sends the version back at once.
+INLINE_LIMIT_FACTOR = 10.0
 # Transports call a request small (`infer(small=True)`) up to this many body bytes: its
 # decode and encode cost about what the timed runs cost.
 SMALL_REQUEST_BYTES = 16 * 1024
 
 
 class _Timing:
-    __slots__ = ("inline", "runs", "worst")
+    __slots__ = ("inline", "samples")
 
     def __init__(self) -> None:
-        self.runs = 0  # worker-thread runs timed since the last decision
-        self.worst = 0.0  # the slowest of them, seconds
+        self.samples: list[float] = []  # seconds of the runs since the last decision
         self.inline = False
 
 
 class InlineGate:
     """Decides, per model version, whether a small request runs on the event loop.
 
-    A version qualifies once `INLINE_SAMPLES` consecutive worker-thread runs (decode,
-    predict, encode, of requests of any size) each took under `threshold` seconds, and
-    its platform is in `INLINE_PLATFORMS`. Every inline run is timed again: one slower
-    than `INLINE_RECHECK_FACTOR` thresholds sends the version back to worker threads,
-    to be measured afresh. A threshold of 0 turns it off (the default)."""
+    Every `INLINE_SAMPLES` runs (decode, predict, encode; requests of any size) the
+    version's timings are looked at again: it runs inline while their median is under
+    `threshold` seconds. A run in a worker thread counts its thread's CPU time (not the
+    time it waited for the interpreter lock, which grows with the load, not with the
+    model); an inline run counts the wall time the event loop lost, and one over
+    `INLINE_LIMIT_FACTOR` thresholds sends the version back to worker threads at once.
+    Only platforms in `INLINE_PLATFORMS`; a threshold of 0 turns it off (the default)."""
 
     def __init__(self, threshold: float = 0.0) -> None:
         self.threshold = threshold
@@ -117,21 +119,22 @@ class InlineGate:
         return timing is not None and timing.inline
 
     def timed(self, call: Call, seconds: float, inline: bool) -> None:
-        """One run of `call` took `seconds` (on the event loop when `inline`)."""
+        """One run of `call` took `seconds` (wall time on the event loop when `inline`,
+        else the worker thread's CPU time)."""
         if not self.threshold or call.config.platform not in INLINE_PLATFORMS:
             return
         timing = self._timings.get(call.version)
         if timing is None:
             timing = self._timings.setdefault(call.version, _Timing())
-        if inline:
-            if seconds > self.threshold * INLINE_RECHECK_FACTOR:
-                timing.inline, timing.runs, timing.worst = False, 0, 0.0
+        if inline and seconds > self.threshold * INLINE_LIMIT_FACTOR:
+            timing.inline = False
+            timing.samples = []
             return
-        timing.runs += 1
-        timing.worst = max(timing.worst, seconds)
-        if timing.runs >= INLINE_SAMPLES:
-            timing.inline = timing.worst < self.threshold
-            timing.runs, timing.worst = 0, 0.0
+        samples = timing.samples
+        samples.append(seconds)
+        if len(samples) >= INLINE_SAMPLES:
+            timing.samples = []
+            timing.inline = statistics.median(samples) < self.threshold
 
 
 class InferenceService:
@@ -338,12 +341,13 @@ class InferenceService:
     ) -> T:
         """Decode, predict, encode; the queue and compute metrics, timed for the gate."""
         began = time.monotonic()
+        cpu = time.thread_time()
         self.metrics.observe_queue(call.version.model, began - queued)
         outputs = backend.predict(codec.decode(call), call.signature_name)
         result = codec.encode(call, outputs)
         seconds = time.monotonic() - began
         self.metrics.observe_compute(call.version.model, seconds)
-        self.inline.timed(call, seconds, inline)
+        self.inline.timed(call, seconds if inline else time.thread_time() - cpu, inline)
         return result
 
     def _work(

@@ -117,10 +117,11 @@ class ServerSettings(BaseSettings):
     max_queued_requests: int = Field(default=1000, ge=0)
     """Per model: requests waiting for a worker beyond this get 503 with Retry-After."""
     inline_predict_us: float = Field(default=0.0, ge=0, le=1000)
-    """Tiny models answer on the event loop, without the worker-thread hop, while their
-    last 32 runs (decode, predict, encode) each took under this many microseconds (50 is
-    a good value) and bodies are small (16 KiB); only ONNX Runtime, scikit-learn, XGBoost
-    and LightGBM models, which never block. 0 (the default): always a worker thread."""
+    """Tiny models answer on the event loop, without the worker-thread hop, while the
+    median of their runs (decode, predict, encode; re-checked every 32) is under this many
+    microseconds (50 is a good value) and bodies are small (16 KiB); only ONNX Runtime,
+    scikit-learn, XGBoost and LightGBM models, which never block. 0 (the default): always
+    a worker thread."""
     workers: int = Field(default=1, ge=1, le=64)
     """Server processes; each loads every model (memory grows with N)."""
     enable_batching: Bool = False
