@@ -19,7 +19,7 @@ status route and answered 404.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -75,10 +75,7 @@ class FastInference:
             reply = await handler(scope, receive)
         except StsError as exc:
             log_error(exc)
-            extra = [
-                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()
-            ]
-            await send_json(send, exc.status_code, {"error": exc.message}, extra)
+            await send_json(send, exc.status_code, {"error": exc.message}, _raw(exc.headers))
             return
         except ClientDisconnect:
             await send_json(send, 400, {"error": CLIENT_GONE}, [])
@@ -204,9 +201,7 @@ async def send_reply(send: Send, reply: Reply) -> None:
         (b"content-type", _media_type(reply.media_type)),
     ]
     if reply.headers:
-        headers += [
-            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()
-        ]
+        headers += _raw(reply.headers)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
 
@@ -222,6 +217,10 @@ async def send_json(
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _raw(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
 def _media_type(media_type: str) -> bytes:
