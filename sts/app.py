@@ -17,12 +17,14 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from fastapi.telemetry import TelemetryConfig
 
 from sts import __version__
 from sts.api import codegen
 from sts.api import metrics as metrics_api
 from sts.api.docs import install_docs
 from sts.api.errors import install_error_handlers
+from sts.api.fast import FastInference
 from sts.api.limits import BodySizeLimit
 from sts.api.transport import HeadAsGet, ResponseCompression
 from sts.api.views import server_ready
@@ -46,6 +48,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sts")
 
 SETTINGS_ENV = "STS_SETTINGS_JSON"
+NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+}
 
 
 def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = None) -> FastAPI:
@@ -61,6 +69,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
         timeout=settings.request_timeout_seconds,
         max_queue=settings.max_queued_requests,
         metrics=metrics,
+        inline_seconds=settings.inline_predict_us / 1e6,
     )
     config_file = Path(settings.model_config_file) if settings.model_config_file else None
     watcher = Watcher(repository, settings.poll_seconds, config_file, settings.model_configs)
@@ -93,6 +102,9 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
         lifespan=lifespan,
         docs_url=None,  # install_docs serves both pages from local assets
         redoc_url=None,
+        # FastAPI's OpenTelemetry layer asks the global providers on every request
+        # (~3 % of a tiny model's event-loop time) and sts configures none.
+        telemetry=NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.repository = repository
@@ -112,8 +124,10 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     app.mount("/static", StaticFiles(directory=resource_dir("static")), name="static")
 
     # Added innermost first: RequestAccounting(HeadAsGet(ResponseCompression(BodySizeLimit(
-    # CORS(BasicAuth(app)))))). CORS answers preflights
+    # CORS(BasicAuth(FastInference(app))))))). CORS answers preflights
     # (which carry no credentials) and adds its headers to 401s, so browsers can read them.
+    # FastInference answers the inference routes ahead of the router, inside every layer.
+    app.add_middleware(FastInference, state=app.state)
     if authenticator is not None:
         exempt = HEALTH_PATHS if settings.auth_exempt_health else frozenset()
         app.add_middleware(BasicAuth, authenticator=authenticator, exempt=exempt, limiter=limiter)

@@ -70,6 +70,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "batching_parameters_file",
         "request_timeout_seconds",
         "max_queued_requests",
+        "inline_predict_us",
     ),
     "operations": (
         "debug",

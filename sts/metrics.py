@@ -128,6 +128,19 @@ class NullMetrics:
         pass
 
 
+class _ModelSeries:
+    """One model's label children of the per-model metrics, with their bound methods."""
+
+    __slots__ = ("compute_observe", "inflight_dec", "inflight_inc", "queue_observe")
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        inflight = metrics.inflight.labels(model)
+        self.inflight_inc: Callable[[], None] = inflight.inc
+        self.inflight_dec: Callable[[], None] = inflight.dec
+        self.queue_observe: Callable[[float], None] = metrics.queue.labels(model).observe
+        self.compute_observe: Callable[[float], None] = metrics.compute.labels(model).observe
+
+
 class Metrics:
     """The Prometheus metrics of one app (its own registry), and the dashboard's summary."""
 
@@ -177,28 +190,49 @@ class Metrics:
         self.registry.register(_RepositoryCollector(repository))
         self._recent: deque[tuple[float, str, float, bool]] = deque(maxlen=RECENT_MAX)
         self._lock = threading.Lock()
+        # Label children bound once per label set: `labels()` validates and locks on
+        # every call, a measurable cost per request on small models. Plain dicts: a
+        # lookup and an insert are each atomic under the GIL, and `labels()` returns the
+        # same child for the same values, so two threads binding one key agree.
+        self._counted: dict[tuple[str, str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
+        self._model_series: dict[str, _ModelSeries] = {}
+
+    def _series(self, model: str) -> _ModelSeries:
+        series = self._model_series.get(model)
+        if series is None:
+            series = self._model_series.setdefault(model, _ModelSeries(self, model))
+        return series
 
     def observe(self, model: str, version: str, protocol: str, status: int, seconds: float) -> None:
         observed = OBSERVED.get()
         if observed is not None:
             observed.seen = True
-        self.requests.labels(model, version, protocol, str(status)).inc()
-        self.latency.labels(model, protocol).observe(seconds)
+        key = (model, version, protocol, status)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self.requests.labels(model, version, protocol, str(status))
+            self._counted[key] = counter
+        counter.inc()
+        histogram = self._timed.get((model, protocol))
+        if histogram is None:
+            histogram = self._timed[model, protocol] = self.latency.labels(model, protocol)
+        histogram.observe(seconds)
         if protocol == CODEGEN:
             return
         with self._lock:
             self._recent.append((time.time(), model, seconds, status >= 400))
 
     def track_inflight(self, model: str) -> Callable[[], None]:
-        gauge = self.inflight.labels(model)
-        gauge.inc()
-        return gauge.dec
+        series = self._series(model)
+        series.inflight_inc()
+        return series.inflight_dec
 
     def observe_queue(self, model: str, seconds: float) -> None:
-        self.queue.labels(model).observe(seconds)
+        self._series(model).queue_observe(seconds)
 
     def observe_compute(self, model: str, seconds: float) -> None:
-        self.compute.labels(model).observe(seconds)
+        self._series(model).compute_observe(seconds)
 
     def observe_batch(self, model: str, rows: int, waits: list[float], seconds: float) -> None:
         self.batch_size.labels(model).observe(rows)

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import functools
 import os
+import statistics
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +73,69 @@ class Codec(ABC, Generic[T]):
         return error
 
 
+# Platforms whose predict is plain computation (no first-call tracing or compiling, no
+# I/O): the only ones `InlineGate` lets run on the event loop.
+INLINE_PLATFORMS = frozenset(
+    {"onnx", "pytorch_onnx", "sklearn", "scikitlearn", "xgboost", "lightgbm"}
+)
+# Runs timed per decision: a version's inline-or-not is decided again every this many runs.
+INLINE_SAMPLES = 32
+# One inline run slower than this many thresholds sends the version back at once.
+INLINE_LIMIT_FACTOR = 10.0
+# Transports call a request small (`infer(small=True)`) up to this many body bytes: its
+# decode and encode cost about what the timed runs cost.
+SMALL_REQUEST_BYTES = 16 * 1024
+
+
+class _Timing:
+    __slots__ = ("inline", "samples")
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []  # seconds of the runs since the last decision
+        self.inline = False
+
+
+class InlineGate:
+    """Decides, per model version, whether a small request runs on the event loop.
+
+    Every `INLINE_SAMPLES` runs (decode, predict, encode; requests of any size) the
+    version's timings are looked at again: it runs inline while their median is under
+    `threshold` seconds (wall time: a worker thread's waits for the interpreter lock
+    count, which keeps a loaded server in worker threads; `time.thread_time` would not
+    count them, but costs ~4 µs a call on this VM's kernel). One inline run over
+    `INLINE_LIMIT_FACTOR` thresholds sends the version back to worker threads at once.
+    Only platforms in `INLINE_PLATFORMS`; a threshold of 0 turns it off (the default)."""
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        self.threshold = threshold
+        self._timings: weakref.WeakKeyDictionary[ModelVersion, _Timing] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def allows(self, call: Call) -> bool:
+        if not self.threshold:
+            return False
+        timing = self._timings.get(call.version)
+        return timing is not None and timing.inline
+
+    def timed(self, call: Call, seconds: float, inline: bool) -> None:
+        """One run of `call` took `seconds` (on the event loop when `inline`)."""
+        if not self.threshold or call.config.platform not in INLINE_PLATFORMS:
+            return
+        timing = self._timings.get(call.version)
+        if timing is None:
+            timing = self._timings.setdefault(call.version, _Timing())
+        if inline and seconds > self.threshold * INLINE_LIMIT_FACTOR:
+            timing.inline = False
+            timing.samples = []
+            return
+        samples = timing.samples
+        samples.append(seconds)
+        if len(samples) >= INLINE_SAMPLES:
+            timing.samples = []
+            timing.inline = statistics.median(samples) < self.threshold
+
+
 class InferenceService:
     """Runs predictions in a thread pool, with per-model limits on how many run at once and
     how many may wait, a deadline per request, optional dynamic batching, and metrics.
@@ -86,8 +151,10 @@ class InferenceService:
         timeout: float = 0.0,
         max_queue: int = 1000,
         metrics: RequestMetrics | None = None,
+        inline_seconds: float = 0.0,
     ) -> None:
         self.repository = repository
+        self.inline = InlineGate(inline_seconds)
         self.default_concurrency = default_concurrency or os.cpu_count() or 1
         self.timeout = timeout
         self.max_queue = max_queue
@@ -143,16 +210,19 @@ class InferenceService:
         version: int | str | None,
         codec: Codec[T],
         protocol: str = "sts",
+        small: bool = False,
     ) -> T:
         """Lease the version (a number, a label, or None for the latest), then decode,
         predict and encode in a worker thread (with a batch of other requests when the
-        model batches). Errors are `StsError`s, worded by `codec.reword`."""
-        loop = asyncio.get_running_loop()
+        model batches). `small`: the transport vouches that the request body is small
+        (`SMALL_REQUEST_BYTES`), so it may run on the event loop when the model's measured
+        time allows (`InlineGate`). Errors are `StsError`s, worded by `codec.reword`."""
+        loop = asyncio.get_running_loop()  # once: it calls getpid() on Python 3.11
         started = loop.time()
         labels = [UNKNOWN_MODEL, ""]  # model and version, once known
         status = 200
         try:
-            return await self._infer(model, version, codec, labels)
+            return await self._infer(loop, started, model, version, codec, labels, small)
         except StsError as exc:
             error = codec.reword(exc)
             status = error.status_code
@@ -173,10 +243,16 @@ class InferenceService:
             self.metrics.observe(labels[0], labels[1], protocol, status, loop.time() - started)
 
     async def _infer(
-        self, model: str, version: int | str | None, codec: Codec[T], labels: list[str]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        started: float,
+        model: str,
+        version: int | str | None,
+        codec: Codec[T],
+        labels: list[str],
+        small: bool,
     ) -> T:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout if self.timeout else None
+        deadline = started + self.timeout if self.timeout else None
         held = contextlib.ExitStack()  # the in-flight gauge and the worker slot
         lease = contextlib.ExitStack()  # the version, handed to the thread once it is scheduled
         try:
@@ -187,28 +263,23 @@ class InferenceService:
             config = self.repository.model(leased.model).config
             call = Call(leased, name, signature, config)
             batching = config.batching
-            if batching is not None:
-                future = await self._batched(call, codec, batching)
-            else:
-                future = await self._direct(call, codec, lease, held, deadline)
+            if batching is None:
+                return await self._direct(loop, call, codec, lease, held, deadline, small)
+            future = await self._batched(call, codec, batching)
         except BaseException:
-            held.close()
+            held.close()  # both empty once handed to a worker thread
             lease.close()
             raise
         try:
             result: T = await asyncio.wait_for(asyncio.shield(future), _left(loop, deadline))
         except (TimeoutError, asyncio.CancelledError) as exc:
-            # The thread cannot be stopped: its slot stays taken until it ends, and it (or,
-            # batched, the batch) holds the version itself. A request still waiting to be
-            # batched leaves its queue instead of running for nobody.
-            if batching is not None:
-                future.cancel()
+            # The batch cannot be stopped: its slot stays taken until it ends, and the
+            # batch holds the version itself. A request still waiting to be batched leaves
+            # its queue instead of running for nobody.
+            future.cancel()
             self._release_when_done(future, held)
             if isinstance(exc, TimeoutError):
-                raise GatewayTimeout(
-                    f"model '{leased.model}' did not answer within {self.timeout:g} s "
-                    "(--request_timeout_seconds)"
-                ) from None
+                raise self._late(leased.model) from None
             raise
         except BaseException:
             held.close()
@@ -218,45 +289,107 @@ class InferenceService:
         held.close()
         return result
 
+    def _late(self, model: str) -> GatewayTimeout:
+        return GatewayTimeout(
+            f"model '{model}' did not answer within {self.timeout:g} s (--request_timeout_seconds)"
+        )
+
     async def _direct(
         self,
+        loop: asyncio.AbstractEventLoop,
         call: Call,
         codec: Codec[T],
         lease: contextlib.ExitStack,
         held: contextlib.ExitStack,
         deadline: float | None,
-    ) -> asyncio.Future[T]:
-        """Wait for one of the model's worker slots (`held` releases it), then decode,
-        predict and encode in a worker thread that owns the version from then on."""
-        loop = asyncio.get_running_loop()
+        small: bool,
+    ) -> T:
+        """Wait for one of the model's worker slots, then decode, predict and encode in a
+        worker thread that owns the version and the slot from then on: it lets go of
+        both when it ends, also when the caller has given up (deadline, disconnect)."""
         leased = call.version
         backend = leased.backend
         if backend is None:  # cannot happen while leased; keeps the types honest
             raise BackendError(f"model '{leased.model}' version {leased.version} is not loaded")
-        queued = loop.time()
+        queued = time.monotonic()
         limit = self._limit(leased)
-        await self._acquire(limit, leased, _left(loop, deadline))
+        if limit.locked():
+            await self._acquire(limit, leased, _left(loop, deadline))
+        else:
+            await limit.acquire()  # free: returns without suspending
         held.callback(limit.release)
-        self.metrics.observe_queue(leased.model, loop.time() - queued)
-        # From here the thread owns the version; the caller's `lease` is empty.
-        return loop.run_in_executor(
-            self._executor, self._work, call, codec, backend, lease.pop_all()
+        if small and self.inline.allows(call):
+            return self._inline(call, codec, backend, lease, held, queued)
+        # From here the thread owns the version and the slot; the caller's stacks are empty.
+        future: asyncio.Future[T] = loop.create_future()
+        self._executor.submit(
+            self._work, loop, future, call, codec, backend, lease.pop_all(), held.pop_all(), queued
         )
+        if deadline is None:
+            return await future
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await future
+        except TimeoutError:
+            if future.cancelled():  # the deadline, not an error of the model
+                raise self._late(leased.model) from None
+            raise
+
+    def _run(
+        self, call: Call, codec: Codec[T], backend: Backend[Any], queued: float, inline: bool
+    ) -> T:
+        """Decode, predict, encode; the queue and compute metrics, timed for the gate."""
+        began = time.monotonic()
+        self.metrics.observe_queue(call.version.model, began - queued)
+        outputs = backend.predict(codec.decode(call), call.signature_name)
+        result = codec.encode(call, outputs)
+        seconds = time.monotonic() - began
+        self.metrics.observe_compute(call.version.model, seconds)
+        self.inline.timed(call, seconds, inline)
+        return result
 
     def _work(
-        self, call: Call, codec: Codec[T], backend: Backend[Any], owned: contextlib.ExitStack
-    ) -> T:
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[T],
+        call: Call,
+        codec: Codec[T],
+        backend: Backend[Any],
+        owned: contextlib.ExitStack,
+        held: contextlib.ExitStack,
+        queued: float,
+    ) -> None:
         # The thread lets go of the version itself: a caller that gives up (times out,
         # disconnects) cannot get it unloaded under the thread, even when the event loop
         # is gone by the time the thread ends.
+        result: T | None = None
+        error: BaseException | None = None
         try:
-            began = time.perf_counter()
-            outputs = backend.predict(codec.decode(call), call.signature_name)
-            result = codec.encode(call, outputs)
-            self.metrics.observe_compute(call.version.model, time.perf_counter() - began)
-            return result
+            result = self._run(call, codec, backend, queued, False)
+        except BaseException as exc:
+            error = exc
         finally:
             owned.close()
+        try:
+            loop.call_soon_threadsafe(_settle, future, held, result, error)
+        except RuntimeError:  # the loop is closed: nobody waits, the slot goes with it
+            held.close()
+
+    def _inline(
+        self,
+        call: Call,
+        codec: Codec[T],
+        backend: Backend[Any],
+        lease: contextlib.ExitStack,
+        held: contextlib.ExitStack,
+        queued: float,
+    ) -> T:
+        """Decode, predict and encode on the event loop (`InlineGate` allowed it)."""
+        try:
+            return self._run(call, codec, backend, queued, True)
+        finally:
+            lease.close()
+            held.close()
 
     async def _batched(
         self, call: Call, codec: Codec[T], options: BatchingOptions
@@ -285,6 +418,23 @@ class InferenceService:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _settle(
+    future: asyncio.Future[T],
+    held: contextlib.ExitStack,
+    result: T | None,
+    error: BaseException | None,
+) -> None:
+    """On the event loop once a worker thread is done: free the slot, hand the answer to
+    the caller unless it gave up (then the error, if any, goes nowhere)."""
+    held.close()
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
 
 
 def _left(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:

@@ -55,8 +55,9 @@ class RateLimitedLog:
 _expected = RateLimitedLog(logger)
 
 
-async def _sts_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StsError)
+def log_error(exc: StsError) -> None:
+    """Logs an error answered to a client: the expected ones rate limited, real failures
+    every time with their traceback. Shared by the handlers here and `sts.api.fast`."""
     status = exc.status_code
     if status < 500:
         _expected(logging.DEBUG, type(exc).__name__, exc.message)
@@ -65,7 +66,12 @@ async def _sts_error(_request: Request, exc: Exception) -> JSONResponse:
     else:
         # A real failure (a framework error, a bug): every one, with its traceback.
         logger.error("%s: %s", type(exc).__name__, exc.message, exc_info=exc)
-    return error_response(status, exc.message, headers=exc.headers or None)
+
+
+async def _sts_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StsError)
+    log_error(exc)
+    return error_response(exc.status_code, exc.message, headers=exc.headers or None)
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -80,10 +86,13 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, problems or "invalid request")
 
 
+CLIENT_GONE = "client disconnected"
+
+
 async def _client_gone(_request: Request, exc: Exception) -> JSONResponse:
     # The client closed the connection mid-body; nobody reads this answer.
     logger.debug("client disconnected before sending the whole body")
-    return error_response(400, "client disconnected")
+    return error_response(400, CLIENT_GONE)
 
 
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

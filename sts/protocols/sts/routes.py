@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.datastructures import UploadFile
+from starlette.datastructures import State, UploadFile
 from starlette.exceptions import HTTPException
 
-from sts.api.bodies import media_type, read_json_body
+from sts.api.bodies import Reply, media_type, read_json_body
 from sts.api.deps import RepositoryDep, SettingsDep
 from sts.api.schemas import STS_PREDICT
 from sts.api.views import server_ready
@@ -44,12 +46,21 @@ async def predict(request: Request) -> Response:
         model, version, signature = request_target(upload.fields)
         reply = await service.infer(model, version, UploadCodec(upload, settings, signature))
     else:
-        document = await read_json_body(request, kind)
-        model, version, codec = JsonCodec.from_document(
-            document, settings.max_image_pixels, settings.strict_json
-        )
-        reply = await service.infer(model, version, codec)
+        # `FastInference` answers JSON bodies ahead of this route: this is for the schema.
+        reply = await json_reply(request.app.state, await read_json_body(request, kind))
     return Response(reply.body, media_type=reply.media_type)
+
+
+async def json_reply(state: State, document: Any, small: bool = False) -> Reply:
+    """One JSON prediction (`document` parsed from the body), for the route above and
+    `sts.api.fast`; `small`: the body is at most `SMALL_REQUEST_BYTES`."""
+    service: InferenceService = state.service
+    settings: ServerSettings = state.settings
+    model, version, codec = JsonCodec.from_document(
+        document, settings.max_image_pixels, settings.strict_json
+    )
+    reply: Reply = await service.infer(model, version, codec, small=small)
+    return reply
 
 
 def is_image_upload(kind: str) -> bool:

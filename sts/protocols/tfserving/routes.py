@@ -7,10 +7,13 @@ existing clients work unchanged, for models of every backend.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.datastructures import State
 
-from sts.api.bodies import parse_body
+from sts.api.bodies import Reply, parse_body
 from sts.api.deps import RepositoryDep
 from sts.api.schemas import TFSERVING_INFER
 from sts.codecs import short
@@ -19,7 +22,7 @@ from sts.protocols.tfserving.codec import CODECS, parse_document
 from sts.protocols.tfserving.views import metadata_document, status_document
 from sts.protocols.tfserving.wording import in_tf_words, label_version
 from sts.repository import ModelRepository
-from sts.service import InferenceService
+from sts.service import SMALL_REQUEST_BYTES, InferenceService
 
 router = APIRouter(tags=["tensorflow serving"])
 # Registered after every other router: anything else under /v1/ is TF Serving's
@@ -30,12 +33,23 @@ _INT64_MAX = 2**63 - 1
 
 
 def _malformed(request: Request) -> InvalidInput:
-    return InvalidInput(f"Malformed request: {request.method} {short(request.url.path, 200)}")
+    return malformed(request.method, request.url.path)
+
+
+def malformed(method: str, path: str) -> InvalidInput:
+    """TF Serving's answer to a request it has no handler for (400)."""
+    return InvalidInput(f"Malformed request: {method} {short(path, 200)}")
 
 
 def _version_number(text: str, request: Request) -> int:
+    return version_number(text, request.method, request.url.path)
+
+
+def version_number(text: str, method: str, path: str) -> int:
+    """The version of a `/versions/{text}` path: a decimal int64, else 400 in TF Serving's
+    words."""
     if not (text.isascii() and text.isdigit()):
-        raise _malformed(request)
+        raise malformed(method, path)
     number = int(text)
     if number > _INT64_MAX:
         raise InvalidInput(f"Failed to convert version: {short(text)} to numeric.")
@@ -77,18 +91,37 @@ async def infer_label(model_name: str, label: str, method: str, request: Request
 async def _infer(
     request: Request, model: str, method: str, version: int | None, label: str | None = None
 ) -> Response:
+    reply = await infer_reply(
+        request.app.state, request.body, request.url.path, model, method, version, label
+    )
+    return Response(reply.body, media_type=reply.media_type)
+
+
+async def infer_reply(
+    state: State,
+    read_body: Callable[[], Awaitable[bytes]],
+    path: str,
+    model: str,
+    method: str,
+    version: int | None,
+    label: str | None = None,
+) -> Reply:
+    """One predict/classify/regress request, for the route above and `sts.api.fast`: the
+    method checked before the body is read (`read_body`), the label looked up, the body
+    parsed and handed to the service with the method's codec."""
     codec_class = CODECS.get(method.lower())
     if codec_class is None:
-        raise _malformed(request)
-    state = request.app.state
+        raise malformed("POST", path)
     service: InferenceService = state.service
     if label is not None:
         version = label_version(state.repository, model, label)
-    document = await parse_body(await request.body(), parse_document)
+    body = await read_body()
+    document = await parse_body(body, parse_document)
     settings = state.settings
     codec = codec_class(document, model, version, settings.max_image_pixels, settings.strict_json)
-    reply = await service.infer(model, version, codec, "tfserving")
-    return Response(reply.body, media_type=reply.media_type)
+    small = len(body) <= SMALL_REQUEST_BYTES
+    reply: Reply = await service.infer(model, version, codec, "tfserving", small)
+    return reply
 
 
 # ---------------------------------------------------------------- status
@@ -152,5 +185,5 @@ async def get_label_metadata(
     methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
     include_in_schema=False,
 )
-async def malformed(request: Request) -> Response:
+async def answer_malformed(request: Request) -> Response:
     raise _malformed(request)

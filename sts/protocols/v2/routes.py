@@ -10,9 +10,10 @@ from typing import Any
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.datastructures import State
 
 from sts import __version__
-from sts.api.bodies import parse_body
+from sts.api.bodies import Reply, parse_body
 from sts.api.deps import RepositoryDep, SettingsDep
 from sts.api.schemas import V2_INDEX, V2_INFER
 from sts.api.views import server_ready
@@ -21,7 +22,7 @@ from sts.errors import Forbidden, InvalidInput, StsError
 from sts.protocols.v2.codec import HEADER_LENGTH, V2Codec, parse_request, split_body
 from sts.protocols.v2.views import index_entries, metadata_document
 from sts.repository import ModelRepository
-from sts.service import InferenceService
+from sts.service import SMALL_REQUEST_BYTES, InferenceService
 
 router = APIRouter(tags=["kserve v2"])
 
@@ -110,13 +111,26 @@ async def infer_version(model_name: str, model_version: str, request: Request) -
 
 
 async def _infer(request: Request, model: str, version: str | None) -> Response:
-    state = request.app.state
+    body = await request.body()
+    reply = await infer_reply(
+        request.app.state, body, request.headers.get(HEADER_LENGTH), model, version
+    )
+    return Response(reply.body, media_type=reply.media_type, headers=reply.headers)
+
+
+async def infer_reply(
+    state: State, body: bytes, header_length: str | None, model: str, version: str | None
+) -> Reply:
+    """One inference request, for the routes above and `sts.api.fast`: `body` split at
+    `header_length` (the `Inference-Header-Content-Length` header, None for plain JSON),
+    its JSON parsed and handed to the service."""
     service: InferenceService = state.service
-    header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    header, binary = split_body(body, header_length)
     infer_request = await parse_body(header, parse_request)
     codec = V2Codec(infer_request, binary, state.settings.max_image_pixels)
-    reply = await service.infer(model, version, codec, "v2")
-    return Response(reply.body, media_type=reply.media_type, headers=reply.headers)
+    small = len(body) <= SMALL_REQUEST_BYTES
+    reply: Reply = await service.infer(model, version, codec, "v2", small)
+    return reply
 
 
 # ---------------------------------------------------------------- repository extension
