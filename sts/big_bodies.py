@@ -17,6 +17,7 @@ back to the system (`malloc_trim` on glibc).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import ctypes.util
@@ -154,9 +155,16 @@ class _Child:
         return document
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
+        """End the child: it leaves its loop when its input closes."""
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-        self.process.wait()
+            self.process.wait()
 
 
 def _read_exactly(stream: IO[bytes], size: int) -> bytearray:
@@ -208,6 +216,16 @@ def parse(body: bytes) -> Any:
     finally:
         _idle.put(child)
     return document
+
+
+@atexit.register
+def shutdown() -> None:
+    """End the idle parser processes (a later big body starts new ones)."""
+    global _started
+    with _lock:
+        while not _idle.empty():
+            _idle.get().close()
+            _started -= 1
 
 
 def trim() -> None:

@@ -83,10 +83,12 @@ def parse_json(body: bytes, binary_hint: str = BINARY_BODY_HINT) -> Any:
 def binary_body(body: bytes) -> str | None:
     """What a body that cannot be JSON text is ("a PNG image", "binary data (not UTF-8
     text)"), or None when it is text."""
-    kind = image_format(body[:4096]) if body[:1] not in (b"{", b"[", b" ") else None
+    head = body[:4096]
+    if head.lstrip()[:1] in (b"{", b"["):
+        return None  # JSON, maybe with binary data after it (v2 names that)
+    kind = image_format(head)
     if kind:
         return f"a {kind} image"
-    head = body[:4096]
     if b"\0" in head:
         return "binary data (it holds NUL bytes)"
     try:

@@ -160,9 +160,9 @@ def parse_request(header: bytes) -> InferRequest:
 def _header_hint(message: str, header: bytes) -> str:
     """A JSON error, and where the body looks like a JSON header followed by binary
     tensors sent without its length, the header to send."""
-    if message.startswith("invalid JSON") and "trailing" in message:
+    if message.startswith("invalid JSON"):
         end = _json_end(header)
-        if end is not None:
+        if end is not None and end < len(header.rstrip()):
             return (
                 f"{message}; the body looks like a JSON header of {end} bytes followed by "
                 f"{len(header) - end} bytes of binary data: send {HEADER_LENGTH}: {end}"
