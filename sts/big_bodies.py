@@ -40,6 +40,11 @@ MIN_ARRAY_ELEMENTS = 1024
 WORKERS = 2
 """Parser processes, started on the first big body; more big bodies at once queue."""
 
+CHILD_NICENESS = 10
+"""How much lower the parser processes' priority is than the server's."""
+MMAP_BYTES = 1024 * 1024
+"""Blocks this large or larger are mapped on their own (`return_big_blocks`)."""
+
 PARSE_HERE: Any = object()
 """`parse` could not parse the body in a child: parse it in this thread."""
 
@@ -53,19 +58,21 @@ _DTYPES = {"f8": np.dtype("<f8"), "i8": np.dtype("<i8"), "b1": np.dtype("bool")}
 def _arrays_of(document: Any) -> tuple[Any, list[tuple[list[Any], np.ndarray]]]:
     """The document with its big numeric arrays replaced by null, and (path, array) pairs."""
     found: list[tuple[list[Any], np.ndarray]] = []
+    return _walk(document, [], found), found
 
-    def walk(node: Any, path: list[Any]) -> Any:
-        if isinstance(node, dict):
-            return {key: walk(value, [*path, key]) for key, value in node.items()}
-        if isinstance(node, list):
-            array = _numeric(node)
-            if array is not None:
-                found.append((path, array))
-                return None
-            return [walk(value, [*path, index]) for index, value in enumerate(node)]
-        return node
 
-    return walk(document, []), found
+def _walk(node: Any, path: list[Any], found: list[tuple[list[Any], np.ndarray]]) -> Any:
+    # A plain function, not a closure calling itself: that would be a reference cycle
+    # keeping every array alive until the garbage collector runs.
+    if isinstance(node, dict):
+        return {key: _walk(value, [*path, key], found) for key, value in node.items()}
+    if isinstance(node, list):
+        array = _numeric(node)
+        if array is not None:
+            found.append((path, array))
+            return None
+        return [_walk(value, [*path, index], found) for index, value in enumerate(node)]
+    return node
 
 
 def _numeric(node: list[Any]) -> np.ndarray | None:
@@ -94,7 +101,12 @@ def _numeric(node: list[Any]) -> np.ndarray | None:
 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     """The child's loop: a body in, `{"document", "arrays"}` JSON and raw arrays out, or
-    `{"here": true}` when the parent should parse it itself."""
+    `{"here": true}` when the parent should parse it itself. The child runs at a lower
+    priority: on a server pinned to one core it then takes the core only while the event
+    loop has nothing to do."""
+    with contextlib.suppress(OSError):
+        os.nice(CHILD_NICENESS)
+    return_big_blocks()
     while True:
         head = stdin.read(_FRAME)
         if len(head) < _FRAME:
@@ -114,7 +126,8 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
             )
         except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecursionError):
             arrays, reply = [], b'{"here": true}'
-        chunks = [reply, *(np.ascontiguousarray(a, a.dtype.newbyteorder("<")) for _, a in arrays)]
+        chunks: list[Any] = [reply]
+        chunks += [np.ascontiguousarray(a, a.dtype.newbyteorder("<")) for _, a in arrays]
         for chunk in chunks:
             view = memoryview(chunk).cast("B")
             stdout.write(len(view).to_bytes(_FRAME, "little"))
@@ -138,7 +151,8 @@ class _Child:
 
     def parse(self, body: bytes) -> Any:
         stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None and stdout is not None
+        assert stdin is not None
+        assert stdout is not None
         stdin.write(len(body).to_bytes(_FRAME, "little"))
         stdin.write(body)
         stdin.flush()
@@ -203,6 +217,8 @@ def parse(body: bytes) -> Any:
     `PARSE_HERE`. Blocks the calling (worker) thread, not the interpreter."""
     global _started
     with _lock:
+        if not _started:
+            return_big_blocks()
         if _idle.empty() and _started < WORKERS:
             _started += 1
             _idle.put(_Child())
@@ -228,23 +244,36 @@ def shutdown() -> None:
             _started -= 1
 
 
+def return_big_blocks() -> None:
+    """Allocate blocks of `MMAP_BYTES` or more with their own mappings, so that they go back
+    to the system when freed (glibc otherwise raises this threshold to the largest block
+    freed so far, up to 32 MB, and keeps big bodies' buffers in its heaps)."""
+    if _libc is not None:
+        with contextlib.suppress(AttributeError):
+            _libc.mallopt(_M_MMAP_THRESHOLD, MMAP_BYTES)
+
+
 def trim() -> None:
     """Hand freed heap memory back to the system (glibc's `malloc_trim`; nothing elsewhere)."""
     if _malloc_trim is not None:
         _malloc_trim(0)
 
 
-def _find_malloc_trim() -> Any:
+def _find_libc() -> Any:
     name = ctypes.util.find_library("c")
     if not name or not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(name).malloc_trim
+        libc = ctypes.CDLL(name)
+        libc.malloc_trim  # noqa: B018 - glibc only (musl has none)
     except (OSError, AttributeError):
-        return None  # not glibc (musl has no malloc_trim)
+        return None
+    return libc
 
 
-_malloc_trim = _find_malloc_trim()
+_libc = _find_libc()
+_malloc_trim = None if _libc is None else _libc.malloc_trim
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sts.errors import InvalidInput
 from sts import big_bodies
+from sts.errors import InvalidInput
 from sts.images import ImageDecoding, image_format, layout_of
 from sts.signature import Signature, TensorSpec
 
@@ -31,7 +31,7 @@ def short(text: object, limit: int = 80) -> str:
 # What to tell a client whose body is an image or other binary data, per protocol.
 BINARY_BODY_HINT = (
     "post an image with its own content type (e.g. Content-Type: image/png) or as "
-    "multipart/form-data to POST /, or send JSON with the image as {\"b64\": ...}"
+    'multipart/form-data to POST /, or send JSON with the image as {"b64": ...}'
 )
 
 

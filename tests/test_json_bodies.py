@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,7 +57,8 @@ def error(response: Any, status: int = 400) -> str:
 def test_a_number_past_float64_is_kept_as_a_marker() -> None:
     document = parse_json(b'{"a": [1.5, 1e400, -1e999, NaN]}')
     values = document["a"]
-    assert values[0] == 1.5 and np.isnan(values[3])
+    assert values[0] == 1.5
+    assert np.isnan(values[3])
     assert [type(v) for v in values[1:3]] == [NonFiniteNumber, NonFiniteNumber]
     with pytest.raises(InvalidInput, match="input 'x': the number 1e400 is beyond the range"):
         to_array(values[:2], TensorSpec("x", "float64", (-1,)), "input 'x'")
@@ -67,7 +67,10 @@ def test_a_number_past_float64_is_kept_as_a_marker() -> None:
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        (V2, b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 1e400]}]}'),
+        (
+            V2,
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 1e400]}]}',
+        ),
         (TFS, b'{"instances": [[1.0, -1e400]]}'),
         (TFS, b'{"inputs": {"x": [[1.0, 1e400]]}}'),
         ("/", b'{"data": {"x": [[1e400, 1]]}}'),
@@ -77,7 +80,8 @@ def test_numbers_past_float64_are_refused_by_input(
     client: TestClient, path: str, body: bytes
 ) -> None:
     message = error(client.post(path, content=body))
-    assert "input 'x'" in message and "JSON has no infinities" in message
+    assert "input 'x'" in message
+    assert "JSON has no infinities" in message
     assert "e400 is beyond the range of float32" in message
 
 
@@ -196,7 +200,11 @@ def test_binary_data_without_a_binary_part_says_which_header_is_missing(
 @pytest.mark.parametrize(
     ("data", "shape", "expected"),
     [
-        ([[1, 2, 3], [4]], [2, 2], "shape [2, 2] but data holds ragged nested lists (rows of lengths [3, 1])"),
+        (
+            [[1, 2, 3], [4]],
+            [2, 2],
+            "shape [2, 2] but data holds ragged nested lists (rows of lengths [3, 1])",
+        ),
         ([[1, 2], [3, 4], [5, 6]], [2, 2], "shape [2, 2] but data is nested as [3, 2]"),
         ([[1, 2], [3, 4], [5, 6]], [2, 3], "shape [2, 3] but data is nested as [3, 2]"),
         ([[1, 2], 3], [2, 2], "ragged nested lists (rows of lengths [2, 'value'])"),
@@ -241,11 +249,15 @@ def test_a_big_body_comes_back_with_numpy_arrays(small_threshold: None) -> None:
     }
     parsed = parse_json(orjson.dumps(document))
     x, n, b, s, small, big_ints = (item["data"] for item in parsed["inputs"])
-    assert x.dtype == np.float64 and x.shape == (100, 200)
+    assert x.dtype == np.float64
+    assert x.shape == (100, 200)
     assert x.reshape(-1).tolist() == values  # every float exactly as sent
-    assert n.dtype == np.int64 and n.tolist() == list(range(2000))
-    assert b.dtype == np.bool_ and b.tolist() == [True, False] * 600
-    assert s == ["text"] * 2000 and small == [1.0, 2.0]  # strings and small lists stay lists
+    assert n.dtype == np.int64
+    assert n.tolist() == list(range(2000))
+    assert b.dtype == np.bool_
+    assert b.tolist() == [True, False] * 600
+    assert s == ["text"] * 2000
+    assert small == [1.0, 2.0]
     assert isinstance(big_ints, list)  # ints past 2**53 would be rounded as floats
     assert parsed["inputs"][0]["shape"] == [100, 200]
 

@@ -186,7 +186,7 @@ def _as_lists(value: Any) -> Any:
 # Where an image or other binary body should go instead of a JSON predict body.
 _BINARY_HINT = (
     ':predict takes JSON: send the image base64-encoded as {"instances": [{"b64": "..."}]} '
-    "with Content-Type: application/json (a string or image input takes {\"b64\"}), or "
+    'with Content-Type: application/json (a string or image input takes {"b64"}), or '
     "POST the raw image with its Content-Type (e.g. image/png) to POST /"
 )
 

@@ -110,7 +110,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
 
 # Where an image or other binary body should go instead of a v2 JSON body.
 _BINARY_HINT = (
-    "send the image as a BYTES input: in JSON as {\"b64\": ...} in \"data\", or as binary "
+    'send the image as a BYTES input: in JSON as {"b64": ...} in "data", or as binary '
     f"tensor data after a JSON header whose length is in {HEADER_LENGTH} "
     "(Content-Type: application/octet-stream); POST / takes a raw image/* body"
 )
