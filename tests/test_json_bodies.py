@@ -302,3 +302,15 @@ def test_big_bodies_through_every_protocol(client: TestClient, small_threshold: 
 
 def test_memory_is_handed_back() -> None:
     big_bodies.trim()  # glibc: malloc_trim; elsewhere nothing, and no error
+
+
+def test_big_examples_for_classify(small_threshold: None) -> None:
+    from sts.protocols.tfserving.example import decode_examples
+    from sts.protos import TF
+
+    document = parse_json(orjson.dumps({"examples": [{"x": [0.5] * 20_000, "n": [3] * 2000}]}))
+    assert isinstance(document["examples"][0]["x"], np.ndarray)
+    (serialized,) = decode_examples(document, "classify")
+    example = TF.Example.FromString(serialized)
+    assert list(example.features.feature["x"].float_list.value) == [0.5] * 20_000
+    assert list(example.features.feature["n"].int64_list.value) == [3] * 2000
