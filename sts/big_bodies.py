@@ -2,12 +2,13 @@
 interpreter (and with it every other request) for the second its parse takes.
 
 A body of `BIG_BODY_BYTES` or more goes to one of a few long-lived child processes
-(`python -m sts.big_bodies`, importing only orjson and numpy). The child parses it, turns
-every rectangular array of numbers (or booleans) with at least `MIN_ARRAY_ELEMENTS`
-elements into a numpy array, and sends back the rest of the document as JSON plus the
-arrays' raw bytes. Nothing is pickled either way: the frames are lengths, JSON and raw
-little-endian values (float64, int64 or bool), read with `np.frombuffer`. The parent
-thread waits on a pipe (the interpreter is free meanwhile) and only copies bytes.
+(`python -m sts.big_bodies`, importing only orjson, simdjson and numpy). The child parses
+it (numbers straight into numpy by `sts.json_tensors`), turns every other rectangular array
+of numbers (or booleans) with at least `MIN_ARRAY_ELEMENTS` elements into a numpy array,
+and sends back the rest of the document as JSON plus the arrays' raw bytes. Nothing is
+pickled either way: the frames are lengths, JSON and raw little-endian values (float64,
+int64 or bool), read with `np.frombuffer`. The parent thread waits on a pipe (the
+interpreter is free meanwhile) and only copies bytes.
 
 Whatever the child cannot say for sure (a body orjson refuses, numbers that need Python's
 parser, a child that died) is parsed in the calling thread as before (`PARSE_HERE`), so
@@ -31,6 +32,8 @@ from typing import IO, Any
 
 import numpy as np
 import orjson
+
+from sts import json_tensors
 
 BIG_BODY_BYTES = 4 * 1024 * 1024
 """Bodies this large or larger are parsed in a parser process (about 40 ms of parsing
@@ -66,6 +69,9 @@ def _walk(node: Any, path: list[Any], found: list[tuple[list[Any], np.ndarray]])
     # keeping every array alive until the garbage collector runs.
     if isinstance(node, dict):
         return {key: _walk(value, [*path, key], found) for key, value in node.items()}
+    if isinstance(node, np.ndarray):
+        found.append((path, node))
+        return None
     if isinstance(node, list):
         array = _numeric(node)
         if array is not None:
@@ -113,7 +119,11 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
             return
         body = stdin.read(int.from_bytes(head, "little"))
         try:
-            document, arrays = _arrays_of(orjson.loads(body))
+            parsed = json_tensors.parse(body)
+            if parsed is None:
+                parsed = orjson.loads(body)
+            document, arrays = _arrays_of(parsed)
+            del parsed
             del body
             reply = orjson.dumps(
                 {

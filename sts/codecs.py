@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sts import big_bodies
+from sts import big_bodies, json_tensors
 from sts.errors import InvalidInput
 from sts.images import ImageDecoding, image_format, layout_of
 from sts.signature import Signature, TensorSpec
@@ -54,10 +54,16 @@ def _float_or_marker(text: str) -> float | NonFiniteNumber:
     return value if math.isfinite(value) else NonFiniteNumber(text)
 
 
+SIMDJSON_BYTES = 16 * 1024
+"""Bodies this large or larger have their numeric arrays parsed straight into numpy
+(`sts.json_tensors`); below, orjson and lists cost less."""
+
+
 def parse_json(body: bytes, binary_hint: str = BINARY_BODY_HINT) -> Any:
     """Parse a request body; the NaN and Infinity literals (which Python clients send) are
     accepted, numbers beyond float64 (`1e400`) are kept as `NonFiniteNumber` so that the
-    input holding them is refused by name. Bodies of `BIG_BODY_BYTES` or more are parsed
+    input holding them is refused by name. Bodies of `SIMDJSON_BYTES` or more come back with
+    their big numeric arrays as float64 numpy arrays. Bodies of `BIG_BODY_BYTES` or more are parsed
     in a parser process (`sts.big_bodies`), numeric arrays coming back as numpy arrays.
     A body that is an image or binary data is refused saying so, with `binary_hint`."""
     if not body.strip():
@@ -65,6 +71,10 @@ def parse_json(body: bytes, binary_hint: str = BINARY_BODY_HINT) -> Any:
     if len(body) >= big_bodies.BIG_BODY_BYTES:
         document = big_bodies.parse(body)
         if document is not big_bodies.PARSE_HERE:
+            return document
+    elif len(body) >= SIMDJSON_BYTES:
+        document = json_tensors.parse(body)
+        if document is not None:
             return document
     try:
         return orjson.loads(body)

@@ -314,3 +314,44 @@ def test_big_examples_for_classify(small_threshold: None) -> None:
     example = TF.Example.FromString(serialized)
     assert list(example.features.feature["x"].float_list.value) == [0.5] * 20_000
     assert list(example.features.feature["n"].int64_list.value) == [3] * 2000
+
+
+# ---------------------------------------------------------------- numbers straight into numpy
+
+
+def test_numbers_go_straight_into_numpy() -> None:
+    from sts import json_tensors
+
+    values = np.random.default_rng(1).random((4, 3, 50)).tolist()
+    document = json_tensors.parse(orjson.dumps({"a": values, "n": list(range(300)), "s": "x"}))
+    assert document is not None
+    assert isinstance(document["a"], np.ndarray)
+    assert document["a"].shape == (4, 3, 50)
+    assert document["a"].tolist() == values  # every float exactly as sent
+    assert document["n"].dtype == np.int64
+    assert document["n"].tolist() == list(range(300))
+    assert document["s"] == "x"
+    ragged_same_count = [[1.0] * 100, [2.0] * 50, [3.0] * 150]  # 300 = 3 x 100 numbers
+    stays_lists: list[Any] = [
+        ragged_same_count,
+        [2**60 + 1, 1.5] * 150,  # the integers would be rounded as float64
+        [True] * 300,
+        [1.0] * 299 + [None],
+        [1.0] * 10,  # too small to be worth it
+    ]
+    for value in stays_lists:
+        parsed = json_tensors.parse(orjson.dumps({"v": value}))
+        assert parsed == {"v": value}
+    big_ints = json_tensors.parse(orjson.dumps({"v": [2**62 + 1] * 300}))["v"]
+    assert big_ints.dtype == np.int64
+    assert big_ints.tolist() == [2**62 + 1] * 300
+    assert json_tensors.parse(b'{"v": [NaN, 1.0]}') is None  # parsed as before
+    assert json_tensors.parse(b'{"v": [1e400]}') is None
+
+
+def test_ragged_rows_with_the_right_count_are_refused(client: TestClient) -> None:
+    rows = [[1.0, 2.0]] * 5000
+    rows[1] = [1.0]
+    rows[2] = [1.0, 2.0, 3.0]
+    r = client.post(V2, content=orjson.dumps(v2_body(rows, [5000, 2])))
+    assert "ragged nested lists (rows of lengths [2, 1, 3" in error(r)
