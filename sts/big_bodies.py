@@ -24,6 +24,7 @@ import ctypes
 import ctypes.util
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -112,6 +113,9 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     loop has nothing to do."""
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICENESS)
+    # Ctrl-C reaches the whole process group: the child ends when the server closes its
+    # input, not with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return_big_blocks()
     while True:
         head = stdin.read(_FRAME)
