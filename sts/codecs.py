@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from sts import big_bodies, json_tensors
 from sts.errors import InvalidInput
-from sts.images import ImageDecoding, layout_of
+from sts.images import ImageDecoding, image_format, layout_of
 from sts.signature import Signature, TensorSpec
 
 
@@ -27,19 +28,85 @@ def short(text: object, limit: int = 80) -> str:
     return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
-def parse_json(body: bytes) -> Any:
-    """Parse a request body; NaN and Infinity (which Python clients send) are accepted."""
+# What to tell a client whose body is an image or other binary data, per protocol.
+BINARY_BODY_HINT = (
+    "post an image with its own content type (e.g. Content-Type: image/png) or as "
+    'multipart/form-data to POST /, or send JSON with the image as {"b64": ...}'
+)
+
+
+class NonFiniteNumber:
+    """A JSON number too large for any float (`1e400`): JSON has no infinities, and
+    Python's parser would silently read it as one. Left in the document so that the input
+    holding it is named when it is converted."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _float_or_marker(text: str) -> float | NonFiniteNumber:
+    value = float(text)
+    return value if math.isfinite(value) else NonFiniteNumber(text)
+
+
+SIMDJSON_BYTES = 16 * 1024
+"""Bodies this large or larger have their numeric arrays parsed straight into numpy
+(`sts.json_tensors`); below, orjson and lists cost less."""
+
+
+def parse_json(body: bytes, binary_hint: str = BINARY_BODY_HINT) -> Any:
+    """Parse a request body; the NaN and Infinity literals (which Python clients send) are
+    accepted, numbers beyond float64 (`1e400`) are kept as `NonFiniteNumber` so that the
+    input holding them is refused by name. Bodies of `SIMDJSON_BYTES` or more come back with
+    their big numeric arrays as float64 numpy arrays. Bodies of `BIG_BODY_BYTES` or more are parsed
+    in a parser process (`sts.big_bodies`), numeric arrays coming back as numpy arrays.
+    A body that is an image or binary data is refused saying so, with `binary_hint`."""
     if not body.strip():
         raise InvalidInput("the request body is empty; send a JSON object")
+    if len(body) >= big_bodies.BIG_BODY_BYTES:
+        document = big_bodies.parse(body)
+        if document is not big_bodies.PARSE_HERE:
+            return document
+    elif len(body) >= SIMDJSON_BYTES:
+        document = json_tensors.parse(body)
+        if document is not None:
+            return document
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         first_error = str(exc)
-    # Slow path only for what orjson refuses: the NaN/Infinity literals.
+    binary = binary_body(body)
+    if binary:
+        raise InvalidInput(f"the body is {binary}, not JSON; {binary_hint}")
+    # Slow path only for what orjson refuses: the NaN/Infinity literals, numbers past float64.
     try:
-        return json.loads(body)
+        return json.loads(body, parse_float=_float_or_marker)
     except (ValueError, RecursionError):
         raise InvalidInput(f"invalid JSON: {first_error}") from None
+
+
+def binary_body(body: bytes) -> str | None:
+    """What a body that cannot be JSON text is ("a PNG image", "binary data (not UTF-8
+    text)"), or None when it is text."""
+    head = body[:4096]
+    if head.lstrip()[:1] in (b"{", b"["):
+        return None  # JSON, maybe with binary data after it (v2 names that)
+    kind = image_format(head)
+    if kind:
+        return f"a {kind} image"
+    if b"\0" in head:
+        return "binary data (it holds NUL bytes)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not merely a character cut at the 4096th byte
+            return "binary data (not UTF-8 text)"
+    return None
 
 
 # ---------------------------------------------------------------- JSON -> numpy
@@ -101,6 +168,14 @@ def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
             raise InvalidInput(
                 f'{what}: {{"b64": ...}} values need a string or image input; this one is '
                 f"{spec.dtype} {spec.describe_shape()}"
+            )
+        huge = next((item for item in array.flat if isinstance(item, NonFiniteNumber)), None)
+        if huge is not None:
+            raise InvalidInput(
+                f"{what}: the number {short(huge.text, 40)} is beyond the range of "
+                f"{spec.dtype} (and of float64); JSON has no infinities, so send finite "
+                "numbers (the literals Infinity and NaN are read where a float is meant "
+                "to be infinite or missing)"
             )
         null = next((index for index, item in np.ndenumerate(array) if item is None), None)
         if null is not None:
@@ -216,6 +291,8 @@ def _walk_strings(
                 f"{what}: nested lists are ragged; every row must have the same length"
             )
         return (len(value), *shapes.pop())
+    if isinstance(value, np.ndarray):  # numbers of a big body, parsed into numpy
+        raise InvalidInput(f'{what}: expected strings (or {{"b64": ...}}), got numbers')
     if isinstance(value, str):
         if base64_strings:
             leaves.append(decode_b64(value, what, field="string value (base64_decode)"))

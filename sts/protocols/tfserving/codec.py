@@ -15,7 +15,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sts.api.bodies import Reply
-from sts.codecs import dumps, has_b64, is_b64_object, jsonable, parse_json, to_array
+from sts.codecs import (
+    NonFiniteNumber,
+    dumps,
+    has_b64,
+    is_b64_object,
+    jsonable,
+    parse_json,
+    to_array,
+)
 from sts.errors import InvalidInput, StsError
 from sts.images import ImageDecoding
 from sts.protocols.tfserving.example import decode_examples
@@ -49,6 +57,8 @@ def _dense_shape(value: Any) -> list[int]:
 
 
 def _leaf_error(value: Any, spec: TensorSpec) -> str | None:
+    if isinstance(value, NonFiniteNumber):
+        return None  # beyond TF Serving's rules (its parser refuses it): sts's words
     kind = spec.dt.numpy.kind
     if isinstance(value, dict):
         if kind in "OSU" and is_b64_object(value):
@@ -147,6 +157,7 @@ def _tensor(
     except InvalidInput as exc:
         if images is not None and has_b64(value):
             raise  # an image problem, already worded for images
+        value = _as_lists(value)
         if columnar:
             problem = explain(value, spec)
             if problem:
@@ -158,7 +169,26 @@ def _tensor(
         raise InvalidInput(problem) from exc
 
 
+def _as_lists(value: Any) -> Any:
+    """`value` with the numpy arrays a big body is parsed into as lists, for the walks
+    that word errors."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list):
+        return [_as_lists(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_lists(item) for key, item in value.items()}
+    return value
+
+
 # ---------------------------------------------------------------- predict
+
+# Where an image or other binary body should go instead of a JSON predict body.
+_BINARY_HINT = (
+    ':predict takes JSON: send the image base64-encoded as {"instances": [{"b64": "..."}]} '
+    'with Content-Type: application/json (a string or image input takes {"b64"}), or '
+    "POST the raw image with its Content-Type (e.g. image/png) to POST /"
+)
 
 
 def parse_document(body: bytes) -> Any:
@@ -166,7 +196,7 @@ def parse_document(body: bytes) -> Any:
     if not body.strip():
         raise InvalidInput("JSON Parse error: The document is empty")
     try:
-        return parse_json(body)
+        return parse_json(body, _BINARY_HINT)
     except InvalidInput as exc:
         message = exc.message.removeprefix("invalid JSON: ")
         raise InvalidInput(f"JSON Parse error: {message}") from None
@@ -204,6 +234,8 @@ def decode_predict(
 def _decode_instances(
     instances: Any, signature: Signature, images: ImageDecoding | None
 ) -> dict[str, np.ndarray]:
+    if isinstance(instances, np.ndarray) and instances.ndim:
+        instances = list(instances)  # a big body's rows, parsed straight into numpy
     if not isinstance(instances, list):
         raise InvalidInput("Expecting 'instances' to be an list/array")
     if not instances:

@@ -55,6 +55,8 @@ def serialize_example(value: Any) -> bytes:
 def _feature(name: str, content: Any, feature: Any) -> None:
     """Fill `feature` from one JSON value or list; an empty list leaves it without a kind,
     as TF Serving writes it."""
+    if isinstance(content, np.ndarray):
+        content = content.tolist()  # a big body's numbers, parsed into numpy (sts.big_bodies)
     items = content if isinstance(content, list) else [content]
     kind = ""
     values: list[Any] = []

@@ -9,6 +9,7 @@ back the same way when asked for (`binary_data` per output, `binary_data_output`
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from sts.service import Call, Codec
 from sts.signature import DTYPES, DType, Signature, TensorSpec, dtype_of
 
 V2_DTYPES: dict[str, DType] = {d.v2: d for d in DTYPES.values()}
+HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH_PREFIX = 4  # BYTES elements in binary: a little-endian uint32 length, then the bytes
 
 
@@ -77,18 +79,41 @@ class InferRequest:
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
-    """The JSON header and the binary part of a request body."""
+    """The JSON header and the binary part of a request body; a header length that is not
+    a number, runs past the body or does not end the JSON header is refused naming the
+    header, its value and the body's length."""
     if header_length is None:
         return body, memoryview(b"")
     text = header_length.strip()
     if not text.isdigit():
-        raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
+        raise InvalidInput(
+            f"{HEADER_LENGTH} must be a non-negative integer, the length in bytes of the "
+            f"JSON header at the start of the body; it is '{short(text, 40)}' (the body has "
+            f"{len(body)} bytes)"
+        )
     length = int(text)
     if length > len(body):
         raise InvalidInput(
-            f"Inference-Header-Content-Length is {length} but the body has {len(body)} bytes"
+            f"{HEADER_LENGTH} is {length} but the body has {len(body)} bytes; it must be "
+            "the length of the JSON header alone, which the binary tensor data follows"
         )
-    return body[:length], memoryview(body)[length:]
+    header = body[:length]
+    if not header.rstrip().endswith(b"}"):
+        end = header.rstrip()[-12:].decode("utf-8", "replace")
+        raise InvalidInput(
+            f"{HEADER_LENGTH} is {length}: the body's first {length} bytes "
+            f"(of {len(body)}) must be the whole JSON header, ending with '}}', but they end "
+            f"with {end!r}; send the exact length of the JSON header in bytes"
+        )
+    return header, memoryview(body)[length:]
+
+
+# Where an image or other binary body should go instead of a v2 JSON body.
+_BINARY_HINT = (
+    'send the image as a BYTES input: in JSON as {"b64": ...} in "data", or as binary '
+    f"tensor data after a JSON header whose length is in {HEADER_LENGTH} "
+    "(Content-Type: application/octet-stream); POST / takes a raw image/* body"
+)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -103,7 +128,10 @@ def _parameters(item: dict[str, Any], what: str) -> dict[str, Any]:
 
 def parse_request(header: bytes) -> InferRequest:
     """The JSON header of an inference request, checked for structure."""
-    document = _object(parse_json(header), "the inference request")
+    try:
+        document = _object(parse_json(header, _BINARY_HINT), "the inference request")
+    except InvalidInput as exc:
+        raise InvalidInput(_header_hint(exc.message, header)) from None
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput('"inputs" must be a non-empty list of tensors')
@@ -127,6 +155,28 @@ def parse_request(header: bytes) -> InferRequest:
         id=request_id,
         parameters=_parameters(document, "request"),
     )
+
+
+def _header_hint(message: str, header: bytes) -> str:
+    """A JSON error, and where the body looks like a JSON header followed by binary
+    tensors sent without its length, the header to send."""
+    if message.startswith("invalid JSON"):
+        end = _json_end(header)
+        if end is not None and end < len(header.rstrip()):
+            return (
+                f"{message}; the body looks like a JSON header of {end} bytes followed by "
+                f"{len(header) - end} bytes of binary data: send {HEADER_LENGTH}: {end}"
+            )
+    return message
+
+
+def _json_end(body: bytes) -> int | None:
+    """The length of the JSON object the body starts with, or None."""
+    try:
+        _, end = json.JSONDecoder().raw_decode(body[: 1 << 20].decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    return len(body[: 1 << 20].decode("utf-8", "replace")[:end].encode("utf-8"))
 
 
 def _parse_input(item: Any, index: int) -> InferInput:
@@ -193,9 +243,15 @@ def decode_inputs(
             if item.has_data:
                 raise InvalidInput(f"{what}: give either data or binary_data_size, not both")
             if offset + raw_size > len(binary):
+                missing = (
+                    f"; the body has no binary part: send the JSON header's length in "
+                    f"{HEADER_LENGTH}"
+                    if not len(binary)
+                    else ""
+                )
                 raise InvalidInput(
                     f"{what}: binary_data_size {raw_size} runs past the end of the body "
-                    f"({len(binary) - offset} bytes left)"
+                    f"({len(binary) - offset} bytes left){missing}"
                 )
             chunk = binary[offset : offset + raw_size]
             offset += raw_size
@@ -211,6 +267,22 @@ def decode_inputs(
             f"the body has {len(binary) - offset} bytes of binary data that no input claims"
         )
     return {name: arrays[name] for name in signature.inputs}
+
+
+def _ragged_rows(data: Any) -> list[Any] | None:
+    """The lengths of the rows at the first level where nested lists differ in length (a
+    value where a list should be shows as "value"), or None if they do not."""
+    level = [data]
+    while level and all(isinstance(node, list) for node in level):
+        lengths = [len(node) for node in level]
+        if len(set(lengths)) > 1:
+            return lengths[:10]
+        children = [child for node in level for child in node]
+        lists = [isinstance(child, list) for child in children]
+        if any(lists) and not all(lists):
+            return [len(c) if isinstance(c, list) else "value" for c in children[:10]]
+        level = children
+    return None
 
 
 def _element_count(item: InferInput) -> int:
@@ -236,10 +308,26 @@ def _from_json(
     item: InferInput, spec: TensorSpec, what: str, images: ImageDecoding | None
 ) -> np.ndarray:
     as_images = _check_datatype(item, spec, what)
-    if item.datatype == "BYTES":
-        flat = string_array(item.data, what).reshape(-1)
-    else:
-        flat = numeric_array(item.data, spec, what).reshape(-1)
+    try:
+        if item.datatype == "BYTES":
+            array = string_array(item.data, what)
+        else:
+            array = numeric_array(item.data, spec, what)
+    except InvalidInput:
+        rows = _ragged_rows(item.data)
+        if rows is None:
+            raise
+        raise InvalidInput(
+            f"{what}: shape {item.shape} but data holds ragged nested lists (rows of "
+            f"lengths {rows}); send data flat, in row-major order, or nested exactly as "
+            "the shape"
+        ) from None
+    if array.ndim > 1 and list(array.shape) != item.shape:
+        raise InvalidInput(
+            f"{what}: shape {item.shape} but data is nested as {list(array.shape)}; send "
+            "data flat, in row-major order, or nested exactly as the shape"
+        )
+    flat = array.reshape(-1)
     count = _element_count(item)
     if flat.size != count:
         raise InvalidInput(
@@ -373,8 +461,6 @@ def to_binary(array: np.ndarray, dt: DType, name: str) -> bytes:
 
 
 # ---------------------------------------------------------------- codec
-
-HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class V2Codec(Codec[Reply]):
