@@ -137,12 +137,14 @@ $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
 
 # MLServer, the bench's peer, pins its own FastAPI, gRPC and protobuf: its own environment,
 # with the ONNX Runtime version sts's environment has (benchmarks/mlserver_runtime.py).
+# uvloop < 0.22: with 0.22 MLServer 1.7.1's inference workers die at start (MLServer
+# issue 2286, "There is no current event loop"), so its default parallel_workers=1 fails.
 ML_VENV := .venv-mlserver
 MLSERVER_VERSION := 1.7.1
 
 $(ML_VENV)/.installed: | $(VENV)/.bench-installed
 	$(PYTHON) -m venv $(ML_VENV)
-	$(UV) pip install --quiet --python $(ML_VENV)/bin/python 'mlserver==$(MLSERVER_VERSION)' \
+	$(UV) pip install --quiet --python $(ML_VENV)/bin/python 'mlserver==$(MLSERVER_VERSION)' 'uvloop<0.22' \
 		"onnxruntime==$$($(BIN)/python -c 'import onnxruntime; print(onnxruntime.__version__)')"
 	touch $@
 
