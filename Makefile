@@ -41,14 +41,15 @@ MISSING_JAVA := $(if $(or $(JAVA_HOME),$(shell command -v java)),,default-jre-he
 MISSING_TOOLS := $(strip $(if $(shell command -v go),,golang-go) $(if $(shell command -v node),,nodejs) $(if $(shell command -v curl),,curl) $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(shell command -v strace),,strace) $(if $(shell command -v ip),,iproute2) $(MISSING_JAVA))
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help serve serve-mxnet test test-main test-mxnet lint tools java bench soak examples protos clean
+.PHONY: help serve serve-mxnet test test-main test-mxnet lint tools java bench bench-quick soak examples protos clean
 
 help:
 	@echo "make serve     install and serve examples/models on $(HOST):$(PORT) (make serve HOST=0.0.0.0 PORT=9000)"
 	@echo "make serve-mxnet  the same in the MXNet environment (.venv-mx, numpy < 1.24)"
 	@echo "make test      install everything, lint, and run the whole test suite (both environments)"
 	@echo "make lint      ruff and mypy"
-	@echo "make bench     throughput and latency against the runtime in-process (a few minutes)"
+	@echo "make bench     sts against MLServer, bare FastAPI and the runtime in-process (~15 min)"
+	@echo "make bench-quick  the headline ratios only (<= 2 minutes)"
 	@echo "make soak      the bench, then 10 minutes of load with a reload every 30 s"
 	@echo "make examples  retrain the example models (outputs are committed)"
 	@echo "make protos    regenerate sts/protos/descriptors.binpb (the gRPC schemas)"
@@ -134,14 +135,37 @@ $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
 	$(UV_INSTALL) -e '.[onnx,tensorflow,torch,sklearn,xgboost,lightgbm,tabular-convert,optimize,test,dev,bench]'
 	touch $@
 
-bench: $(VENV)/.bench-installed $(MX_VENV)/.test-installed
-	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
+# MLServer, the bench's peer, pins its own FastAPI, gRPC and protobuf: its own environment,
+# with the ONNX Runtime version sts's environment has (benchmarks/mlserver_runtime.py).
+# uvloop < 0.22: with 0.22 MLServer 1.7.1's inference workers die at start (MLServer
+# issue 2286, "There is no current event loop"), so its default parallel_workers=1 fails.
+ML_VENV := .venv-mlserver
+MLSERVER_VERSION := 1.7.1
+
+$(ML_VENV)/.installed: | $(VENV)/.bench-installed
+	$(PYTHON) -m venv $(ML_VENV)
+	$(UV) pip install --quiet --python $(ML_VENV)/bin/python 'mlserver==$(MLSERVER_VERSION)' 'uvloop<0.22' \
+		"onnxruntime==$$($(BIN)/python -c 'import onnxruntime; print(onnxruntime.__version__)')"
+	touch $@
+
+WRK := command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
+
+# The whole bench (~15 minutes): the headline points of issues 18 and 22 against MLServer,
+# a bare FastAPI endpoint and the in-process floor, every earlier scenario, loading while
+# serving, start-up of the example set, big bodies, then the tabular and MXNet benches.
+bench: $(VENV)/.bench-installed $(ML_VENV)/.installed $(MX_VENV)/.test-installed java
+	@$(WRK)
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_tabular.py
 	$(MX_BIN)/python benchmarks/bench_mxnet.py
 
-soak: $(VENV)/.bench-installed
-	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
+# The headline ratios only (<= 2 minutes), for development.
+bench-quick: $(VENV)/.bench-installed $(ML_VENV)/.installed
+	@$(WRK)
+	$(BIN)/python benchmarks/bench.py --quick
+
+soak: $(VENV)/.bench-installed $(ML_VENV)/.installed
+	@$(WRK)
 	$(BIN)/python benchmarks/bench.py --seconds 2 --long 5 --soak 600
 
 examples: $(VENV)/.test-installed $(MX_VENV)/.test-installed java
@@ -156,4 +180,4 @@ protos: $(VENV)/.test-installed
 	$(BIN)/python -m sts.protos.generate
 
 clean:
-	rm -rf $(VENV) $(MX_VENV) $(TRITON_VENV) .pytest_cache .ruff_cache .mypy_cache dist build
+	rm -rf $(VENV) $(MX_VENV) $(TRITON_VENV) $(ML_VENV) .pytest_cache .ruff_cache .mypy_cache dist build

@@ -8,6 +8,10 @@ local length = os.getenv("HEADER_LENGTH")
 if length and length ~= "" then
   wrk.headers["Inference-Header-Content-Length"] = length
 end
+local authorization = os.getenv("AUTHORIZATION")
+if authorization and authorization ~= "" then
+  wrk.headers["Authorization"] = authorization
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors
