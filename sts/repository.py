@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,21 @@ logger = logging.getLogger("sts.repository")
 
 # How long an unload waits for in-flight requests before it frees the model anyway.
 UNLOAD_DRAIN_SECONDS = 300.0
+
+
+# The nice value (0-19) of the threads that load and warm up models: under contention
+# for the cores, threads serving requests come first (TF Serving's latency-aware loading).
+LOAD_NICENESS = 10
+
+
+def lower_priority() -> None:
+    """Lower the calling thread's CPU priority to LOAD_NICENESS (Linux: a thread is a task,
+    so `setpriority` on its native id touches only it; elsewhere, and where it is refused,
+    nothing changes). Threads it starts (a framework's pools) inherit the value."""
+    with contextlib.suppress(OSError, AttributeError):
+        native = threading.get_native_id()
+        if os.getpriority(os.PRIO_PROCESS, native) < LOAD_NICENESS:
+            os.setpriority(os.PRIO_PROCESS, native, LOAD_NICENESS)
 
 
 def check_configs(configs: Sequence[ModelConfig]) -> None:
@@ -124,7 +140,7 @@ class ModelRepository:
         self._unloaded: set[str] = set()  # taken out of service by `unload_model`
         self._loads = 0
         self._load_pool = ThreadPoolExecutor(
-            max_workers=load_workers, thread_name_prefix="sts-load"
+            max_workers=load_workers, thread_name_prefix="sts-load", initializer=lower_priority
         )
         self._unload_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sts-unload")
         self._unloads: list[Future[None]] = []
@@ -391,7 +407,9 @@ class ModelRepository:
             signatures = backend.signatures()
             default = backend.default_signature()
             # Before the version serves: a version that cannot answer never does.
+            warm_started = time.perf_counter()
             mv.warmup_requests = warm_up(backend, path, signatures, default, model.config.image)
+            mv.warmup_seconds = time.perf_counter() - warm_started
             if fingerprint(path) != before:
                 changed_while_loading = True
                 raise ModelLoadError(
@@ -419,7 +437,9 @@ class ModelRepository:
         mv.signatures = signatures
         mv.default_signature = default
         mv.fingerprint = before
-        mv.load_seconds = time.perf_counter() - started
+        # The framework's first import in this process is reported apart (import_seconds).
+        mv.import_seconds = backend.import_seconds
+        mv.load_seconds = time.perf_counter() - started - backend.import_seconds
         mv.loaded_at = time.time()
         return mv
 

@@ -68,6 +68,11 @@ class ModelVersion:
         self.rejected_fingerprint: Fingerprint | None = None
         self.loaded_at: float | None = None
         self.load_seconds: float | None = None
+        """Seconds to load and warm up, the framework's first import excluded."""
+        self.import_seconds = 0.0
+        """Seconds this load spent importing the framework first (0 once it was imported)."""
+        self.warmup_seconds = 0.0
+        """Of load_seconds: the warm-up requests."""
         self.warmup_requests = 0
         self._inflight = 0
         self._idle = threading.Condition()
@@ -116,9 +121,11 @@ class ModelVersion:
             "error": self.error,
             "path": str(self.path),
             "loaded_at": self.loaded_at,
+            # The model's own load and warm-up; the framework's first import in this
+            # process (seconds, before the load) apart.
             "load_seconds": self.load_seconds,
-            # Of load_seconds: the framework's first import in this process.
-            "import_seconds": backend.import_seconds if backend is not None else None,
+            "import_seconds": self.import_seconds if self.load_seconds is not None else None,
+            "warmup_seconds": self.warmup_seconds if self.load_seconds is not None else None,
             "warmup_requests": self.warmup_requests,
             "runtime": backend.runtime_info() if backend is not None else {},
         }

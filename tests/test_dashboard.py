@@ -252,7 +252,7 @@ def test_overview_reads_at_a_glance(server: LiveServer, page: Page) -> None:
     iris = page.locator("section.model[data-model='iris'] .path").inner_text()
     assert "· 2 versions ·" in digits
     assert "· 1 version ·" in iris
-    # Load times name a framework's first import when it was most of the time.
+    # Load times and a framework's first import are shown apart.
     statuses = [
         (m["model_name"], v)
         for m in httpx.get(server.url + "/v1/models").json()
@@ -265,7 +265,8 @@ def test_overview_reads_at_a_glance(server: LiveServer, page: Page) -> None:
         row = f"section.model[data-model='{name}'] tr[data-version='{status['version']}']"
         note = page.locator(f"{row} td.load .import")
         imported = status["import_seconds"] or 0
-        expected = status["load_seconds"] is not None and imported > status["load_seconds"] / 2
+        # The model's load time and the framework's first import are shown apart.
+        expected = status["load_seconds"] is not None and imported >= 0.05
         assert note.count() == (1 if expected else 0), (name, status)
         if expected:
             assert f"{imported:.1f} s importing" in note.first.inner_text()

@@ -45,18 +45,19 @@ _import_locks = {module: threading.Lock() for module in FRAMEWORK_MODULES.values
 _imported: set[str] = set()
 
 
-def import_framework(platform: str) -> float:
-    """Import the platform's framework if no backend has yet; the seconds it took, waiting
-    for another thread's import included (0.0 once imported, for an unknown platform, or
-    when the import fails: `load` then imports it again and names the problem)."""
-    module = FRAMEWORK_MODULES.get(platform)
+def import_framework(backend: type[Backend[Any]]) -> float:
+    """Import the backend's framework (`Backend.import_framework`) if no backend of its
+    platform has yet; the seconds it took, waiting for another thread's import included
+    (0.0 once imported, for a platform without an entry in FRAMEWORK_MODULES, or when
+    the import fails: `load` then imports it again and names the problem)."""
+    module = FRAMEWORK_MODULES.get(backend.platform)
     if module is None or module in _imported:
         return 0.0
     started = time.perf_counter()
     with _import_locks[module]:
         if module not in _imported:
             try:
-                importlib.import_module(module)
+                backend.import_framework()
             except Exception:
                 return 0.0
             _imported.add(module)
@@ -120,7 +121,7 @@ class Backend(ABC, Generic[OptionsT]):
     def __init__(self, path: Path, options: OptionsT) -> None:
         self.path = path
         self.options = options
-        self.import_seconds = import_framework(self.platform)
+        self.import_seconds = import_framework(type(self))
         """Seconds this backend spent importing its framework for the first time (else 0)."""
         self.signature: Signature | None = None
         """The one signature of a single-signature backend, set by `load`."""
@@ -185,6 +186,12 @@ class Backend(ABC, Generic[OptionsT]):
         if chosen not in versions:
             raise ConfigError(f"no version {chosen} under {base_path}; found {sorted(versions)}")
         return chosen, versions[chosen]
+
+    @classmethod
+    def import_framework(cls) -> None:
+        """Import the framework named for `platform` in FRAMEWORK_MODULES (ImportError);
+        a backend that imports it its own way (TensorFlow without Keras) overrides this."""
+        importlib.import_module(FRAMEWORK_MODULES[cls.platform])
 
     @classmethod
     def plan_process(cls, options: Sequence[OptionsT], names: Sequence[str]) -> None:

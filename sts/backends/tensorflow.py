@@ -17,14 +17,18 @@ added later that asks for different values fails to load with a message saying s
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.machinery
 import logging
 import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -137,19 +141,58 @@ _PROCESS = _ProcessSettings()
 _LIBRARIES = OpLibraries()  # tf.load_op_library registers ops for the whole process
 
 
+class _KerasDeferred(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Refuses `import keras` in the one thread that is importing TensorFlow.
+
+    `tensorflow/__init__.py` ends with an eager `import keras.src.optimizers` (for
+    registrations TF 2's own Keras needed, b/196254385), which imports all of Keras 3 and,
+    through its scikit-learn wrapper, scikit-learn: 4-5 s of CPU of the ~10 s that
+    `import tensorflow` takes here, under the GIL. TensorFlow catches the ImportError and
+    goes on; `tf.saved_model.load` and sessions need nothing from Keras 3, and `tf.keras`
+    stays a lazy module that imports Keras on first use. `importlib.util.find_spec`
+    (TensorFlow reads Keras's folder through it) still gets the real spec, and other
+    threads import Keras as usual."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "keras" or threading.get_ident() != self.thread:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None:
+            spec.loader = self
+        return spec
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        raise ImportError("keras is imported on first use of tf.keras, not with tensorflow")
+
+    def exec_module(self, module: ModuleType) -> None:  # never reached: create_module raises
+        raise ImportError("keras is imported on first use of tf.keras, not with tensorflow")
+
+
 def import_tensorflow() -> Any:
-    """The `tensorflow` module, quiet, or a ModelLoadError saying how to install it."""
+    """The `tensorflow` module, quiet, without Keras (`_KerasDeferred`), or a
+    ModelLoadError saying how to install it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # TF 1 SavedModels make absl log two INFO lines per load about fingerprints.
     absl = logging.getLogger("absl")
     if absl.level == logging.NOTSET:
         absl.setLevel(logging.WARNING)
+    deferred = None if "keras" in sys.modules or "tensorflow" in sys.modules else _KerasDeferred()
+    if deferred is not None:
+        sys.meta_path.insert(0, deferred)
     try:
         import tensorflow as tf
     except ImportError as exc:
         raise ModelLoadError(
             f"TensorFlow is not installed ({exc}); install sts[tensorflow]"
         ) from None
+    finally:
+        if deferred is not None:
+            sys.meta_path.remove(deferred)
     return tf
 
 
@@ -312,6 +355,10 @@ class TensorflowBackend(Backend[TensorflowOptions]):
     @classmethod
     def plan_process(cls, options: Sequence[TensorflowOptions], names: Sequence[str]) -> None:
         _PROCESS.plan(options, names)
+
+    @classmethod
+    def import_framework(cls) -> None:
+        import_tensorflow()
 
     def load(self) -> None:
         saved_model = _saved_model_file(self.path)
