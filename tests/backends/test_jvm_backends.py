@@ -410,6 +410,7 @@ def test_the_server_stops_gracefully_with_a_jvm_inside() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STFS_")}
     command = [str(BIN / "sts"), "--model_base_path", str(EXAMPLES / "iris_pmml")]
     command += ["--model_platform", "pmml", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--grpc_port", "0"]  # gRPC's default port may be taken on a shared machine
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
