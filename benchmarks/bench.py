@@ -1139,6 +1139,9 @@ def headline_table(document: dict[str, Any]) -> list[str]:
             versus = f"p50 +{row['p50_ms'] - floor['p50_ms']:.2f} ms"
         else:
             versus = f"{row['throughput'] / floor['throughput']:.0%} of {floor['throughput']:.0f}/s"
+            if row["cpu_us_per_request"] and floor["cpu_us_per_request"]:
+                share = floor["cpu_us_per_request"] / row["cpu_us_per_request"]
+                versus += f"; by CPU {share:.0%}"
         cpu = row["cpu_us_per_request"]
         errors = f" ({row['errors']} errors)" if row["errors"] else ""
         lines.append(
