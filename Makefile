@@ -48,7 +48,7 @@ help:
 	@echo "make serve-mxnet  the same in the MXNet environment (.venv-mx, numpy < 1.24)"
 	@echo "make test      install everything, lint, and run the whole test suite (both environments)"
 	@echo "make lint      ruff and mypy"
-	@echo "make bench     sts against MLServer, bare FastAPI and the runtime in-process (~15 min)"
+	@echo "make bench     sts against MLServer, bare FastAPI and the runtime in-process (~20 min)"
 	@echo "make bench-quick  the headline ratios only (<= 2 minutes)"
 	@echo "make soak      the bench, then 10 minutes of load with a reload every 30 s"
 	@echo "make examples  retrain the example models (outputs are committed)"
@@ -150,7 +150,7 @@ $(ML_VENV)/.installed: | $(VENV)/.bench-installed
 
 WRK := command -v wrk >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q wrk)
 
-# The whole bench (~15 minutes): the headline points of issues 18 and 22 against MLServer,
+# The whole bench (~20 minutes): the headline points of issues 18 and 22 against MLServer,
 # a bare FastAPI endpoint and the in-process floor, every earlier scenario, loading while
 # serving, start-up of the example set, big bodies, then the tabular and MXNet benches.
 bench: $(VENV)/.bench-installed $(ML_VENV)/.installed $(MX_VENV)/.test-installed java
