@@ -418,8 +418,8 @@ class ModelRepository:
                 model.versions[version] = mv
         logger.info("model %r: loading version %d from %s", model.name, version, path)
         before = fingerprint(path)
-        # The framework's first import in this process, timed apart from the load (and
-        # outside the short switch interval, which would only slow imports racing each other).
+        # The framework's first import in this process, timed apart from the load; imports
+        # race other threads' imports, not requests, so they keep the default interval.
         import_seconds = import_framework(model.backend_cls)
         started = time.perf_counter()
         backend: Backend[Any] | None = None
