@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,19 +104,27 @@ class Loader(threading.Thread):
             shutil.copytree(self.source, staging)
             started = time.perf_counter()
             staging.rename(self.base / str(self.version))
-            while self.version not in available(self.url, "heavy"):
-                time.sleep(0.05)
+            wait_for(lambda: self.version in available(self.url, "heavy"))
             self.seconds.append(time.perf_counter() - started)
-            old = self.base / str(self.version - 1)
-            while self.version - 1 in available(self.url, "heavy"):
-                time.sleep(0.05)
-            shutil.rmtree(old, ignore_errors=True)
+            wait_for(lambda: self.version - 1 not in available(self.url, "heavy"))
+            shutil.rmtree(self.base / str(self.version - 1), ignore_errors=True)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bench: gave up after {seconds:.0f} s")
+        time.sleep(0.05)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8, help="per window (default 8)")
     parser.add_argument("--rounds", type=int, default=3, help="steady+loading pairs (3)")
+    parser.add_argument(
+        "--compare", type=Path, help="another `sts` executable (an earlier checkout's) to run too"
+    )
     options = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench: wrk is not installed (make bench installs it)", file=sys.stderr)
@@ -130,15 +139,39 @@ def main() -> int:
         "model_config_list": [
             {"name": "iris", "base_path": str(ROOT / "examples/models/iris_logreg"),
              "platform": "onnx"},
-            {"name": "heavy", "base_path": str(base), "platform": "tensorflow"},
+            {"name": "heavy", "base_path": str(base), "platform": "tensorflow",
+             "version_policy": "latest"},
         ]
     }  # fmt: skip
     (work / "models.json").write_text(json.dumps(config))
+    body = json.dumps({"model_name": "iris", "data": {"features": [[5.1, 3.5, 1.4, 0.2]]}}).encode()
+    servers = {"sts": BIN / "sts"}
+    if options.compare is not None:
+        servers["compared"] = options.compare
+    results: dict[str, Any] = {}
+    for label, executable in servers.items():
+        shutil.rmtree(base)
+        base.mkdir()
+        shutil.copytree(source, base / "1")
+        print(f"{label}: {executable}")
+        results[label] = measure(executable, work, source, base, body, options)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"loading-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    machine = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    out.write_text(json.dumps({**results, **machine}, indent=2))
+    print(f"wrote {out}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure(
+    executable: Path, work: Path, source: Path, base: Path, body: bytes, options: Any
+) -> dict[str, Any]:
+    """Rounds of steady and loading windows against one server; the medians."""
     port = free_port()
-    command = [str(BIN / "sts"), "--model_config_file", str(work / "models.json"),
+    command = [str(executable), "--model_config_file", str(work / "models.json"),
                "--port", str(port), "--log_level", "warning",
                "--file_system_poll_wait_seconds", "0.2"]  # fmt: skip
-    body = json.dumps({"model_name": "iris", "data": {"features": [[5.1, 3.5, 1.4, 0.2]]}}).encode()
     rounds: list[dict[str, Any]] = []
     with serve(command, port) as (url, _pid):
         wrk(url + "/", body, "application/json", CONNECTIONS, 2)  # warm the path
@@ -153,7 +186,7 @@ def main() -> int:
             version = loader.version
             rounds.append({"steady": steady, "loading": loading, "loads": loader.seconds})
             print(
-                f"round {number + 1}: p99 steady {steady['p99_ms']:.2f} ms, while loading "
+                f"  round {number + 1}: p99 steady {steady['p99_ms']:.2f} ms, while loading "
                 f"{loading['p99_ms']:.2f} ms ({len(loader.seconds)} loads, "
                 f"{statistics.median(loader.seconds or [0]):.2f} s each); p50 "
                 f"{steady['p50_ms']:.2f} / {loading['p50_ms']:.2f} ms; errors "
@@ -163,17 +196,11 @@ def main() -> int:
     loading_p99 = statistics.median(r["loading"]["p99_ms"] for r in rounds)
     ratio = loading_p99 / steady_p99
     print(
-        f"\niris c={CONNECTIONS}: p99 steady {steady_p99:.2f} ms, while TF versions load "
+        f"  iris c={CONNECTIONS}: p99 steady {steady_p99:.2f} ms, while TF versions load "
         f"{loading_p99:.2f} ms: {ratio:.2f}x (goal <= 2x)"
     )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"loading-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    summary = {"steady_p99_ms": steady_p99, "loading_p99_ms": loading_p99, "ratio": ratio}
-    machine = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
-    out.write_text(json.dumps({**summary, **machine, "rounds": rounds}, indent=2))
-    print(f"wrote {out}")
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return {"steady_p99_ms": steady_p99, "loading_p99_ms": loading_p99, "ratio": ratio,
+            "rounds": rounds}  # fmt: skip
 
 
 if __name__ == "__main__":

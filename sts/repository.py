@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sts.backends.artefacts import platform_hint
-from sts.backends.base import Backend, backend_class
+from sts.backends.base import Backend, backend_class, import_framework
 from sts.errors import (
     ConfigError,
     InvalidInput,
@@ -47,19 +47,39 @@ logger = logging.getLogger("sts.repository")
 UNLOAD_DRAIN_SECONDS = 300.0
 
 
-# The nice value (0-19) of the threads that load and warm up models: under contention
-# for the cores, threads serving requests come first (TF Serving's latency-aware loading).
-LOAD_NICENESS = 10
+# The GIL switch interval while a model loads (seconds; Python's default is 0.005). A
+# load runs long stretches of Python (TensorFlow restoring and tracing functions, warm-up
+# requests) that hold the GIL; a serving thread asking for it waits up to one interval
+# each time, several times per request. A shorter interval while loads run bounds that
+# wait, at the cost of more switches; it is put back when the last load ends.
+LOAD_SWITCH_INTERVAL = 0.001
 
 
-def lower_priority() -> None:
-    """Lower the calling thread's CPU priority to LOAD_NICENESS (Linux: a thread is a task,
-    so `setpriority` on its native id touches only it; elsewhere, and where it is refused,
-    nothing changes). Threads it starts (a framework's pools) inherit the value."""
-    with contextlib.suppress(OSError, AttributeError):
-        native = threading.get_native_id()
-        if os.getpriority(os.PRIO_PROCESS, native) < LOAD_NICENESS:
-            os.setpriority(os.PRIO_PROCESS, native, LOAD_NICENESS)
+class _ShortSwitches:
+    """`sys.setswitchinterval(LOAD_SWITCH_INTERVAL)` while at least one load runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._saved = sys.getswitchinterval()
+
+    @contextlib.contextmanager
+    def during_load(self) -> Iterator[None]:
+        with self._lock:
+            if self._active == 0:
+                self._saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._saved, LOAD_SWITCH_INTERVAL))
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    sys.setswitchinterval(self._saved)
+
+
+_short_switches = _ShortSwitches()
 
 
 def check_configs(configs: Sequence[ModelConfig]) -> None:
@@ -140,7 +160,7 @@ class ModelRepository:
         self._unloaded: set[str] = set()  # taken out of service by `unload_model`
         self._loads = 0
         self._load_pool = ThreadPoolExecutor(
-            max_workers=load_workers, thread_name_prefix="sts-load", initializer=lower_priority
+            max_workers=load_workers, thread_name_prefix="sts-load"
         )
         self._unload_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sts-unload")
         self._unloads: list[Future[None]] = []
@@ -398,18 +418,22 @@ class ModelRepository:
                 model.versions[version] = mv
         logger.info("model %r: loading version %d from %s", model.name, version, path)
         before = fingerprint(path)
+        # The framework's first import in this process, timed apart from the load; imports
+        # race other threads' imports, not requests, so they keep the default interval.
+        import_seconds = import_framework(model.backend_cls)
         started = time.perf_counter()
         backend: Backend[Any] | None = None
         changed_while_loading = False
         try:
-            backend = model.backend_cls(path, model.options)
-            backend.load()
-            signatures = backend.signatures()
-            default = backend.default_signature()
-            # Before the version serves: a version that cannot answer never does.
-            warm_started = time.perf_counter()
-            mv.warmup_requests = warm_up(backend, path, signatures, default, model.config.image)
-            mv.warmup_seconds = time.perf_counter() - warm_started
+            with _short_switches.during_load():
+                backend = model.backend_cls(path, model.options)
+                backend.load()
+                signatures = backend.signatures()
+                default = backend.default_signature()
+                # Before the version serves: a version that cannot answer never does.
+                warm_started = time.perf_counter()
+                mv.warmup_requests = warm_up(backend, path, signatures, default, model.config.image)
+                mv.warmup_seconds = time.perf_counter() - warm_started
             if fingerprint(path) != before:
                 changed_while_loading = True
                 raise ModelLoadError(
@@ -437,9 +461,8 @@ class ModelRepository:
         mv.signatures = signatures
         mv.default_signature = default
         mv.fingerprint = before
-        # The framework's first import in this process is reported apart (import_seconds).
-        mv.import_seconds = backend.import_seconds
-        mv.load_seconds = time.perf_counter() - started - backend.import_seconds
+        mv.import_seconds = import_seconds
+        mv.load_seconds = time.perf_counter() - started
         mv.loaded_at = time.time()
         return mv
 

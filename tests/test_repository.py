@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,10 +13,10 @@ import pytest
 
 from sts.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, VersionNotFound
 from sts.model_config import VersionPolicy, load_model_config_file
-from sts.repository import ModelRepository
+from sts.repository import LOAD_SWITCH_INTERVAL, ModelRepository
 from sts.versions import VersionState
 from tests import fakes
-from tests.conftest import fake_config
+from tests.conftest import fake_config, wait_for
 
 
 def serving(repo: ModelRepository, name: str = "m") -> list[int]:
@@ -295,3 +296,25 @@ def test_unload_and_load_a_model(base: Path) -> None:
     with pytest.raises(ModelNotFound):
         repo.load_model("nope")
     repo.close()
+
+
+def test_loads_shorten_the_switch_interval_while_they_run(base: Path) -> None:
+    """A serving thread waits at most LOAD_SWITCH_INTERVAL for the GIL while a model loads;
+    the interval is put back when the last load ends."""
+    before = sys.getswitchinterval()
+    assert before > LOAD_SWITCH_INTERVAL
+    fakes.write_version(base, 1, load_delay=1.0)
+    repo = ModelRepository([fake_config("m", base)])
+    loader = threading.Thread(target=repo.load_all)
+    loader.start()
+    try:
+        wait_for(lambda: sys.getswitchinterval() == LOAD_SWITCH_INTERVAL, what="short interval")
+        assert repo.model("m").versions[1].state == VersionState.LOADING
+        loader.join()
+        assert sys.getswitchinterval() == before
+        status = repo.model("m").versions[1].status()
+        assert status["load_seconds"] >= 1.0
+        assert status["import_seconds"] == 0.0  # the fake backend imports no framework
+    finally:
+        loader.join()
+        repo.close()

@@ -163,3 +163,20 @@ def test_conflicting_session_options_stop_start_up(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "TensorFlow keeps allow_growth per process" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_tensorflow_is_imported_without_keras() -> None:
+    """sts skips the eager Keras 3 import at the end of `tensorflow/__init__.py` (seconds of
+    start-up); `tf.keras` still imports it on first use."""
+    script = (
+        "import sys, threading\n"
+        "from sts.backends.tensorflow import import_tensorflow\n"
+        "tf = import_tensorflow()\n"
+        "assert 'keras' not in sys.modules, 'keras was imported with tensorflow'\n"
+        "assert not any(type(f).__name__ == '_KerasDeferred' for f in sys.meta_path)\n"
+        "layer = tf.keras.layers.Dense(2)\n"
+        "print(layer(tf.zeros((1, 3))).shape)\n"
+    )
+    done = run(str(BIN / "python"), "-c", script, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("(1, 2)")
