@@ -360,6 +360,7 @@ def test_an_s3_model_serves_through_the_cli(s3: S3, tmp_path: Path) -> None:
             *(str(BIN / "sts"), "--model_base_path", f"s3://{bucket}/iris", "--model_name", "iris"),
             *("--model_platform", "onnx", "--port", str(port), "--host", "127.0.0.1"),
             *("--model_cache_dir", str(tmp_path / "cache")),
+            *("--grpc_port", "0"),  # the default 8001 may be taken on a shared machine
         ],
         env=env,
         stdout=subprocess.PIPE,
