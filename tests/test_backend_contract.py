@@ -120,6 +120,7 @@ class Case:
     refuses: frozenset[str]  # bad inputs ("dtype", "shape") the framework refuses
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # for shape-less specs
     available: Callable[[], bool] | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # the backend's, beyond defaults
 
 
 CASES = [
@@ -153,7 +154,16 @@ CASES = [
         available=_have_mxnet,
     ),
     # Named columns of one value per row; float64 is already what they take.
-    Case("h2o", "h2o", "java", _h2o, frozenset({"shape"}), available=_have_java),
+    # Any text goes to its categorical columns here: unknown levels score as missing.
+    Case(
+        "h2o",
+        "h2o",
+        "java",
+        _h2o,
+        frozenset({"shape"}),
+        available=_have_java,
+        options={"convert_unknown_categorical_levels_to_na": True},
+    ),
     Case("pmml", "pmml", "java", _pmml, frozenset({"shape"}), available=_have_java),
 ]
 
@@ -173,7 +183,7 @@ class Built:
     def load(self) -> Backend[Any]:
         versions = self.cls.discover_versions(self.base)
         assert sorted(versions) == [1], versions
-        backend = self.cls(versions[1], self.cls.options_class())
+        backend = self.cls(versions[1], self.cls.options_class(**self.case.options))
         backend.load()
         return backend
 
