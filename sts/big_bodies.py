@@ -14,11 +14,16 @@ Whatever the child cannot say for sure (a body orjson refuses, numbers that need
 parser, a child that died) is parsed in the calling thread as before (`PARSE_HERE`), so
 errors keep their wording. After a big body the parent and the child hand freed memory
 back to the system (`malloc_trim` on glibc).
+
+The children end with the server: on Linux they are killed when it dies, however it dies
+(`PR_SET_PDEATHSIG`); when it exits, idle ones close and busy ones are killed, and none
+starts after.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import ctypes
 import ctypes.util
@@ -154,14 +159,44 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
 # ---------------------------------------------------------------- the parent's side
 
 
+_PARENT_ENV = "STS_BIG_BODIES_PARENT"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """In a parser process: be killed when the server ends, however it ends (Linux's parent
+    death signal; elsewhere the child still ends when its input closes)."""
+    if _libc is not None:
+        with contextlib.suppress(AttributeError):
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    parent = os.environ.get(_PARENT_ENV)
+    if parent and os.getppid() != int(parent):
+        os._exit(0)  # the server ended before the signal was asked for
+
+
+# The parent death signal comes when the *thread* that started the child ends: children are
+# started by one thread that lives as long as the server, not by the (pruned) worker threads.
+_spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sts-big-bodies")
+
+
+def _start_process() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sts.big_bodies"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            _PARENT_ENV: str(os.getpid()),
+        },
+    )
+
+
 class _Child:
     def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sts.big_bodies"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-        )
+        self.process = _spawner.submit(_start_process).result()
+        _children.add(self)
 
     def parse(self, body: bytes) -> Any:
         stdin, stdout = self.process.stdin, self.process.stdout
@@ -184,6 +219,7 @@ class _Child:
 
     def close(self) -> None:
         """End the child: it leaves its loop when its input closes."""
+        _children.discard(self)
         for stream in (self.process.stdin, self.process.stdout):
             with contextlib.suppress(OSError):
                 if stream is not None:
@@ -221,8 +257,13 @@ def _put(document: Any, path: list[Any], value: np.ndarray) -> Any:
     return document
 
 
-_idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
+_idle: queue.SimpleQueue[_Child | None] = queue.SimpleQueue()
+"""Idle children; None once the server is ending (each waiter puts it back for the next)."""
+_children: set[_Child] = set()
+"""Every running child, idle or busy."""
 _started = 0
+_closing = threading.Event()
+"""Set once the server is ending: no parser process starts after."""
 _lock = threading.Lock()
 
 
@@ -231,31 +272,63 @@ def parse(body: bytes) -> Any:
     `PARSE_HERE`. Blocks the calling (worker) thread, not the interpreter."""
     global _started
     with _lock:
+        if _closing.is_set():
+            return PARSE_HERE
         if not _started:
             return_big_blocks()
         if _idle.empty() and _started < WORKERS:
+            try:
+                _idle.put(_Child())
+            except RuntimeError:  # the interpreter is ending: no new threads
+                _close_locked()
+                return PARSE_HERE
             _started += 1
-            _idle.put(_Child())
     child = _idle.get()
+    if child is None:
+        _idle.put(None)  # for the next waiter
+        return PARSE_HERE
     try:
         document = child.parse(body)
     except (OSError, EOFError, ValueError, KeyError, orjson.JSONDecodeError):
         child.close()
-        child = _Child()  # a fresh one for the next body; this one parses here
-        document = PARSE_HERE
-    finally:
+        document = PARSE_HERE  # this body is parsed here
+        with _lock:
+            if _closing.is_set():
+                return document  # no restarts once the server is ending
+            try:
+                child = _Child()  # a fresh one for the next body
+            except RuntimeError:
+                _close_locked()
+                return document
+    with _lock:
+        if _closing.is_set():
+            child.close()
+            return document
         _idle.put(child)
     return document
 
 
 @atexit.register
 def shutdown() -> None:
-    """End the idle parser processes (a later big body starts new ones)."""
-    global _started
+    """End every parser process: the idle ones close, the busy ones are killed (their
+    bodies are parsed in the server's threads, if it still waits for them). Big bodies
+    that come after are parsed in the calling thread."""
     with _lock:
-        while not _idle.empty():
-            _idle.get().close()
-            _started -= 1
+        _close_locked()
+
+
+def _close_locked() -> None:
+    global _started
+    _closing.set()
+    while not _idle.empty():
+        child = _idle.get()
+        if child is not None:
+            child.close()
+    for busy in list(_children):  # their threads see the pipe end and parse here
+        with contextlib.suppress(OSError):
+            busy.process.kill()
+    _started = 0
+    _idle.put(None)  # wakes the threads waiting for a child
 
 
 def return_big_blocks() -> None:
@@ -291,4 +364,5 @@ _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 if __name__ == "__main__":
+    die_with_parent()
     serve(sys.stdin.buffer, sys.stdout.buffer)
