@@ -4,8 +4,17 @@ into numpy arrays."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import io
 import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -355,3 +364,165 @@ def test_ragged_rows_with_the_right_count_are_refused(client: TestClient) -> Non
     rows[2] = [1.0, 2.0, 3.0]
     r = client.post(V2, content=orjson.dumps(v2_body(rows, [5000, 2])))
     assert "ragged nested lists (rows of lengths [2, 1, 3" in error(r)
+
+
+def _seconds(parse: Any, body: bytes) -> float:
+    best = float("inf")
+    for _ in range(5):  # the fastest of a few: a loaded machine slows some runs, not all
+        start = time.perf_counter()
+        parse(body)
+        best = min(best, time.perf_counter() - start)
+        if best > 1:
+            break
+    return best
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"instances": [[0.5, 1.5, 2.5, 3.5]] * 40_000},  # rectangular, nested
+        {"instances": [[0.5, 1.5, 2.5, 3.5]] * 39_999 + [[1.0]]},  # ragged
+        {"instances": [[0.5, 1.5, 2.5, [3.5]]] + [[0.5, 1.5, 2.5, 3.5]] * 39_999},  # over-nested
+        {"s": ["ab"] * 80_000},
+        {"instances": [{"a": 1.0, "b": "x"}] * 40_000},
+        {str(key): [key, 2] for key in range(40_000)},
+    ],
+    ids=["rectangular", "ragged", "over-nested", "strings", "objects", "many-keys"],
+)
+def test_parsing_takes_time_linear_in_the_body(document: Any) -> None:
+    # Indexing simdjson's arrays (or looking up keys) one by one scans them: quadratic time,
+    # some seconds here, hundreds of times orjson's (which takes a few milliseconds).
+    from sts import json_tensors
+
+    body = orjson.dumps(document)
+    ratio = _seconds(json_tensors.parse, body) / _seconds(orjson.loads, body)
+    assert ratio < 20, f"{ratio:.0f} times as long as orjson.loads"
+
+
+def _over_nested(rows: int, pad: int) -> dict[str, bytes]:
+    """Iris-like rows with the last value written [0.2] instead of 0.2, on every protocol."""
+    text = json.dumps([[5.1, 3.5, 1.4, 0.2]] * rows)
+    at = text.rfind("0.2")
+    over = text[:at] + "[0.2]" + text[at + 3 :]
+    v2 = '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [ROWS, 4], "data": DATA}]}'
+    bodies = {
+        TFS: '{"instances": DATA}',
+        "/": '{"data": {"x": DATA}}',
+        V2: v2.replace("ROWS", str(rows)),
+    }
+    bodies = {path: text.replace("DATA", over) for path, text in bodies.items()}
+    return {path: (text + " " * pad).encode() for path, text in bodies.items()}
+
+
+@pytest.mark.parametrize(
+    "pad", [0, 20 * 1024, 4 * 1024 * 1024], ids=["small", "simdjson", "parser-process"]
+)
+def test_over_nested_rows_are_refused_at_every_size(client: TestClient, pad: int) -> None:
+    expected = {}
+    for path, body in _over_nested(300, 0).items():
+        expected[path] = error(client.post(path, content=body))
+        assert "ragged" in expected[path] or "Failed to process element" in expected[path]
+    for path, body in _over_nested(300, pad).items():
+        assert error(client.post(path, content=body)) == expected[path]
+
+
+def test_nested_numbers_at_the_wrong_depth_stay_lists() -> None:
+    from sts import json_tensors
+
+    over = [[1.0, 2.0]] * 200
+    over[-1] = [1.0, [2.0]]
+    for value in ([1.0] * 299 + [[2.0]], over, [[1.0, 2.0]] * 199 + [[[1.0, 2.0]]]):
+        assert json_tensors.parse(orjson.dumps({"v": value})) == {"v": value}
+
+
+# ---------------------------------------------------------------- parser processes end
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _wait_for(condition: Any, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()  # type: ignore[no-any-return]
+
+
+PARENT = """
+import os, signal, sys, threading
+from sts import big_bodies
+big_bodies.BIG_BODY_BYTES = 1
+big_bodies.parse(b'[1, 2]')  # starts a parser process
+child = big_bodies._idle.get()
+os.kill(child.process.pid, signal.SIGSTOP)  # busy for good: it reads no more
+threading.Thread(target=child.parse, args=(b'[3]',), daemon=True).start()
+print(child.process.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent death signal")
+def test_a_parser_process_dies_with_the_server() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as server:
+        assert server.stdout is not None
+        pid = int(server.stdout.readline())
+        try:
+            assert not _gone(pid)
+            server.kill()  # SIGKILL: no atexit, no closing of pipes by the server
+            server.wait()
+            assert _wait_for(lambda: _gone(pid)), f"parser process {pid} outlived the server"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_shutdown_kills_busy_parser_processes_and_starts_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(big_bodies, "_idle", queue.SimpleQueue())
+    monkeypatch.setattr(big_bodies, "_children", set())
+    monkeypatch.setattr(big_bodies, "_started", 0)
+    monkeypatch.setattr(big_bodies, "_closing", threading.Event())
+    monkeypatch.setattr(big_bodies, "WORKERS", 1)
+    body = orjson.dumps({"data": list(range(50_000))})
+    assert isinstance(big_bodies.parse(body)["data"], np.ndarray)
+    busy = next(iter(big_bodies._children))
+    os.kill(busy.process.pid, signal.SIGSTOP)  # it takes the next body and never answers
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        waiting = [pool.submit(big_bodies.parse, body) for _ in range(4)]
+        assert _wait_for(big_bodies._idle.empty)  # one thread holds the stopped process
+        big_bodies.shutdown()
+        assert [future.result(timeout=30) for future in waiting] == [big_bodies.PARSE_HERE] * 4
+    assert busy.process.wait(timeout=30) == -signal.SIGKILL
+    assert not big_bodies._children
+    assert big_bodies.parse(body) is big_bodies.PARSE_HERE  # no parser process started
+    assert not big_bodies._children
+
+
+def test_parser_processes_outlive_the_thread_that_needed_them_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The parent death signal follows the thread that started a process: a worker thread
+    # that ends (they are pruned when idle) must not take the parser processes with it.
+    monkeypatch.setattr(big_bodies, "_idle", queue.SimpleQueue())
+    monkeypatch.setattr(big_bodies, "_children", set())
+    monkeypatch.setattr(big_bodies, "_started", 0)
+    monkeypatch.setattr(big_bodies, "WORKERS", 1)
+    body = orjson.dumps({"data": list(range(50_000))})
+    worker = threading.Thread(target=big_bodies.parse, args=(body,))
+    worker.start()
+    worker.join()
+    (child,) = big_bodies._children
+    assert not _wait_for(lambda: child.process.poll() is not None, seconds=1)
+    assert isinstance(big_bodies.parse(body)["data"], np.ndarray)
+    assert big_bodies._children == {child}
+    child.close()
