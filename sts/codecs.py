@@ -83,6 +83,14 @@ def parse_json(body: bytes, binary_hint: str = BINARY_BODY_HINT) -> Any:
     binary = binary_body(body)
     if binary:
         raise InvalidInput(f"the body is {binary}, not JSON; {binary_hint}")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # orjson says "surrogates not allowed" for any bad byte; name the byte instead.
+        raise InvalidInput(
+            f"invalid JSON: the body is not valid UTF-8 (byte 0x{body[exc.start]:02x} at "
+            f"offset {exc.start}); send JSON text encoded as UTF-8"
+        ) from None
     # Slow path only for what orjson refuses: the NaN/Infinity literals, numbers past float64.
     try:
         return json.loads(body, parse_float=_float_or_marker)
@@ -192,7 +200,7 @@ def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
         if kind != "b":
             raise InvalidInput(f"{what}: expected booleans (true/false), got numbers")
         return array
-    if kind == "b":
+    if kind == "b" or _holds_booleans(value, array):
         raise InvalidInput(f"{what}: expected {spec.dtype} numbers, got booleans")
     if target.kind in "iu":
         return _to_int(value, array, target, spec, what)
@@ -203,6 +211,19 @@ def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
     if narrowed and not np.isfinite(out).all() and np.isfinite(array).all():
         raise InvalidInput(f"{what}: a value is out of range for {spec.dtype}")
     return out
+
+
+def _holds_booleans(value: Any, array: np.ndarray) -> bool:
+    """Whether nested lists that numpy read as numbers hold true or false among them
+    (numpy casts them to 1 and 0). Only arrays holding a 0 or a 1 are looked at closer."""
+    if not isinstance(value, list) or array.dtype.kind not in "iuf" or not array.size:
+        return False
+    if not ((array == 0) | (array == 1)).any():
+        return False
+    return bool(_IS_BOOL(np.asarray(value, dtype=object)).any())
+
+
+_IS_BOOL = np.frompyfunc(lambda item: isinstance(item, bool), 1, 1)
 
 
 def _to_int(
@@ -297,7 +318,15 @@ def _walk_strings(
         if base64_strings:
             leaves.append(decode_b64(value, what, field="string value (base64_decode)"))
         else:
-            leaves.append(value.encode("utf-8"))
+            try:
+                leaves.append(value.encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                raise InvalidInput(
+                    f"{what}: a string holds the lone surrogate "
+                    f"\\u{ord(value[exc.start]):04x}, which is not Unicode text; escape "
+                    "characters beyond U+FFFF as a surrogate pair, or send bytes as "
+                    '{"b64": ...}'
+                ) from None
     elif isinstance(value, dict) and set(value) == {"b64"}:
         leaves.append(decode_b64(value["b64"], what))
     else:
@@ -422,9 +451,17 @@ def _non_finite(value: Any) -> bool:
     return False
 
 
+def _python_floats(value: np.ndarray | np.generic) -> Any:
+    """`value.tolist()`, float16 and float32 as the float64 of their shortest text, so that
+    Python's json writes them as orjson does (0.9815794, not 0.9815794229507446)."""
+    if value.dtype in (np.float16, np.float32):
+        return np.asarray(value).astype(str).astype(np.float64).tolist()
+    return value.tolist()
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
+        return _python_floats(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -437,7 +474,7 @@ def _finite_or_string(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else NON_FINITE_STRINGS[repr(value)]
     if isinstance(value, np.ndarray | np.generic):
-        return _finite_or_string(value.tolist())
+        return _finite_or_string(_python_floats(value))
     if isinstance(value, list):
         return [_finite_or_string(v) for v in value]
     if isinstance(value, dict):

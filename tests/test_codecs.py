@@ -186,3 +186,29 @@ def test_dumps_writes_nan_literals() -> None:
     text = dumps({"y": np.array([1.0, np.nan, np.inf, -np.inf], dtype=np.float32)}).decode()
     assert text == '{"y":[1.0,NaN,Infinity,-Infinity]}'
     assert np.isnan(json.loads(text)["y"][1])
+
+
+def test_float32_is_written_shortest_with_or_without_non_finite_values() -> None:
+    values = np.array([0.9815794229507446, 0.1], dtype=np.float32)
+    assert dumps({"y": values}) == b'{"y":[0.9815794,0.1]}'
+    with_nan = np.array([0.9815794229507446, np.nan], dtype=np.float32)
+    assert dumps({"y": with_nan}) == b'{"y":[0.9815794,NaN]}'
+    assert dumps({"y": with_nan}, strict=True) == b'{"y":[0.9815794,"NaN"]}'
+    assert dumps({"y": np.float32(0.1), "z": np.inf}) == b'{"y":0.1,"z":Infinity}'
+    exact = np.array([0.9815794229507446, np.nan])  # float64 keeps its digits
+    assert dumps({"y": exact}) == b'{"y":[0.9815794229507446,NaN]}'
+
+
+def test_invalid_utf8_bodies_are_named_so() -> None:
+    with pytest.raises(InvalidInput, match=r"not valid UTF-8 \(byte 0xff at offset 9\)"):
+        parse_json(b'{"a": ["x\xff"]}')
+
+
+def test_booleans_among_numbers_are_refused() -> None:
+    for dtype in ("float32", "int64", "uint8"):
+        with pytest.raises(InvalidInput, match=f"expected {dtype} numbers, got booleans"):
+            numeric_array([[1, 2], [0, True]], spec(dtype, None), "x")
+    assert numeric_array([[1, 0], [0, 1]], spec("float32", None), "x").tolist() == [
+        [1.0, 0.0],
+        [0.0, 1.0],
+    ]
