@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -76,10 +77,12 @@ def parse_json(body: bytes, binary_hint: str = BINARY_BODY_HINT) -> Any:
         document = json_tensors.parse(body)
         if document is not None:
             return document
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        first_error = str(exc)
+    first_error = None
+    if _LONG_INTEGER.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            first_error = str(exc)
     binary = binary_body(body)
     if binary:
         raise InvalidInput(f"the body is {binary}, not JSON; {binary_hint}")
@@ -94,8 +97,20 @@ def parse_json(body: bytes, binary_hint: str = BINARY_BODY_HINT) -> Any:
     # Slow path only for what orjson refuses: the NaN/Infinity literals, numbers past float64.
     try:
         return json.loads(body, parse_float=_float_or_marker)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError) as exc:
+        if first_error is None:  # not tried with orjson
+            try:
+                orjson.loads(body)
+            except orjson.JSONDecodeError as orjson_exc:
+                first_error = str(orjson_exc)
+            else:
+                first_error = str(exc)
         raise InvalidInput(f"invalid JSON: {first_error}") from None
+
+
+# 19 digits or more: maybe an integer past 64 bits, which orjson reads as a float (losing
+# its digits); Python's parser keeps it exact, so that it is refused naming its value.
+_LONG_INTEGER = re.compile(rb"\d{19}")
 
 
 def binary_body(body: bytes) -> str | None:
@@ -185,6 +200,16 @@ def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
                 "numbers (the literals Infinity and NaN are read where a float is meant "
                 "to be infinite or missing)"
             )
+        huge_int = next((item for item in array.flat if type(item) is int), None)
+        if huge_int is not None:  # numpy reads ints within 64 bits as numbers
+            if target.kind in "iu":
+                raise InvalidInput(
+                    f"{what}: value {short(huge_int, 40)} is out of range for {spec.dtype}"
+                )
+            raise InvalidInput(
+                f"{what}: value {short(huge_int, 40)} is an integer beyond 64 bits; send it "
+                f"as a {spec.dtype} number in exponent form (e.g. 1.5e19)"
+            )
         null = next((index for index, item in np.ndenumerate(array) if item is None), None)
         if null is not None:
             where = f" at {list(null)}" if null else ""
@@ -248,14 +273,12 @@ def _to_int(
         with np.errstate(all="raise"):
             return np.asarray(value, dtype=target)
     except (OverflowError, FloatingPointError, ValueError):
-        low, high = array.min(), array.max()
-        bad = (
-            f"value {high:.0f} "
-            if high > info.max
-            else f"value {low:.0f} "
-            if low < info.min
-            else "a value "
-        )
+        # Name the value as sent (an int stays exact; a float is as read).
+        items = np.asarray(value, dtype=object).flat if isinstance(value, list) else array.flat
+        sent = next((v for v in items if not info.min <= v <= info.max), None)
+        if isinstance(sent, np.generic):  # a big body's numbers, parsed into numpy
+            sent = sent.item()
+        bad = "a value " if sent is None else f"value {sent!r} "
         raise InvalidInput(f"{what}: {bad}is out of range for {spec.dtype}") from None
 
 

@@ -187,3 +187,27 @@ def test_versions_read_as_tf_serving_reads_them(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     r = client.post("/v1/models/default/versions/\u0661:predict", content=TFS_BODY)
     assert "Malformed request" in error(r)
+
+
+@pytest.mark.parametrize("sent", [-(2**63) - 1, 2**64, -(2**31) - 1])
+def test_an_integer_out_of_range_is_named_as_sent(client: TestClient, sent: int) -> None:
+    bodies = [
+        (STS, {"signature_name": "ints", "data": {"n": [sent, 1], "flag": [True, False]}}),
+        (TFS, {"signature_name": "ints", "inputs": {"n": [sent, 1], "flag": [True, False]}}),
+        (
+            V2,
+            {
+                "parameters": {"signature_name": "ints"},
+                "inputs": [
+                    {"name": "n", "datatype": "INT32", "shape": [2], "data": [sent, 1]},
+                    {"name": "flag", "datatype": "BOOL", "shape": [2], "data": [True, False]},
+                ],
+            },
+        ),
+    ]
+    for path, body in bodies:
+        message = error(client.post(path, content=json.dumps(body).encode()))
+        if path == TFS:  # in TF Serving's words
+            assert f"JSON Value: {sent} Type: Number is not of expected type: int32" in message
+        else:
+            assert f"input 'n': value {sent} is out of range for int32" in message, path
