@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -76,18 +77,40 @@ def parse_json(body: bytes, binary_hint: str = BINARY_BODY_HINT) -> Any:
         document = json_tensors.parse(body)
         if document is not None:
             return document
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        first_error = str(exc)
+    first_error = None
+    if _LONG_INTEGER.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            first_error = str(exc)
     binary = binary_body(body)
     if binary:
         raise InvalidInput(f"the body is {binary}, not JSON; {binary_hint}")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # orjson says "surrogates not allowed" for any bad byte; name the byte instead.
+        raise InvalidInput(
+            f"invalid JSON: the body is not valid UTF-8 (byte 0x{body[exc.start]:02x} at "
+            f"offset {exc.start}); send JSON text encoded as UTF-8"
+        ) from None
     # Slow path only for what orjson refuses: the NaN/Infinity literals, numbers past float64.
     try:
         return json.loads(body, parse_float=_float_or_marker)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError) as exc:
+        if first_error is None:  # not tried with orjson
+            try:
+                orjson.loads(body)
+            except orjson.JSONDecodeError as orjson_exc:
+                first_error = str(orjson_exc)
+            else:
+                first_error = str(exc)
         raise InvalidInput(f"invalid JSON: {first_error}") from None
+
+
+# 19 digits or more: maybe an integer past 64 bits, which orjson reads as a float (losing
+# its digits); Python's parser keeps it exact, so that it is refused naming its value.
+_LONG_INTEGER = re.compile(rb"\d{19}")
 
 
 def binary_body(body: bytes) -> str | None:
@@ -177,6 +200,16 @@ def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
                 "numbers (the literals Infinity and NaN are read where a float is meant "
                 "to be infinite or missing)"
             )
+        huge_int = next((item for item in array.flat if type(item) is int), None)
+        if huge_int is not None:  # numpy reads ints within 64 bits as numbers
+            if target.kind in "iu":
+                raise InvalidInput(
+                    f"{what}: value {short(huge_int, 40)} is out of range for {spec.dtype}"
+                )
+            raise InvalidInput(
+                f"{what}: value {short(huge_int, 40)} is an integer beyond 64 bits; send it "
+                f"as a {spec.dtype} number in exponent form (e.g. 1.5e19)"
+            )
         null = next((index for index, item in np.ndenumerate(array) if item is None), None)
         if null is not None:
             where = f" at {list(null)}" if null else ""
@@ -192,7 +225,7 @@ def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
         if kind != "b":
             raise InvalidInput(f"{what}: expected booleans (true/false), got numbers")
         return array
-    if kind == "b":
+    if kind == "b" or _holds_booleans(value, array):
         raise InvalidInput(f"{what}: expected {spec.dtype} numbers, got booleans")
     if target.kind in "iu":
         return _to_int(value, array, target, spec, what)
@@ -203,6 +236,19 @@ def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
     if narrowed and not np.isfinite(out).all() and np.isfinite(array).all():
         raise InvalidInput(f"{what}: a value is out of range for {spec.dtype}")
     return out
+
+
+def _holds_booleans(value: Any, array: np.ndarray) -> bool:
+    """Whether nested lists that numpy read as numbers hold true or false among them
+    (numpy casts them to 1 and 0). Only arrays holding a 0 or a 1 are looked at closer."""
+    if not isinstance(value, list) or array.dtype.kind not in "iuf" or not array.size:
+        return False
+    if not ((array == 0) | (array == 1)).any():
+        return False
+    return bool(_IS_BOOL(np.asarray(value, dtype=object)).any())
+
+
+_IS_BOOL = np.frompyfunc(lambda item: isinstance(item, bool), 1, 1)
 
 
 def _to_int(
@@ -227,14 +273,12 @@ def _to_int(
         with np.errstate(all="raise"):
             return np.asarray(value, dtype=target)
     except (OverflowError, FloatingPointError, ValueError):
-        low, high = array.min(), array.max()
-        bad = (
-            f"value {high:.0f} "
-            if high > info.max
-            else f"value {low:.0f} "
-            if low < info.min
-            else "a value "
-        )
+        # Name the value as sent (an int stays exact; a float is as read).
+        items = np.asarray(value, dtype=object).flat if isinstance(value, list) else array.flat
+        sent = next((v for v in items if not info.min <= v <= info.max), None)
+        if isinstance(sent, np.generic):  # a big body's numbers, parsed into numpy
+            sent = sent.item()
+        bad = "a value " if sent is None else f"value {sent!r} "
         raise InvalidInput(f"{what}: {bad}is out of range for {spec.dtype}") from None
 
 
@@ -297,7 +341,15 @@ def _walk_strings(
         if base64_strings:
             leaves.append(decode_b64(value, what, field="string value (base64_decode)"))
         else:
-            leaves.append(value.encode("utf-8"))
+            try:
+                leaves.append(value.encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                raise InvalidInput(
+                    f"{what}: a string holds the lone surrogate "
+                    f"\\u{ord(value[exc.start]):04x}, which is not Unicode text; escape "
+                    "characters beyond U+FFFF as a surrogate pair, or send bytes as "
+                    '{"b64": ...}'
+                ) from None
     elif isinstance(value, dict) and set(value) == {"b64"}:
         leaves.append(decode_b64(value["b64"], what))
     else:
@@ -422,9 +474,17 @@ def _non_finite(value: Any) -> bool:
     return False
 
 
+def _python_floats(value: np.ndarray | np.generic) -> Any:
+    """`value.tolist()`, float16 and float32 as the float64 of their shortest text, so that
+    Python's json writes them as orjson does (0.9815794, not 0.9815794229507446)."""
+    if value.dtype in (np.float16, np.float32):
+        return np.asarray(value).astype(str).astype(np.float64).tolist()
+    return value.tolist()
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
+        return _python_floats(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -437,7 +497,7 @@ def _finite_or_string(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else NON_FINITE_STRINGS[repr(value)]
     if isinstance(value, np.ndarray | np.generic):
-        return _finite_or_string(value.tolist())
+        return _finite_or_string(_python_floats(value))
     if isinstance(value, list):
         return [_finite_or_string(v) for v in value]
     if isinstance(value, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ def test_integral_floats_into_int() -> None:
         ([300], "uint8", "300 is out of range for uint8"),
         ([-1], "uint32", "-1 is out of range for uint32"),
         ([2**63], "int64", "out of range for int64"),
-        ([2**70], "float32", "integers beyond 64 bits"),
+        ([2**70], "float32", "an integer beyond 64 bits"),
         ([1e300], "float32", "out of range for float32"),
         (["a"], "float32", "got strings"),
         ([True], "float32", "got booleans"),
@@ -186,3 +187,55 @@ def test_dumps_writes_nan_literals() -> None:
     text = dumps({"y": np.array([1.0, np.nan, np.inf, -np.inf], dtype=np.float32)}).decode()
     assert text == '{"y":[1.0,NaN,Infinity,-Infinity]}'
     assert np.isnan(json.loads(text)["y"][1])
+
+
+def test_float32_is_written_shortest_with_or_without_non_finite_values() -> None:
+    values = np.array([0.9815794229507446, 0.1], dtype=np.float32)
+    assert dumps({"y": values}) == b'{"y":[0.9815794,0.1]}'
+    with_nan = np.array([0.9815794229507446, np.nan], dtype=np.float32)
+    assert dumps({"y": with_nan}) == b'{"y":[0.9815794,NaN]}'
+    assert dumps({"y": with_nan}, strict=True) == b'{"y":[0.9815794,"NaN"]}'
+    assert dumps({"y": np.float32(0.1), "z": np.inf}) == b'{"y":0.1,"z":Infinity}'
+    exact = np.array([0.9815794229507446, np.nan])  # float64 keeps its digits
+    assert dumps({"y": exact}) == b'{"y":[0.9815794229507446,NaN]}'
+
+
+def test_invalid_utf8_bodies_are_named_so() -> None:
+    with pytest.raises(InvalidInput, match=r"not valid UTF-8 \(byte 0xff at offset 9\)"):
+        parse_json(b'{"a": ["x\xff"]}')
+
+
+def test_booleans_among_numbers_are_refused() -> None:
+    for dtype in ("float32", "int64", "uint8"):
+        with pytest.raises(InvalidInput, match=f"expected {dtype} numbers, got booleans"):
+            numeric_array([[1, 2], [0, True]], spec(dtype, None), "x")
+    assert numeric_array([[1, 0], [0, 1]], spec("float32", None), "x").tolist() == [
+        [1.0, 0.0],
+        [0.0, 1.0],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "message"),
+    [
+        ([-(2**63) - 1, 1], "int64", "value -9223372036854775809 is out of range for int64"),
+        ([-(2**63), 2**64 - 1], "int64", "value 18446744073709551615 is out of range for int64"),
+        ([1.5e19, 1], "int64", "value 1.5e+19 is out of range for int64"),
+        ([2**64], "float32", "value 18446744073709551616 is an integer beyond 64 bits"),
+    ],
+)
+def test_integers_past_64_bits_are_named_as_sent(
+    values: list[Any], dtype: str, message: str
+) -> None:
+    document = parse_json(json.dumps({"x": values}).encode())
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        numeric_array(document["x"], spec(dtype, None), "x")
+
+
+def test_long_digit_runs_parse_as_before() -> None:
+    body = b'{"a": [123456789012345678901234, 0.12345678901234567890123, "1234567890123456789012"]}'
+    assert parse_json(body) == {
+        "a": [123456789012345678901234, 0.12345678901234568, "1234567890123456789012"]
+    }
+    with pytest.raises(InvalidInput, match="invalid JSON: unexpected character"):
+        parse_json(b'{"a": 12345678901234567890123 x}')

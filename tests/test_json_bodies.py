@@ -216,7 +216,7 @@ def test_binary_data_without_a_binary_part_says_which_header_is_missing(
         ),
         ([[1, 2], [3, 4], [5, 6]], [2, 2], "shape [2, 2] but data is nested as [3, 2]"),
         ([[1, 2], [3, 4], [5, 6]], [2, 3], "shape [2, 3] but data is nested as [3, 2]"),
-        ([[1, 2], 3], [2, 2], "ragged nested lists (rows of lengths [2, 'value'])"),
+        ([[1, 2], 3], [2, 2], "ragged nested lists (data[1] is a value where data[0] is a list)"),
     ],
 )
 def test_nested_data_must_match_the_shape(

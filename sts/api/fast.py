@@ -120,6 +120,7 @@ class FastInference:
             return None
 
         async def handle(scope: Scope, receive: Receive) -> Reply:
+            tfserving_routes.check_content_type(_media_type_of(scope))
             number = None
             if version is not None:
                 number = tfserving_routes.version_number(version, "POST", scope["path"])
@@ -144,6 +145,7 @@ class FastInference:
             return None
 
         async def handle(scope: Scope, receive: Receive) -> Reply:
+            v2_routes.check_content_type(_media_type_of(scope))
             body = await read_body(receive)
             header_length = _header(scope, b"inference-header-content-length")
             text = None if header_length is None else header_length.decode("latin-1")
@@ -167,6 +169,12 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
+
+
+def _media_type_of(scope: Scope) -> str:
+    """The request's media type, lower case, without parameters ("" when not given)."""
+    content_type = _header(scope, b"content-type") or b""
+    return content_type.decode("latin-1").split(";", 1)[0].strip().lower()
 
 
 def _is_json(content_type: bytes | None) -> bool:

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import State
 
-from sts.api.bodies import Reply, parse_body
+from sts.api.bodies import JSON_MEDIA_TYPES, Reply, media_type, parse_body
 from sts.api.deps import RepositoryDep
 from sts.api.schemas import TFSERVING_INFER
 from sts.codecs import short
-from sts.errors import InvalidInput, ModelNotFound, NotFound, StsError
+from sts.errors import InvalidInput, ModelNotFound, NotFound, StsError, UnsupportedMediaType
 from sts.protocols.tfserving.codec import CODECS, parse_document
 from sts.protocols.tfserving.views import metadata_document, status_document
 from sts.protocols.tfserving.wording import in_tf_words, label_version
@@ -56,6 +56,18 @@ def version_number(text: str, method: str, path: str) -> int:
     return number
 
 
+def check_content_type(kind: str) -> None:
+    """Refuse (415) a body whose media type `kind` (lower case, without parameters) is not
+    JSON. TF Serving reads every body as JSON, so the types its clients send are taken:
+    none, application/json, text/plain, curl -d's form type, application/octet-stream."""
+    if kind in JSON_MEDIA_TYPES or kind.endswith("+json") or kind == "application/octet-stream":
+        return
+    raise UnsupportedMediaType(
+        f"content type '{short(kind, 80)}' is not supported; send the request as JSON "
+        '(Content-Type: application/json), with images as {"b64": ...} values'
+    )
+
+
 # ---------------------------------------------------------------- predict / classify / regress
 
 
@@ -91,6 +103,7 @@ async def infer_label(model_name: str, label: str, method: str, request: Request
 async def _infer(
     request: Request, model: str, method: str, version: int | None, label: str | None = None
 ) -> Response:
+    check_content_type(media_type(request))
     reply = await infer_reply(
         request.app.state, request.body, request.url.path, model, method, version, label
     )

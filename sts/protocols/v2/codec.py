@@ -174,7 +174,7 @@ def _json_end(body: bytes) -> int | None:
     """The length of the JSON object the body starts with, or None."""
     try:
         _, end = json.JSONDecoder().raw_decode(body[: 1 << 20].decode("utf-8", "replace"))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
         return None
     return len(body[: 1 << 20].decode("utf-8", "replace")[:end].encode("utf-8"))
 
@@ -269,18 +269,24 @@ def decode_inputs(
     return {name: arrays[name] for name in signature.inputs}
 
 
-def _ragged_rows(data: Any) -> list[Any] | None:
-    """The lengths of the rows at the first level where nested lists differ in length (a
-    value where a list should be shows as "value"), or None if they do not."""
-    level = [data]
-    while level and all(isinstance(node, list) for node in level):
-        lengths = [len(node) for node in level]
+def _ragged_rows(data: Any, shape: list[int]) -> str | None:
+    """Where nested lists differ: the lengths of the rows at the first level where they
+    differ in length, or the first element nested deeper than `shape` (or, above the
+    shape's depth, the first value where a list belongs); None if they do not differ."""
+    level: list[tuple[str, Any]] = [("", data)]
+    depth = 0
+    while level and all(isinstance(node, list) for _, node in level):
+        lengths = [len(node) for _, node in level]
         if len(set(lengths)) > 1:
-            return lengths[:10]
-        children = [child for node in level for child in node]
-        lists = [isinstance(child, list) for child in children]
-        if any(lists) and not all(lists):
-            return [len(c) if isinstance(c, list) else "value" for c in children[:10]]
+            return f"rows of lengths {lengths[:10]}"
+        children = [(f"{path}[{i}]", child) for path, node in level for i, child in enumerate(node)]
+        depth += 1
+        deeper = next((path for path, child in children if isinstance(child, list)), None)
+        value = next((path for path, child in children if not isinstance(child, list)), None)
+        if deeper is not None and value is not None:
+            if depth >= len(shape):
+                return f"data{deeper} is a list, nested deeper than shape {shape}"
+            return f"data{value} is a value where data{deeper} is a list"
         level = children
     return None
 
@@ -314,13 +320,12 @@ def _from_json(
         else:
             array = numeric_array(item.data, spec, what)
     except InvalidInput:
-        rows = _ragged_rows(item.data)
+        rows = _ragged_rows(item.data, item.shape)
         if rows is None:
             raise
         raise InvalidInput(
-            f"{what}: shape {item.shape} but data holds ragged nested lists (rows of "
-            f"lengths {rows}); send data flat, in row-major order, or nested exactly as "
-            "the shape"
+            f"{what}: shape {item.shape} but data holds ragged nested lists ({rows}); "
+            "send data flat, in row-major order, or nested exactly as the shape"
         ) from None
     if array.ndim > 1 and list(array.shape) != item.shape:
         raise InvalidInput(

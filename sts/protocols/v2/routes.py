@@ -13,12 +13,12 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import State
 
 from sts import __version__
-from sts.api.bodies import Reply, parse_body
+from sts.api.bodies import JSON_MEDIA_TYPES, Reply, media_type, parse_body
 from sts.api.deps import RepositoryDep, SettingsDep
 from sts.api.schemas import V2_INDEX, V2_INFER
 from sts.api.views import server_ready
-from sts.codecs import parse_json
-from sts.errors import Forbidden, InvalidInput, StsError
+from sts.codecs import parse_json, short
+from sts.errors import Forbidden, InvalidInput, StsError, UnsupportedMediaType
 from sts.protocols.v2.codec import HEADER_LENGTH, V2Codec, parse_request, split_body
 from sts.protocols.v2.views import index_entries, metadata_document
 from sts.repository import ModelRepository
@@ -59,11 +59,36 @@ async def model_metadata(model_name: str, repository: RepositoryDep) -> JSONResp
     return JSONResponse(metadata_document(repository.model(model_name), mv))
 
 
+def check_version(text: str) -> str:
+    """A `/versions/{text}` path segment: a version number in ASCII digits (leading zeros
+    read as TF Serving reads them), or a version label. Other Unicode digits (U+0661,
+    Arabic-Indic one), which Python's `int` would read as numbers, are refused (400)."""
+    if not text.isascii() and any(ch.isdigit() for ch in text):
+        raise InvalidInput(
+            f"version '{short(text, 40)}' in the path is not a version number: write it in "
+            "ASCII digits 0-9 (e.g. /versions/1), or give a version label"
+        )
+    return text
+
+
+def check_content_type(kind: str) -> None:
+    """Refuse (415) a body whose media type `kind` (lower case, without parameters) is
+    neither JSON (curl -d's form type and text/plain included, as for POST /) nor
+    application/octet-stream, the binary tensor extension's."""
+    if kind in JSON_MEDIA_TYPES or kind.endswith("+json") or kind == "application/octet-stream":
+        return
+    raise UnsupportedMediaType(
+        f"content type '{short(kind, 80)}' is not supported by /v2 inference; send "
+        "application/json (or no Content-Type), or application/octet-stream for a JSON "
+        f"header followed by binary tensor data (with {HEADER_LENGTH})"
+    )
+
+
 @router.get("/v2/models/{model_name}/versions/{model_version}", summary="Model version metadata")
 async def model_version_metadata(
     model_name: str, model_version: str, repository: RepositoryDep
 ) -> JSONResponse:
-    mv = repository.resolve(model_name, model_version)
+    mv = repository.resolve(model_name, check_version(model_version))
     return JSONResponse(metadata_document(repository.model(model_name), mv))
 
 
@@ -87,7 +112,7 @@ async def model_ready(model_name: str, repository: RepositoryDep) -> JSONRespons
 async def model_version_ready(
     model_name: str, model_version: str, repository: RepositoryDep
 ) -> JSONResponse:
-    return _model_ready(repository, model_name, model_version)
+    return _model_ready(repository, model_name, check_version(model_version))
 
 
 # ---------------------------------------------------------------- inference
@@ -111,6 +136,7 @@ async def infer_version(model_name: str, model_version: str, request: Request) -
 
 
 async def _infer(request: Request, model: str, version: str | None) -> Response:
+    check_content_type(media_type(request))
     body = await request.body()
     reply = await infer_reply(
         request.app.state, body, request.headers.get(HEADER_LENGTH), model, version
@@ -125,6 +151,8 @@ async def infer_reply(
     `header_length` (the `Inference-Header-Content-Length` header, None for plain JSON),
     its JSON parsed and handed to the service."""
     service: InferenceService = state.service
+    if version is not None:
+        check_version(version)
     header, binary = split_body(body, header_length)
     infer_request = await parse_body(header, parse_request)
     codec = V2Codec(infer_request, binary, state.settings.max_image_pixels)
