@@ -177,6 +177,7 @@ def _grpc_server(
                 service,
                 repository,
                 settings.reloaded_model_configs if settings.enable_model_control else None,
+                max_tensor_bytes=settings.max_request_bytes,
             ).services(),
             V2Grpc(
                 service, repository, settings.enable_model_control, settings.strict_readiness

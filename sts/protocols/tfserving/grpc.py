@@ -25,7 +25,14 @@ from sts.model_config import ModelConfig
 from sts.protocols.tfserving.codec import check_method, classifications, regressions
 from sts.protocols.tfserving.wording import in_tf_words, label_version
 from sts.protos import TFS, enum_value
-from sts.protos.tensors import dtype_name, from_array, serialized_examples, to_array
+from sts.protos.tensors import (
+    MAX_DECODED_BYTES,
+    dtype_name,
+    from_array,
+    serialized_examples,
+    shape_of,
+    to_array,
+)
 from sts.repository import ModelRepository
 from sts.service import Call, Codec, InferenceService
 from sts.signature import CLASSIFY, REGRESS, Signature, TensorSpec
@@ -63,9 +70,16 @@ class GrpcCodec(Codec[bytes]):
 
 
 class PredictCodec(GrpcCodec):
-    """`PredictRequest.inputs` (TensorProtos) -> arrays; outputs -> `PredictResponse`."""
+    """`PredictRequest.inputs` (TensorProtos) -> arrays; outputs -> `PredictResponse`.
+    `max_bytes`: the most bytes one decoded input may take."""
 
-    __slots__ = ()
+    __slots__ = ("max_bytes",)
+
+    def __init__(
+        self, request: Any, model: str, version: int | None, max_bytes: int = MAX_DECODED_BYTES
+    ) -> None:
+        super().__init__(request, model, version)
+        self.max_bytes = max_bytes
 
     def decode(self, call: Call) -> Mapping[str, np.ndarray]:
         inputs = self.request.inputs
@@ -84,7 +98,10 @@ class PredictCodec(GrpcCodec):
                 f"Missing but required: {_names(missing)}."
             )
         self._outputs(signature)  # a bad output_filter fails before the model runs
-        return {name: _input(inputs[name], spec) for name, spec in signature.inputs.items()}
+        return {
+            name: _input(inputs[name], spec, self.max_bytes)
+            for name, spec in signature.inputs.items()
+        }
 
     def _outputs(self, signature: Signature) -> list[str]:
         wanted = list(self.request.output_filter)
@@ -193,9 +210,18 @@ _TASKS: dict[str, type[ClassifyCodec] | type[RegressCodec]] = {
 }
 
 
-def _input(proto: Any, spec: TensorSpec) -> np.ndarray:
+def _input(proto: Any, spec: TensorSpec, max_bytes: int) -> np.ndarray:
+    """A request tensor as an array of `spec`'s dtype and shape. The shape the proto names
+    is checked against the signature, and its decoded size against `max_bytes`, before
+    any value is decoded: `float_val: [7]` with a huge shape would otherwise be expanded
+    in full ("repeat the last value")."""
     what = f"input '{spec.name}'"
-    array = to_array(proto, what)
+    shape = shape_of(proto.tensor_shape, what)
+    if not spec.shape_matches(shape):
+        raise InvalidInput(
+            f"{what}: shape {list(shape)} does not match the model's {spec.describe_shape()}"
+        )
+    array = to_array(proto, what, max_bytes)
     expected = spec.dt.numpy
     if array.dtype != expected and not (expected.kind == "O" and array.dtype.kind == "O"):
         given = dtype_name(int(proto.dtype))
@@ -234,17 +260,20 @@ ConfigReader = Callable[[list[tuple[str, dict[str, Any]]]], list[ModelConfig]]
 
 class TFServingGrpc:
     """The servicers; one per app. `reload_configs` (None: model control is off) lets
-    HandleReloadConfigRequest change the served models."""
+    HandleReloadConfigRequest change the served models; `max_tensor_bytes` bounds one
+    decoded Predict input (the server passes `--max_request_bytes`)."""
 
     def __init__(
         self,
         service: InferenceService,
         repository: ModelRepository,
         reload_configs: ConfigReader | None = None,
+        max_tensor_bytes: int = MAX_DECODED_BYTES,
     ) -> None:
         self.service = service
         self.repository = repository
         self.reload_configs = reload_configs
+        self.max_tensor_bytes = max_tensor_bytes
 
     def services(self) -> GrpcServices:
         prediction = {
@@ -279,7 +308,7 @@ class TFServingGrpc:
 
     async def predict(self, request: Any, context: Context) -> bytes:
         model, version = self._target(request.model_spec)
-        codec = PredictCodec(request, model, version)
+        codec = PredictCodec(request, model, version, self.max_tensor_bytes)
         return await self.service.infer(model, version, codec, PROTOCOL)
 
     async def classify(self, request: Any, context: Context) -> bytes:
