@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -364,6 +365,28 @@ def test_reload_config_swaps_the_served_models(base: Path, tmp_path: Path) -> No
             assert words in caught.value.details()
         response = predict(predict_request("other"), timeout=10)
         assert list(response.outputs["y"].float_val) == [12.0, 14.0]
+        # A reload cannot name a module to import, nor a folder without versions: it is
+        # refused whole, and the served models and readiness stay as they were.
+        custom = reload_request(("other", other), ("x", other))
+        custom.config.model_config_list.config[1].model_platform = "this:Nope"
+        missing = reload_request(("other", other), ("rel", tmp_path / "nothing"))
+        missing.config.model_config_list.config[1].model_platform = "onnx"
+        empty_dir = tmp_path / "empty"
+        empty_dir.mkdir()
+        bare = reload_request(("other", other), ("rel", empty_dir))
+        bare.config.model_config_list.config[1].model_platform = "onnx"
+        for request, words in (
+            (custom, "model_platform this:Nope is not allowed in a reload request; use one of"),
+            (missing, "base path"),
+            (bare, "no version folders"),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                models.HandleReloadConfigRequest(request, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert words in caught.value.details()
+        assert "this" not in sys.modules  # nothing was imported
+        assert [m.name for m in live.repository.models()] == ["other"]
+        assert httpx.get(f"{live.url}/health/ready", timeout=10).status_code == 200
         # An empty config changes nothing (TF Serving takes no action for one).
         empty = model_management_pb2.ReloadConfigRequest()
         assert models.HandleReloadConfigRequest(empty, timeout=10).status.error_code == 0

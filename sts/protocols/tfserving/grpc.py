@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio.to_thread
 import numpy as np
 
 from sts.api.grpc import GrpcServices, unary
+from sts.backends.base import PLATFORMS, backend_class
 from sts.codecs import check_shape, short
 from sts.errors import ConfigError, Forbidden, InvalidInput, ModelNotFound, NotFound, StsError
 from sts.model_config import ModelConfig
@@ -36,6 +38,7 @@ from sts.protos.tensors import (
 from sts.repository import ModelRepository
 from sts.service import Call, Codec, InferenceService
 from sts.signature import CLASSIFY, REGRESS, Signature, TensorSpec
+from sts.storage import is_url
 from sts.tfserving_config import entries
 from sts.versions import ModelVersion
 
@@ -253,6 +256,39 @@ def signature_def(signature: Signature, proto: Any) -> None:
     proto.method_name = signature.method
 
 
+def _known_platforms(found: list[tuple[str, dict[str, Any]]], operator: set[str]) -> None:
+    """ConfigError unless every entry of a reload request names a built-in platform or a
+    custom `module:Class` the operator's own config already uses (`operator`)."""
+    for where, entry in found:
+        platform = str(entry.get("platform", ""))
+        if platform.lower() not in PLATFORMS and platform not in operator:
+            allowed = sorted(PLATFORMS) + sorted(operator)
+            raise ConfigError(
+                f"model config {where}: model_platform {short(platform)} is not allowed in a "
+                f"reload request; use one of {', '.join(allowed)} (a custom module:Class "
+                "backend can be named only in the operator's config file or flags)"
+            )
+
+
+def _check_versions(configs: list[ModelConfig]) -> None:
+    """InvalidInput when a local base path of a reload request does not exist or holds no
+    version folders, so that a refused reload changes nothing. URL base paths are read
+    by their storage when loading."""
+    for config in configs:
+        if is_url(config.base_path):
+            continue
+        try:
+            backend = backend_class(config.platform)
+        except ConfigError as exc:
+            raise InvalidInput(exc.message) from None
+        path = Path(config.base_path)
+        if not backend.discover_versions(path):
+            raise InvalidInput(
+                f"model {short(config.name)}: {backend.describe_missing(path)}; "
+                "the reload was refused and changed nothing"
+            )
+
+
 # Reads the entries of a reloaded `ModelServerConfig` into model configs, with the
 # server's defaults (`ServerSettings.reloaded_model_configs`).
 ConfigReader = Callable[[list[tuple[str, dict[str, Any]]]], list[ModelConfig]]
@@ -274,6 +310,7 @@ class TFServingGrpc:
         self.repository = repository
         self.reload_configs = reload_configs
         self.max_tensor_bytes = max_tensor_bytes
+        self._custom_platforms: set[str] | None = None
 
     def services(self) -> GrpcServices:
         prediction = {
@@ -400,7 +437,14 @@ class TFServingGrpc:
         calls in flight), new ones loaded, a changed one loaded beside the old config and
         swapped in once it serves (the watcher's swap). Answers once every listed model
         serves a version; an empty config changes nothing. The config file, if any, is
-        not rewritten: a later change to it is applied over this one."""
+        not rewritten: a later change to it is applied over this one.
+
+        A refused reload changes nothing: the whole request is validated before any of it
+        is applied (sts validates rather than rolls back). INVALID_ARGUMENT for a platform
+        other than the built-in names (a custom `module:Class` backend would import any
+        module a caller names; such backends come only from the operator's flags or config
+        file) and for a local base path that does not exist or holds no version folders.
+        A model whose files then fail to load still answers UNAVAILABLE, with its status."""
         if self.reload_configs is None:
             raise Forbidden(
                 "HandleReloadConfigRequest changes the served models, which is off; start "
@@ -415,13 +459,25 @@ class TFServingGrpc:
                     "Only ModelConfigList is currently supported"
                 )
             try:
-                configs = self.reload_configs(entries(config, "the reload request"))
+                found = entries(config, "the reload request")
+                _known_platforms(found, self._operator_platforms())
+                configs = self.reload_configs(found)
             except ConfigError as exc:
                 raise InvalidInput(exc.message) from None
+            await anyio.to_thread.run_sync(_check_versions, configs)
             await anyio.to_thread.run_sync(self._apply, configs)
         response = TFS.ReloadConfigResponse()
         response.status.error_code = enum_value("tensorflow.error.Code", "OK")
         return response
+
+    def _operator_platforms(self) -> set[str]:
+        """The custom `module:Class` platforms of the models the operator configured,
+        noted before the first reload (a reload cannot add one)."""
+        if self._custom_platforms is None:
+            self._custom_platforms = {
+                m.config.platform for m in self.repository.models() if ":" in m.config.platform
+            }
+        return self._custom_platforms
 
     def _apply(self, configs: list[ModelConfig]) -> None:
         """In a worker thread: apply the model list, load, and check every model serves."""
