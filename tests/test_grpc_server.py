@@ -230,7 +230,10 @@ def test_v2_typed_contents(base: Path) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             infer(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "input 'x'" in caught.value.details()
+        assert caught.value.details() == (  # the field the client filled, not binary_data_size
+            "input 'x': contents.fp32_contents has 5 values but shape [2, 2] needs 4; "
+            "send one value per element"
+        )
         request.inputs[0].datatype = "FP64"
         with pytest.raises(grpc.RpcError) as caught:
             infer(request, timeout=10)
