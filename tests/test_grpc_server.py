@@ -73,6 +73,13 @@ def serving(base: Path, **overrides: Any) -> Iterator[tuple[LiveServer, str]]:
         yield live, f"127.0.0.1:{port}"
 
 
+def grpc_refusals(live: LiveServer, status: int) -> float:
+    """`sts_requests_total` of the gRPC calls refused before the service, by HTTP status."""
+    labels = {"model": "_unknown", "version": "", "protocol": "grpc", "status": str(status)}
+    value = live.app.state.metrics.registry.get_sample_value("sts_requests_total", labels)
+    return float(value or 0.0)
+
+
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
     fakes.write_version(tmp_path / "fake", 1, add=1.0)
@@ -102,7 +109,7 @@ def test_auth_guards_every_service(base: Path) -> None:
     overrides = {"enable_auth": True, "host": "127.0.0.1", "auth_password": "s3cret"}
     good = [("authorization", "Basic " + base64.b64encode(b"admin:s3cret").decode())]
     bad = [("authorization", "Basic " + base64.b64encode(b"admin:nope").decode())]
-    with serving(base, **overrides) as (_live, address), grpc.insecure_channel(address) as channel:
+    with serving(base, **overrides) as (live, address), grpc.insecure_channel(address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         assert stub.Predict(predict_request(), metadata=good, timeout=10).outputs["y"]
@@ -115,6 +122,8 @@ def test_auth_guards_every_service(base: Path) -> None:
                     call(request, metadata=metadata, timeout=10)
                 assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 assert message in caught.value.details()
+        # Counted as REST counts its 401s (just after the client hears the answer).
+        wait_for(lambda: grpc_refusals(live, 401) == 4, what="four 401s counted")
         with pytest.raises(grpc.RpcError) as caught:
             list(ProtoReflectionDescriptorDatabase(channel).get_services())
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -303,7 +312,7 @@ def test_sigterm_drains_grpc_calls_in_flight(tmp_path: Path) -> None:
 
 
 def test_a_message_that_does_not_parse_is_invalid_argument(base: Path) -> None:
-    with serving(base) as (_live, address), grpc.insecure_channel(address) as channel:
+    with serving(base) as (live, address), grpc.insecure_channel(address) as channel:
         for method in (f"/{PREDICTION}/Predict", "/inference.GRPCInferenceService/ModelInfer"):
             call = channel.unary_unary(method)  # bytes in, bytes out
             with pytest.raises(grpc.RpcError) as caught:
@@ -311,6 +320,7 @@ def test_a_message_that_does_not_parse_is_invalid_argument(base: Path) -> None:
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert method in caught.value.details()
             assert "did not parse" in caught.value.details()
+        wait_for(lambda: grpc_refusals(live, 400) == 2, what="two 400s counted")
 
 
 def reload_request(*models: tuple[str, Path]) -> Any:
