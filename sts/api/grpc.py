@@ -123,7 +123,7 @@ HTTP_STATUS = {
 GRPC = "grpc"  # the metrics' protocol label of the refusals counted here
 
 
-class RefusalCounter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class RefusalCounter(grpc.aio.ServerInterceptor):
     """Counts in `sts_requests_total` (protocol `grpc`, model `_unknown`) the unary calls
     refused before the inference service saw them (bad credentials, a message that does
     not parse), as `RequestAccounting` does for REST; calls the service observed are not
