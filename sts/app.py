@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -76,7 +76,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
 
     authenticator = settings.authenticator() if settings.enable_auth else None
     limiter = FailureLimiter(settings.auth_max_failures or 2**31)
-    grpc_server = _grpc_server(settings, service, repository, authenticator, limiter)
+    grpc_server = _grpc_server(settings, service, repository, authenticator, limiter, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -156,16 +156,19 @@ def _grpc_server(
     repository: ModelRepository,
     authenticator: Authenticator | None,
     limiter: FailureLimiter,
+    metrics: Metrics,
 ) -> GrpcServer | None:
     """TF Serving's and KServe v2's gRPC APIs on `--grpc_port` (None when it is 0)."""
     if not settings.grpc_port:
         return None
-    from sts.api.grpc import GrpcServer
+    from sts.api.grpc import GrpcServer, RefusalCounter
     from sts.auth.grpc import GrpcBasicAuth
     from sts.protocols.tfserving.grpc import TFServingGrpc
     from sts.protocols.v2.grpc import V2Grpc
 
-    interceptors = [GrpcBasicAuth(authenticator, limiter)] if authenticator is not None else []
+    interceptors: list[Any] = [RefusalCounter(metrics)]
+    if authenticator is not None:
+        interceptors.append(GrpcBasicAuth(authenticator, limiter))
     certificate = (
         (Path(settings.secret_pem), Path(settings.secret_key)) if settings.enable_ssl else None
     )
@@ -177,6 +180,7 @@ def _grpc_server(
                 service,
                 repository,
                 settings.reloaded_model_configs if settings.enable_model_control else None,
+                max_tensor_bytes=settings.max_request_bytes,
             ).services(),
             V2Grpc(
                 service, repository, settings.enable_model_control, settings.strict_readiness

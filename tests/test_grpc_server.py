@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,13 @@ def serving(base: Path, **overrides: Any) -> Iterator[tuple[LiveServer, str]]:
         yield live, f"127.0.0.1:{port}"
 
 
+def grpc_refusals(live: LiveServer, status: int) -> float:
+    """`sts_requests_total` of the gRPC calls refused before the service, by HTTP status."""
+    labels = {"model": "_unknown", "version": "", "protocol": "grpc", "status": str(status)}
+    value = live.app.state.metrics.registry.get_sample_value("sts_requests_total", labels)
+    return float(value or 0.0)
+
+
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
     fakes.write_version(tmp_path / "fake", 1, add=1.0)
@@ -101,7 +109,7 @@ def test_auth_guards_every_service(base: Path) -> None:
     overrides = {"enable_auth": True, "host": "127.0.0.1", "auth_password": "s3cret"}
     good = [("authorization", "Basic " + base64.b64encode(b"admin:s3cret").decode())]
     bad = [("authorization", "Basic " + base64.b64encode(b"admin:nope").decode())]
-    with serving(base, **overrides) as (_live, address), grpc.insecure_channel(address) as channel:
+    with serving(base, **overrides) as (live, address), grpc.insecure_channel(address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         assert stub.Predict(predict_request(), metadata=good, timeout=10).outputs["y"]
@@ -114,6 +122,8 @@ def test_auth_guards_every_service(base: Path) -> None:
                     call(request, metadata=metadata, timeout=10)
                 assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 assert message in caught.value.details()
+        # Counted as REST counts its 401s (just after the client hears the answer).
+        wait_for(lambda: grpc_refusals(live, 401) == 4, what="four 401s counted")
         with pytest.raises(grpc.RpcError) as caught:
             list(ProtoReflectionDescriptorDatabase(channel).get_services())
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -229,7 +239,10 @@ def test_v2_typed_contents(base: Path) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             infer(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "input 'x'" in caught.value.details()
+        assert caught.value.details() == (  # the field the client filled, not binary_data_size
+            "input 'x': contents.fp32_contents has 5 values but shape [2, 2] needs 4; "
+            "send one value per element"
+        )
         request.inputs[0].datatype = "FP64"
         with pytest.raises(grpc.RpcError) as caught:
             infer(request, timeout=10)
@@ -299,7 +312,7 @@ def test_sigterm_drains_grpc_calls_in_flight(tmp_path: Path) -> None:
 
 
 def test_a_message_that_does_not_parse_is_invalid_argument(base: Path) -> None:
-    with serving(base) as (_live, address), grpc.insecure_channel(address) as channel:
+    with serving(base) as (live, address), grpc.insecure_channel(address) as channel:
         for method in (f"/{PREDICTION}/Predict", "/inference.GRPCInferenceService/ModelInfer"):
             call = channel.unary_unary(method)  # bytes in, bytes out
             with pytest.raises(grpc.RpcError) as caught:
@@ -307,6 +320,7 @@ def test_a_message_that_does_not_parse_is_invalid_argument(base: Path) -> None:
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert method in caught.value.details()
             assert "did not parse" in caught.value.details()
+        wait_for(lambda: grpc_refusals(live, 400) == 2, what="two 400s counted")
 
 
 def reload_request(*models: tuple[str, Path]) -> Any:
@@ -364,6 +378,28 @@ def test_reload_config_swaps_the_served_models(base: Path, tmp_path: Path) -> No
             assert words in caught.value.details()
         response = predict(predict_request("other"), timeout=10)
         assert list(response.outputs["y"].float_val) == [12.0, 14.0]
+        # A reload cannot name a module to import, nor a folder without versions: it is
+        # refused whole, and the served models and readiness stay as they were.
+        custom = reload_request(("other", other), ("x", other))
+        custom.config.model_config_list.config[1].model_platform = "this:Nope"
+        missing = reload_request(("other", other), ("rel", tmp_path / "nothing"))
+        missing.config.model_config_list.config[1].model_platform = "onnx"
+        empty_dir = tmp_path / "empty"
+        empty_dir.mkdir()
+        bare = reload_request(("other", other), ("rel", empty_dir))
+        bare.config.model_config_list.config[1].model_platform = "onnx"
+        for request, words in (
+            (custom, "model_platform this:Nope is not allowed in a reload request; use one of"),
+            (missing, "base path"),
+            (bare, "no version folders"),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                models.HandleReloadConfigRequest(request, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert words in caught.value.details()
+        assert "this" not in sys.modules  # nothing was imported
+        assert [m.name for m in live.repository.models()] == ["other"]
+        assert httpx.get(f"{live.url}/health/ready", timeout=10).status_code == 200
         # An empty config changes nothing (TF Serving takes no action for one).
         empty = model_management_pb2.ReloadConfigRequest()
         assert models.HandleReloadConfigRequest(empty, timeout=10).status.error_code == 0

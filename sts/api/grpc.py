@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from sts import protos
 from sts.errors import StsError
+from sts.metrics import OBSERVED, UNKNOWN_MODEL, Observed, RequestMetrics
 
 logger = logging.getLogger("sts.grpc")
 
@@ -103,6 +105,64 @@ def _checked(behaviour: Method, message: Any, path: str) -> Method:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
     return call
+
+
+# The HTTP status a REST client gets for the same refusal, for `sts_requests_total`.
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "FAILED_PRECONDITION": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+GRPC = "grpc"  # the metrics' protocol label of the refusals counted here
+
+
+class RefusalCounter(grpc.aio.ServerInterceptor):
+    """Counts in `sts_requests_total` (protocol `grpc`, model `_unknown`) the unary calls
+    refused before the inference service saw them (bad credentials, a message that does
+    not parse), as `RequestAccounting` does for REST; calls the service observed are not
+    counted twice. Listed first, so it wraps the other interceptors."""
+
+    def __init__(self, metrics: RequestMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        inner = handler.unary_unary
+        metrics = self.metrics
+
+        async def counted(request: Any, context: Context) -> Any:
+            observed = Observed()
+            token = OBSERVED.set(observed)
+            started = time.perf_counter()
+            try:
+                return await inner(request, context)
+            finally:
+                OBSERVED.reset(token)
+                code = context.code()
+                if code is not None and code != grpc.StatusCode.OK and not observed.seen:
+                    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                    status = HTTP_STATUS.get(name, 500)
+                    seconds = time.perf_counter() - started
+                    metrics.observe(UNKNOWN_MODEL, "", GRPC, status, seconds)
+
+        return grpc.unary_unary_rpc_method_handler(
+            counted,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 class GrpcServer:

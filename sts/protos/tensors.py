@@ -4,7 +4,10 @@ and TF Serving's `Input` of `tensorflow.Example`s as a string tensor.
 A request tensor may carry its values in `tensor_content` (raw little-endian bytes, read in
 place), in the typed `*_val` field of its dtype, or in `half_val` (the bits of half and
 bfloat16 values). As in TensorFlow, fewer typed values than elements repeat the last one
-(`tf.make_tensor_proto(0.0, shape=[2, 3])` sends one), and none means zeros. Responses use
+(`tf.make_tensor_proto(0.0, shape=[2, 3])` sends one), and none means zeros. So a few bytes
+can name a huge tensor: `to_array` refuses one whose decoded values would exceed `max_bytes`
+(the server passes `--max_request_bytes`, the most `tensor_content` could carry) before it
+allocates anything. Responses use
 the typed fields, as TF Serving does: clients read `outputs["y"].float_val` directly.
 
 An ONNX model's structured output (a sequence of maps such as skl2onnx's ZipMap, a map, a
@@ -26,6 +29,8 @@ from sts.protos import TF
 from sts.signature import DTYPES, DType
 
 DT_BFLOAT16 = 14
+# The default bound on a decoded request tensor: `--max_request_bytes`'s default.
+MAX_DECODED_BYTES = 64 * 1024 * 1024
 DT_HALF = 19
 BY_ENUM: dict[int, DType] = {d.tf_enum: d for d in DTYPES.values()}
 
@@ -67,21 +72,24 @@ def shape_of(proto: Any, what: str) -> tuple[int, ...]:
     return shape
 
 
-def to_array(proto: Any, what: str) -> np.ndarray:
+def to_array(proto: Any, what: str, max_bytes: int = MAX_DECODED_BYTES) -> np.ndarray:
     """The numpy value of a `TensorProto` (strings: an object array of bytes). bfloat16
-    becomes float32 (numpy has no bfloat16); InvalidInput for dtypes sts does not serve
-    and for values that do not fit the shape."""
+    becomes float32 (numpy has no bfloat16); InvalidInput for dtypes sts does not serve,
+    for values that do not fit the shape, and for a shape whose decoded values would take
+    more than `max_bytes` (checked before anything is allocated)."""
     enum = int(proto.dtype)
     shape = shape_of(proto.tensor_shape, what)
     count = math.prod(shape)
-    if enum == DT_BFLOAT16:
-        return _bfloat16(proto, shape, count, what)
     dt = BY_ENUM.get(enum)
+    if enum == DT_BFLOAT16:
+        _check_size(shape, count, 4, "DT_BFLOAT16", max_bytes, what)
+        return _bfloat16(proto, shape, count, what)
     if dt is None:
         raise InvalidInput(
             f"{what}: {dtype_name(enum)} tensors are not supported; "
             f"use one of {', '.join(d.tf_name for d in DTYPES.values())}"
         )
+    _check_size(shape, count, dt.numpy.itemsize, dt.tf_name, max_bytes, what)
     if dt.name == "string":
         values: Any = list(proto.string_val)
         return _fill(_objects(values), shape, count, what)
@@ -101,6 +109,20 @@ def to_array(proto: Any, what: str) -> np.ndarray:
     else:
         flat = np.array(field, dtype=dt.numpy)
     return _fill(flat, shape, count, what)
+
+
+def _check_size(
+    shape: tuple[int, ...], count: int, itemsize: int, dtype: str, max_bytes: int, what: str
+) -> None:
+    """InvalidInput when `count` elements of `itemsize` bytes (an object array's: the
+    pointers) exceed `max_bytes`."""
+    size = count * itemsize
+    if size > max_bytes:
+        raise InvalidInput(
+            f"{what}: shape {list(shape)} of {dtype} is {count} elements, {size} bytes once "
+            f"decoded, over the limit of {max_bytes} bytes (--max_request_bytes); send a "
+            "smaller tensor or raise the limit"
+        )
 
 
 def _objects(values: list[bytes]) -> np.ndarray:

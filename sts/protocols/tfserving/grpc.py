@@ -13,22 +13,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio.to_thread
 import numpy as np
 
 from sts.api.grpc import GrpcServices, unary
+from sts.backends.base import PLATFORMS, backend_class
 from sts.codecs import check_shape, short
 from sts.errors import ConfigError, Forbidden, InvalidInput, ModelNotFound, NotFound, StsError
 from sts.model_config import ModelConfig
 from sts.protocols.tfserving.codec import check_method, classifications, regressions
 from sts.protocols.tfserving.wording import in_tf_words, label_version
 from sts.protos import TFS, enum_value
-from sts.protos.tensors import dtype_name, from_array, serialized_examples, to_array
+from sts.protos.tensors import (
+    MAX_DECODED_BYTES,
+    dtype_name,
+    from_array,
+    serialized_examples,
+    shape_of,
+    to_array,
+)
 from sts.repository import ModelRepository
 from sts.service import Call, Codec, InferenceService
 from sts.signature import CLASSIFY, REGRESS, Signature, TensorSpec
+from sts.storage import is_url
 from sts.tfserving_config import entries
 from sts.versions import ModelVersion
 
@@ -63,9 +73,16 @@ class GrpcCodec(Codec[bytes]):
 
 
 class PredictCodec(GrpcCodec):
-    """`PredictRequest.inputs` (TensorProtos) -> arrays; outputs -> `PredictResponse`."""
+    """`PredictRequest.inputs` (TensorProtos) -> arrays; outputs -> `PredictResponse`.
+    `max_bytes`: the most bytes one decoded input may take."""
 
-    __slots__ = ()
+    __slots__ = ("max_bytes",)
+
+    def __init__(
+        self, request: Any, model: str, version: int | None, max_bytes: int = MAX_DECODED_BYTES
+    ) -> None:
+        super().__init__(request, model, version)
+        self.max_bytes = max_bytes
 
     def decode(self, call: Call) -> Mapping[str, np.ndarray]:
         inputs = self.request.inputs
@@ -84,7 +101,10 @@ class PredictCodec(GrpcCodec):
                 f"Missing but required: {_names(missing)}."
             )
         self._outputs(signature)  # a bad output_filter fails before the model runs
-        return {name: _input(inputs[name], spec) for name, spec in signature.inputs.items()}
+        return {
+            name: _input(inputs[name], spec, self.max_bytes)
+            for name, spec in signature.inputs.items()
+        }
 
     def _outputs(self, signature: Signature) -> list[str]:
         wanted = list(self.request.output_filter)
@@ -193,9 +213,18 @@ _TASKS: dict[str, type[ClassifyCodec] | type[RegressCodec]] = {
 }
 
 
-def _input(proto: Any, spec: TensorSpec) -> np.ndarray:
+def _input(proto: Any, spec: TensorSpec, max_bytes: int) -> np.ndarray:
+    """A request tensor as an array of `spec`'s dtype and shape. The shape the proto names
+    is checked against the signature, and its decoded size against `max_bytes`, before
+    any value is decoded: `float_val: [7]` with a huge shape would otherwise be expanded
+    in full ("repeat the last value")."""
     what = f"input '{spec.name}'"
-    array = to_array(proto, what)
+    shape = shape_of(proto.tensor_shape, what)
+    if not spec.shape_matches(shape):
+        raise InvalidInput(
+            f"{what}: shape {list(shape)} does not match the model's {spec.describe_shape()}"
+        )
+    array = to_array(proto, what, max_bytes)
     expected = spec.dt.numpy
     if array.dtype != expected and not (expected.kind == "O" and array.dtype.kind == "O"):
         given = dtype_name(int(proto.dtype))
@@ -227,6 +256,39 @@ def signature_def(signature: Signature, proto: Any) -> None:
     proto.method_name = signature.method
 
 
+def _known_platforms(found: list[tuple[str, dict[str, Any]]], operator: set[str]) -> None:
+    """ConfigError unless every entry of a reload request names a built-in platform or a
+    custom `module:Class` the operator's own config already uses (`operator`)."""
+    for where, entry in found:
+        platform = str(entry.get("platform", ""))
+        if platform.lower() not in PLATFORMS and platform not in operator:
+            allowed = sorted(PLATFORMS) + sorted(operator)
+            raise ConfigError(
+                f"model config {where}: model_platform {short(platform)} is not allowed in a "
+                f"reload request; use one of {', '.join(allowed)} (a custom module:Class "
+                "backend can be named only in the operator's config file or flags)"
+            )
+
+
+def _check_versions(configs: list[ModelConfig]) -> None:
+    """InvalidInput when a local base path of a reload request does not exist or holds no
+    version folders, so that a refused reload changes nothing. URL base paths are read
+    by their storage when loading."""
+    for config in configs:
+        if is_url(config.base_path):
+            continue
+        try:
+            backend = backend_class(config.platform)
+        except ConfigError as exc:
+            raise InvalidInput(exc.message) from None
+        path = Path(config.base_path)
+        if not backend.discover_versions(path):
+            raise InvalidInput(
+                f"model {short(config.name)}: {backend.describe_missing(path)}; "
+                "the reload was refused and changed nothing"
+            )
+
+
 # Reads the entries of a reloaded `ModelServerConfig` into model configs, with the
 # server's defaults (`ServerSettings.reloaded_model_configs`).
 ConfigReader = Callable[[list[tuple[str, dict[str, Any]]]], list[ModelConfig]]
@@ -234,17 +296,21 @@ ConfigReader = Callable[[list[tuple[str, dict[str, Any]]]], list[ModelConfig]]
 
 class TFServingGrpc:
     """The servicers; one per app. `reload_configs` (None: model control is off) lets
-    HandleReloadConfigRequest change the served models."""
+    HandleReloadConfigRequest change the served models; `max_tensor_bytes` bounds one
+    decoded Predict input (the server passes `--max_request_bytes`)."""
 
     def __init__(
         self,
         service: InferenceService,
         repository: ModelRepository,
         reload_configs: ConfigReader | None = None,
+        max_tensor_bytes: int = MAX_DECODED_BYTES,
     ) -> None:
         self.service = service
         self.repository = repository
         self.reload_configs = reload_configs
+        self.max_tensor_bytes = max_tensor_bytes
+        self._custom_platforms: set[str] | None = None
 
     def services(self) -> GrpcServices:
         prediction = {
@@ -279,7 +345,7 @@ class TFServingGrpc:
 
     async def predict(self, request: Any, context: Context) -> bytes:
         model, version = self._target(request.model_spec)
-        codec = PredictCodec(request, model, version)
+        codec = PredictCodec(request, model, version, self.max_tensor_bytes)
         return await self.service.infer(model, version, codec, PROTOCOL)
 
     async def classify(self, request: Any, context: Context) -> bytes:
@@ -371,7 +437,14 @@ class TFServingGrpc:
         calls in flight), new ones loaded, a changed one loaded beside the old config and
         swapped in once it serves (the watcher's swap). Answers once every listed model
         serves a version; an empty config changes nothing. The config file, if any, is
-        not rewritten: a later change to it is applied over this one."""
+        not rewritten: a later change to it is applied over this one.
+
+        A refused reload changes nothing: the whole request is validated before any of it
+        is applied (sts validates rather than rolls back). INVALID_ARGUMENT for a platform
+        other than the built-in names (a custom `module:Class` backend would import any
+        module a caller names; such backends come only from the operator's flags or config
+        file) and for a local base path that does not exist or holds no version folders.
+        A model whose files then fail to load still answers UNAVAILABLE, with its status."""
         if self.reload_configs is None:
             raise Forbidden(
                 "HandleReloadConfigRequest changes the served models, which is off; start "
@@ -386,13 +459,25 @@ class TFServingGrpc:
                     "Only ModelConfigList is currently supported"
                 )
             try:
-                configs = self.reload_configs(entries(config, "the reload request"))
+                found = entries(config, "the reload request")
+                _known_platforms(found, self._operator_platforms())
+                configs = self.reload_configs(found)
             except ConfigError as exc:
                 raise InvalidInput(exc.message) from None
+            await anyio.to_thread.run_sync(_check_versions, configs)
             await anyio.to_thread.run_sync(self._apply, configs)
         response = TFS.ReloadConfigResponse()
         response.status.error_code = enum_value("tensorflow.error.Code", "OK")
         return response
+
+    def _operator_platforms(self) -> set[str]:
+        """The custom `module:Class` platforms of the models the operator configured,
+        noted before the first reload (a reload cannot add one)."""
+        if self._custom_platforms is None:
+            self._custom_platforms = {
+                m.config.platform for m in self.repository.models() if ":" in m.config.platform
+            }
+        return self._custom_platforms
 
     def _apply(self, configs: list[ModelConfig]) -> None:
         """In a worker thread: apply the model list, load, and check every model serves."""

@@ -16,6 +16,7 @@ JSON text, as v2 REST sends it only as JSON; raw, it is refused naming the fix.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -75,13 +76,20 @@ def parameters(proto: Any) -> dict[str, Any]:
 
 
 def _raw_from_contents(tensor: Any, what: str) -> bytes:
-    """Typed contents packed as the binary extension's bytes, checked for range."""
+    """Typed contents packed as the binary extension's bytes, checked for range and for
+    one value per element of the shape (InvalidInput naming the contents field)."""
     field = CONTENTS.get(tensor.datatype)
     if field is None:
         if tensor.datatype in V2_DTYPES:
             raise InvalidInput(f"{what}: {tensor.datatype} values travel in raw_input_contents")
         return b""  # an unknown datatype: decode_inputs names it
     values = getattr(tensor.contents, field)
+    count = math.prod(tensor.shape)
+    if values and len(values) != count:  # none: decode_inputs names a wrong datatype first
+        raise InvalidInput(
+            f"{what}: contents.{field} has {len(values)} values but shape "
+            f"{list(tensor.shape)} needs {count}; send one value per element"
+        )
     if tensor.datatype == "BYTES":
         return raw_bytes(string_array_of(list(values)), DTYPES["string"], tensor.name)
     dt = V2_DTYPES[tensor.datatype]

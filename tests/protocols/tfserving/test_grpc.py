@@ -171,6 +171,38 @@ def test_tensor_forms(stub: Any) -> None:
     assert list(stub.Predict(request, timeout=30).outputs["y"].float_val) == [3.0, 5.0]
 
 
+def huge(model: str, name: str, shape: list[int]) -> Any:
+    """A 40-odd-byte Predict naming a huge tensor of one float ("repeat the last value")."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    tensor = request.inputs[name]
+    tensor.dtype = tf.float32.as_datatype_enum
+    for size in shape:
+        tensor.tensor_shape.dim.add().size = size
+    tensor.float_val.append(7.0)
+    return request
+
+
+def test_a_few_bytes_cannot_name_a_huge_tensor(stub: Any) -> None:
+    """The shape is checked against the signature, and its decoded size against
+    --max_request_bytes (64 MiB here), before anything is allocated: at once, no 500."""
+    error = rpc_error(stub.Predict, huge("iris", "features", [2**26, 3]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "input 'features': shape [67108864, 3] does not match the model's [-1, 4]"
+    )
+    for rows in (2**26, 2**40):
+        error = rpc_error(stub.Predict, huge("iris", "features", [rows, 4]))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == (
+            f"input 'features': shape [{rows}, 4] of DT_FLOAT is {rows * 4} elements, "
+            f"{rows * 16} bytes once decoded, over the limit of 67108864 bytes "
+            "(--max_request_bytes); send a smaller tensor or raise the limit"
+        )
+    reply = stub.Predict(huge("iris", "features", [2, 4]), timeout=30)
+    assert len(reply.outputs) > 0  # a small shape still fills from one value
+
+
 def test_metadata(stub: Any) -> None:
     request = get_model_metadata_pb2.GetModelMetadataRequest()
     request.model_spec.name = "text"
