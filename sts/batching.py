@@ -97,18 +97,14 @@ _WRAPPED = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "n
 
 
 def _batching_text(text: str, path: Path) -> dict[str, Any]:
-    from google.protobuf import text_format
-
-    from sts.protos import TFS
+    from sts.protos import TFS, merge_text_format
 
     message = TFS.BatchingParameters()
-    try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as exc:
-        raise ConfigError(
-            f"batching parameters file {path} is not a valid TF Serving BatchingParameters "
-            f"(text format): {exc}"
-        ) from None
+    merge_text_format(
+        text,
+        message,
+        f"batching parameters file {path} is not a valid TF Serving BatchingParameters",
+    )
     values: dict[str, Any] = {
         name: getattr(message, name).value for name in _WRAPPED if message.HasField(name)
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sts.errors import ConfigError
-from sts.protos import message_class
+from sts.protos import merge_text_format, message_class
 
 # TF Serving's version policy when an entry names none (its `model_server_config.proto`).
 TFSERVING_DEFAULT_POLICY = "latest:1"
@@ -28,16 +28,12 @@ def model_server_config_class() -> Any:
 def parse_text(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
     """A text-format `ModelServerConfig` -> (where, entry) per `config`; ConfigError with
     protobuf's line:column on a syntax error."""
-    from google.protobuf import text_format
-
     message = model_server_config_class()()
-    try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as exc:
-        raise ConfigError(
-            f"model config file {path} is neither JSON nor a valid TF Serving "
-            f"ModelServerConfig (text format): {exc}"
-        ) from None
+    merge_text_format(
+        text,
+        message,
+        f"model config file {path} is neither JSON nor a valid TF Serving ModelServerConfig",
+    )
     return entries(message, path)
 
 

@@ -49,6 +49,20 @@ def message_class(full_name: str) -> Any:
     return message_factory.GetMessageClass(pool().FindMessageTypeByName(full_name))
 
 
+def merge_text_format(text: str, message: Any, what: str) -> None:
+    """Merge protobuf text format `text` into `message`; ConfigError naming `what` (e.g.
+    "model config file x is not a valid TF Serving ModelServerConfig") and protobuf's
+    line:column on a syntax error or an unknown field."""
+    from google.protobuf import text_format
+
+    from sts.errors import ConfigError
+
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ConfigError(f"{what} (text format): {exc}") from None
+
+
 def enum_value(full_name: str, name: str) -> int:
     """The number of value `name` of enum `full_name` (e.g. `tensorflow.error.Code`, `OK`)."""
     return int(pool().FindEnumTypeByName(full_name).values_by_name[name].number)
