@@ -81,8 +81,8 @@ class Backend(ABC, Generic[OptionsT]):
 
     Required: `load` (read the artefact, place it on its device, load custom ops) and
     `predict` (one batch: `inputs` holds exactly the signature's inputs, already in its
-    dtypes; return every output as an array). Then either set `self.signature` in `load`
-    (one signature, served as `serving_default`) or override `signatures` (several).
+    dtypes; return every output as an array). Then set, in `load`, either `self.signature`
+    (one signature, served as `serving_default`) or `self.signature_map` (several).
     Optional, with defaults: `unload` (free memory, GPU too), `runtime_info` (status),
     `discover_versions` and `describe_missing` (another folder layout), `plan_process`
     (settings the framework keeps once per process), `session_config_keys` (the
@@ -125,6 +125,8 @@ class Backend(ABC, Generic[OptionsT]):
         """Seconds this backend spent importing its framework for the first time (else 0)."""
         self.signature: Signature | None = None
         """The one signature of a single-signature backend, set by `load`."""
+        self.signature_map: dict[str, Signature] = {}
+        """Name -> signature of a backend with several, set by `load` (emptied by `unload`)."""
 
     @abstractmethod
     def load(self) -> None:
@@ -138,7 +140,10 @@ class Backend(ABC, Generic[OptionsT]):
 
     def signatures(self) -> dict[str, Signature]:
         """Signature name -> inputs/outputs; `default_signature` picks the default.
-        By default the one `self.signature` set by `load`, as `serving_default`."""
+        `self.signature_map` when `load` set it, else the one `self.signature` as
+        `serving_default`; BackendError before a load."""
+        if self.signature_map:
+            return self.signature_map
         if self.signature is None:
             raise BackendError("model is not loaded")
         return {DEFAULT_SIGNATURE: self.signature}

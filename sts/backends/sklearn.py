@@ -97,7 +97,6 @@ class SklearnBackend(Backend[SklearnOptions]):
     def __init__(self, path: Path, options: SklearnOptions) -> None:
         super().__init__(path, options)
         self._model: Any = None
-        self._signatures: dict[str, Signature] = {}
         self._runs: dict[str, Run] = {}
         self._columns: list[str] | None = None  # None: one `inputs` matrix
 
@@ -112,7 +111,7 @@ class SklearnBackend(Backend[SklearnOptions]):
         unpickled): its signatures and how each runs."""
         self._model = model
         self._columns, inputs = _inputs(model, self.options.column_dtypes)
-        self._signatures, self._runs = _signatures(model, inputs)
+        self.signature_map, self._runs = _signatures(model, inputs)
 
     @property
     def model(self) -> Any:
@@ -123,11 +122,6 @@ class SklearnBackend(Backend[SklearnOptions]):
         import sklearn
 
         return {"scikit-learn": sklearn.__version__, "estimator": type(self._model).__name__}
-
-    def signatures(self) -> dict[str, Signature]:
-        if not self._signatures:
-            raise BackendError("model is not loaded")
-        return self._signatures
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], signature: str | None = None
@@ -155,7 +149,7 @@ class SklearnBackend(Backend[SklearnOptions]):
 
     def unload(self) -> None:
         self._model = None
-        self._signatures, self._runs = {}, {}
+        self.signature_map, self._runs = {}, {}
 
 
 def read_model(file: Path, options: SklearnOptions) -> Any:

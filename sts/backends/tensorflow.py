@@ -341,7 +341,6 @@ class TensorflowBackend(Backend[TensorflowOptions]):
         self._loaded: Any = None
         self._session: SessionRunner | None = None
         self._functions: dict[str, Any] = {}
-        self._signatures: dict[str, Signature] = {}
         self._device: str | None = None
         self._errors: ErrorMap = {}
 
@@ -412,7 +411,7 @@ class TensorflowBackend(Backend[TensorflowOptions]):
             raise ModelLoadError(f"{self.path} has no servable signature")
         self._loaded = loaded
         self._functions = functions
-        self._signatures = signatures
+        self.signature_map = signatures
 
     def _signature(self, name: str, definition: Any, enforce_shapes: bool) -> Signature | None:
         """A SignatureDef as sts describes it; None (and a warning) if sts cannot serve it."""
@@ -458,21 +457,16 @@ class TensorflowBackend(Backend[TensorflowOptions]):
             self._session = SessionRunner(
                 self._tf, self.path, self.options.tags, self._device, tensors
             )
-        self._signatures = signatures
+        self.signature_map = signatures
 
     def _describe_load_error(self, exc: BaseException) -> str:
         return f"TensorFlow cannot load {self.path}: {_clean_message(exc)}"
-
-    def signatures(self) -> dict[str, Signature]:
-        if not self._signatures:
-            raise BackendError("model is not loaded")
-        return self._signatures
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], signature: str | None = None
     ) -> dict[str, np.ndarray]:
         name = signature or self.default_signature()
-        spec = self._signatures.get(name)
+        spec = self.signature_map.get(name)
         if spec is None:
             raise BackendError(f"signature {name!r} is not loaded")
         # Inputs whose batch dimensions disagree are refused in both paths: a TF 1 graph
@@ -491,7 +485,7 @@ class TensorflowBackend(Backend[TensorflowOptions]):
             tf.device(self._device) if self._device else contextlib.nullcontext(),
         ):
             results = function(**{key: tf.constant(value) for key, value in inputs.items()})
-        return {key: results[key].numpy() for key in self._signatures[name].outputs}
+        return {key: results[key].numpy() for key in self.signature_map[name].outputs}
 
     def runtime_info(self) -> dict[str, Any]:
         tf = self._tf
