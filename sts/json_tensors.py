@@ -13,7 +13,9 @@ orjson would have given it.
 Every value is converted once, in time linear in the body: simdjson finds an array's element
 by index or an object's value by key by scanning, so arrays of numbers and of scalars are
 converted by one bulk call (`as_buffer`, `as_list`), arrays of arrays or objects by iterating
-over them, and objects with many keys by `as_dict`.
+over them, and objects with many keys by `as_dict`. That the numpy arrays were nested as
+their shapes is checked once for the whole body, on its bytes (`_rectangular`), and only
+where that cannot tell, array by array.
 """
 
 from __future__ import annotations
@@ -57,69 +59,91 @@ def parse(body: bytes) -> Any:
         _local.parser = None  # a fresh parser for the next body
         return None
     try:
-        return _convert(document)
+        conversion = _Conversion(checked=False)
+        value = conversion.convert(document)
+        if conversion.arrays and not _rectangular(body, value):
+            value = _Conversion(checked=True).convert(document)  # each array on its own
+        return value
     finally:
         del document  # the parser is reused only once no proxy into it is left
 
 
-def _convert(node: Any) -> Any:
-    if isinstance(node, simdjson.Object):
-        if len(node) > MAX_OBJECT_KEYS:
-            return node.as_dict()  # a key lookup scans the object: no proxy per key
-        return {key: _convert(node[key]) for key in node.keys()}  # noqa: SIM118 - proxies
-    if isinstance(node, simdjson.Array):
-        return _array(node)
-    return node
+class _Conversion:
+    """simdjson's proxies -> Python values and numpy arrays. `checked`: each numeric array's
+    nesting is checked against its shape on its own (`mini`, which writes its numbers as
+    text: about 1 ms for 12,288 floats); otherwise only its count of numbers is, and the
+    caller checks the whole body's nesting at once (`_rectangular`)."""
 
+    __slots__ = ("arrays", "checked")
 
-def _array(node: Any) -> Any:
-    """An array as numpy (when it is a big rectangular array of numbers) or as a list. Every
-    element is converted once: by one bulk call (`as_buffer`, `as_list`) or, for arrays of
-    objects and arrays, by iterating over it (never by index, which scans the array)."""
-    if not len(node):
-        return []
-    head = node[0]  # the first element: no scan
-    shape = [len(node)]
-    first: Any = head
-    while isinstance(first, simdjson.Array) and len(first) and len(shape) < MAX_DIMENSIONS:
-        shape.append(len(first))
-        first = first[0]
-    if (
-        isinstance(first, int | float)
-        and not isinstance(first, bool)
-        and math.prod(shape) >= MIN_ARRAY_ELEMENTS
-    ):
-        # Its numbers are read in bulk: the subtree is not looked at again, numpy or not.
-        return _numeric(node, shape, isinstance(first, int))
-    if isinstance(head, simdjson.Array | simdjson.Object):
-        return [_convert(child) for child in node]
-    return node.as_list()
+    def __init__(self, checked: bool) -> None:
+        self.checked = checked
+        self.arrays = 0
 
+    def convert(self, node: Any) -> Any:
+        if isinstance(node, simdjson.Object):
+            if len(node) > MAX_OBJECT_KEYS:
+                return node.as_dict()  # a key lookup scans the object: no proxy per key
+            return {key: self.convert(node[key]) for key in node.keys()}  # noqa: SIM118
+        if isinstance(node, simdjson.Array):
+            return self.array(node)
+        return node
 
-def _numeric(node: Any, shape: list[int], integers: bool) -> Any:
-    """`node` as an int64 or float64 array of `shape`, or as a list when it is not a
-    rectangular array of numbers of that shape."""
-    flat = None
-    if integers:  # integers stay exact int64 (tf.Example int64 features)
-        with contextlib.suppress(TypeError, ValueError):
-            flat = np.frombuffer(node.as_buffer(of_type="i"), dtype=np.int64)
-    if flat is None:
-        try:
-            flat = np.frombuffer(node.as_buffer(of_type="d"), dtype=np.float64)
-        except (TypeError, ValueError):
-            return node.as_list()  # booleans, strings, nulls or objects among the numbers
-    # as_buffer flattens whatever nesting it finds: the nesting must be the shape read along
-    # the first elements, every row of its length and every number at the innermost level.
-    if flat.size != math.prod(shape) or _skeleton(node.mini) != _expected_skeleton(shape):
+    def array(self, node: Any) -> Any:
+        """An array as numpy (when it is a big rectangular array of numbers) or as a list.
+        Every element is converted once: by one bulk call (`as_buffer`, `as_list`) or, for
+        arrays of objects and arrays, by iterating over it (never by index, which scans)."""
+        if not len(node):
+            return []
+        head = node[0]  # the first element: no scan
+        shape = [len(node)]
+        first: Any = head
+        while isinstance(first, simdjson.Array) and len(first) and len(shape) < MAX_DIMENSIONS:
+            shape.append(len(first))
+            first = first[0]
+        if (
+            isinstance(first, int | float)
+            and not isinstance(first, bool)
+            and math.prod(shape) >= MIN_ARRAY_ELEMENTS
+        ):
+            # Its numbers are read in bulk: the subtree is not looked at again, numpy or not.
+            return self.numeric(node, shape, isinstance(first, int))
+        if isinstance(head, simdjson.Array | simdjson.Object):
+            return [self.convert(child) for child in node]
         return node.as_list()
-    if flat.dtype.kind == "f" and np.abs(flat).max() >= _EXACT:
-        values = node.as_list()
-        if _has_big_integers(values):
-            return values
-    return flat.reshape(shape)
+
+    def numeric(self, node: Any, shape: list[int], integers: bool) -> Any:
+        """`node` as an int64 or float64 array of `shape`, or as a list when it is not a
+        rectangular array of numbers of that shape."""
+        flat = None
+        if integers:  # integers stay exact int64 (tf.Example int64 features)
+            with contextlib.suppress(TypeError, ValueError):
+                flat = np.frombuffer(node.as_buffer(of_type="i"), dtype=np.int64)
+        if flat is None:
+            try:
+                flat = np.frombuffer(node.as_buffer(of_type="d"), dtype=np.float64)
+            except (TypeError, ValueError):
+                return node.as_list()  # booleans, strings, nulls or objects among the numbers
+        # as_buffer flattens whatever nesting it finds: the nesting must be the shape read
+        # along the first elements, every row of its length and every number at the
+        # innermost level.
+        if flat.size != math.prod(shape):
+            return node.as_list()
+        if self.checked and _skeleton(node.mini) != _expected_skeleton(tuple(shape)):
+            return node.as_list()
+        if flat.dtype.kind == "f" and np.abs(flat).max() >= _EXACT:
+            values = node.as_list()
+            if _has_big_integers(values):
+                return values
+        self.arrays += 1
+        return flat.reshape(shape)
 
 
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b"[],")))
+_NOT_DOCUMENT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'[]{},:"')))
+STRUCTURE_BUDGET = 1 << 16
+"""Values of a document past this many are not compared with the body at once: its arrays
+are checked one by one instead (as costly, but never more than that)."""
 
 
 def _skeleton(text: bytes) -> bytes:
@@ -127,12 +151,52 @@ def _skeleton(text: bytes) -> bytes:
     return text.translate(None, _NOT_STRUCTURE)
 
 
-def _expected_skeleton(shape: list[int]) -> bytes:
-    """`_skeleton` of a rectangular array of `shape`: `[[,,],[,,]]` for [2, 3]."""
+def _expected_skeleton(shape: tuple[int, ...]) -> bytes:
+    """`_skeleton` of a rectangular array of `shape`: `[[,,],[,,]]` for (2, 3)."""
     skeleton = b"[" + b"," * (shape[-1] - 1) + b"]"
     for size in reversed(shape[:-1]):
         skeleton = b"[" + b",".join([skeleton] * size) + b"]"
     return skeleton
+
+
+def _rectangular(body: bytes, value: Any) -> bool:
+    """Whether `body` is nested as `value` is, its numpy arrays rectangular. Both are
+    compared as their brackets, braces, commas and colons outside strings (numbers,
+    strings and literals write none): one pass over the body's bytes in C instead of
+    writing each array's numbers back as text. False where it cannot tell (a backslash,
+    which may escape a quote; a document of more than `STRUCTURE_BUDGET` values)."""
+    if b"\\" in body:
+        return False
+    expected = _structure(value, [STRUCTURE_BUDGET])
+    if expected is None:
+        return False
+    outside_strings = body.translate(None, _NOT_DOCUMENT_STRUCTURE).split(b'"')[::2]
+    return b"".join(outside_strings) == expected
+
+
+def _structure(value: Any, budget: list[int]) -> bytes | None:
+    """The brackets, braces, commas and colons `value` is written with as JSON (numpy arrays
+    as rectangular nested lists), or None once more than `budget[0]` values are seen."""
+    if isinstance(value, np.ndarray):
+        return _expected_skeleton(value.shape)
+    if isinstance(value, dict | list):
+        budget[0] -= len(value) + 1
+        if budget[0] < 0:
+            return None
+        items = value.values() if isinstance(value, dict) else value
+        if not any(isinstance(item, dict | list | np.ndarray) for item in items):
+            parts = [b""] * len(value)
+        else:
+            parts = []
+            for item in items:
+                part = _structure(item, budget)
+                if part is None:
+                    return None
+                parts.append(part)
+        if isinstance(value, dict):
+            return b"{" + b",".join([b":" + part for part in parts]) + b"}"
+        return b"[" + b",".join(parts) + b"]"
+    return b""
 
 
 def _has_big_integers(values: list[Any]) -> bool:

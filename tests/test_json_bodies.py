@@ -358,6 +358,62 @@ def test_numbers_go_straight_into_numpy() -> None:
     assert json_tensors.parse(b'{"v": [1e400]}') is None
 
 
+def _plain(value: Any) -> Any:
+    """`value` with its numpy arrays as nested lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def test_a_rectangular_body_is_checked_once_not_array_by_array(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Writing an array's numbers back as text to check its nesting took ~1 ms for a
+    # 64x64x3 image: twice simdjson's whole parse.
+    from sts import json_tensors
+
+    def refuse(text: bytes) -> bytes:
+        raise AssertionError("checked array by array")
+
+    monkeypatch.setattr(json_tensors, "_skeleton", refuse)
+    image = np.random.default_rng(1).random((1, 64, 64, 3)).tolist()
+    document = {"model_name": "m, [x]: {y}", "data": {"image": image, "n": [1, [2, 3], {}]}}
+    parsed = json_tensors.parse(orjson.dumps(document))
+    assert isinstance(parsed["data"]["image"], np.ndarray)
+    assert _plain(parsed) == document
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": A, "b": R}',  # a ragged array beside a rectangular one
+        '{"b": R, "a": A}',
+        '{"s": "],[", "a": A, "t": "[[,", "b": R}',  # brackets and commas in strings
+        '{"s": "\\"],[", "a": A, "b": R}',  # an escaped quote
+        '[A, R, [A], {"x": [1, [2]]}]',
+        '{"k": [' + ", ".join(['"s"'] * 70_000) + '], "a": A, "b": R}',  # past the budget
+        '{"o": {' + ", ".join(f'"{i}": [{i}]' for i in range(70)) + '}, "a": A, "b": R}',
+    ],
+)
+def test_ragged_arrays_stay_lists_beside_rectangular_ones(text: str) -> None:
+    from sts import json_tensors
+
+    rectangular = json.dumps(np.arange(600.0).reshape(20, 30).tolist())
+    ragged = [[1.5] * 30] * 20
+    ragged[3] = [1.5] * 29 + [[1.5]]
+    for bad in (ragged, [[1.5] * 31, [1.5] * 29] * 10, [[1.5]] * 10 + [[1.5, [1.5]]] * 5):
+        body = text.replace("A", rectangular).replace("R", json.dumps(bad)).encode()
+        parsed = json_tensors.parse(body)
+        assert _plain(parsed) == json.loads(body)
+        if isinstance(parsed, dict) and "a" in parsed:
+            assert isinstance(parsed["a"], np.ndarray)
+            assert not isinstance(parsed["b"], np.ndarray)
+
+
 def test_ragged_rows_with_the_right_count_are_refused(client: TestClient) -> None:
     rows = [[1.0, 2.0]] * 5000
     rows[1] = [1.0]
