@@ -58,30 +58,36 @@ def parse(body: bytes) -> Any:
     except (ValueError, UnicodeDecodeError, RuntimeError):
         _local.parser = None  # a fresh parser for the next body
         return None
+    conversion = _Conversion(checked=False)
     try:
-        conversion = _Conversion(checked=False)
         value = conversion.convert(document)
-        if conversion.arrays and not _rectangular(body, value):
-            value = _Conversion(checked=True).convert(document)  # each array on its own
-        return value
+        if not conversion.arrays or _rectangular(body, value, conversion.values):
+            return value
+        if all(_nested_as(node, shape) for node, shape in conversion.arrays):
+            return value  # each array checked on its own
+        return _Conversion(checked=True).convert(document)  # ragged rows: lists
     finally:
+        conversion.arrays.clear()
         del document  # the parser is reused only once no proxy into it is left
 
 
 class _Conversion:
     """simdjson's proxies -> Python values and numpy arrays. `checked`: each numeric array's
-    nesting is checked against its shape on its own (`mini`, which writes its numbers as
-    text: about 1 ms for 12,288 floats); otherwise only its count of numbers is, and the
-    caller checks the whole body's nesting at once (`_rectangular`)."""
+    nesting is checked against its shape on its own (`_nested_as`); otherwise only its
+    count of numbers is, and the caller checks the whole body's nesting at once
+    (`_rectangular`). `arrays`: the numeric arrays made, with their shapes; `values`: how
+    many values were put into Python containers (roughly: what `_structure` walks)."""
 
-    __slots__ = ("arrays", "checked")
+    __slots__ = ("arrays", "checked", "values")
 
     def __init__(self, checked: bool) -> None:
         self.checked = checked
-        self.arrays = 0
+        self.arrays: list[tuple[Any, tuple[int, ...]]] = []
+        self.values = 0
 
     def convert(self, node: Any) -> Any:
         if isinstance(node, simdjson.Object):
+            self.values += len(node)
             if len(node) > MAX_OBJECT_KEYS:
                 return node.as_dict()  # a key lookup scans the object: no proxy per key
             return {key: self.convert(node[key]) for key in node.keys()}  # noqa: SIM118
@@ -108,6 +114,7 @@ class _Conversion:
         ):
             # Its numbers are read in bulk: the subtree is not looked at again, numpy or not.
             return self.numeric(node, shape, isinstance(first, int))
+        self.values += len(node)
         if isinstance(head, simdjson.Array | simdjson.Object):
             return [self.convert(child) for child in node]
         return node.as_list()
@@ -115,6 +122,14 @@ class _Conversion:
     def numeric(self, node: Any, shape: list[int], integers: bool) -> Any:
         """`node` as an int64 or float64 array of `shape`, or as a list when it is not a
         rectangular array of numbers of that shape."""
+        array = self._numeric(node, shape, integers)
+        if isinstance(array, np.ndarray):
+            self.arrays.append((node, array.shape))
+        else:
+            self.values += math.prod(shape)
+        return array
+
+    def _numeric(self, node: Any, shape: list[int], integers: bool) -> Any:
         flat = None
         if integers:  # integers stay exact int64 (tf.Example int64 features)
             with contextlib.suppress(TypeError, ValueError):
@@ -129,19 +144,24 @@ class _Conversion:
         # innermost level.
         if flat.size != math.prod(shape):
             return node.as_list()
-        if self.checked and _skeleton(node.mini) != _expected_skeleton(tuple(shape)):
+        if self.checked and not _nested_as(node, tuple(shape)):
             return node.as_list()
         if flat.dtype.kind == "f" and np.abs(flat).max() >= _EXACT:
             values = node.as_list()
             if _has_big_integers(values):
                 return values
-        self.arrays += 1
         return flat.reshape(shape)
+
+
+def _nested_as(node: Any, shape: tuple[int, ...]) -> bool:
+    """Whether an array of numbers is nested as a rectangular array of `shape`. Costly: its
+    numbers are written back as text (`mini`), ~1 ms for 12,288 floats."""
+    return _skeleton(node.mini) == _expected_skeleton(shape)
 
 
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b"[],")))
 _NOT_DOCUMENT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'[]{},:"')))
-STRUCTURE_BUDGET = 1 << 16
+STRUCTURE_BUDGET = 1024
 """Values of a document past this many are not compared with the body at once: its arrays
 are checked one by one instead (as costly, but never more than that)."""
 
@@ -159,19 +179,22 @@ def _expected_skeleton(shape: tuple[int, ...]) -> bytes:
     return skeleton
 
 
-def _rectangular(body: bytes, value: Any) -> bool:
+def _rectangular(body: bytes, value: Any, values: int) -> bool:
     """Whether `body` is nested as `value` is, its numpy arrays rectangular. Both are
     compared as their brackets, braces, commas and colons outside strings (numbers,
     strings and literals write none): one pass over the body's bytes in C instead of
     writing each array's numbers back as text. False where it cannot tell (a backslash,
     which may escape a quote; a document of more than `STRUCTURE_BUDGET` values)."""
-    if b"\\" in body:
+    if b"\\" in body or values > STRUCTURE_BUDGET:
         return False
     expected = _structure(value, [STRUCTURE_BUDGET])
     if expected is None:
         return False
     outside_strings = body.translate(None, _NOT_DOCUMENT_STRUCTURE).split(b'"')[::2]
     return b"".join(outside_strings) == expected
+
+
+_CONTAINERS = frozenset((dict, list, np.ndarray))
 
 
 def _structure(value: Any, budget: list[int]) -> bytes | None:
@@ -184,7 +207,7 @@ def _structure(value: Any, budget: list[int]) -> bytes | None:
         if budget[0] < 0:
             return None
         items = value.values() if isinstance(value, dict) else value
-        if not any(isinstance(item, dict | list | np.ndarray) for item in items):
+        if _CONTAINERS.isdisjoint(map(type, items)):
             parts = [b""] * len(value)
         else:
             parts = []

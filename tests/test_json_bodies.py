@@ -414,6 +414,22 @@ def test_ragged_arrays_stay_lists_beside_rectangular_ones(text: str) -> None:
             assert not isinstance(parsed["b"], np.ndarray)
 
 
+def test_arrays_of_a_document_with_many_values_are_checked_one_by_one() -> None:
+    from sts import json_tensors
+
+    image = np.random.default_rng(1).random((2, 16, 16, 3)).tolist()
+    ragged = [[1.5] * 31, [1.5] * 29] * 10
+    document = {"k": [[1, "x"]] * 2000, "a": image, "b": ragged, "c": image}
+    parsed = json_tensors.parse(orjson.dumps(document))
+    assert isinstance(parsed["a"], np.ndarray)
+    assert isinstance(parsed["c"], np.ndarray)
+    assert _plain(parsed) == document
+    del document["b"]
+    parsed = json_tensors.parse(orjson.dumps(document))
+    assert isinstance(parsed["a"], np.ndarray)
+    assert _plain(parsed) == document
+
+
 def test_ragged_rows_with_the_right_count_are_refused(client: TestClient) -> None:
     rows = [[1.0, 2.0]] * 5000
     rows[1] = [1.0]
