@@ -418,7 +418,8 @@ def test_arrays_of_a_document_with_many_values_are_checked_one_by_one() -> None:
     from sts import json_tensors
 
     image = np.random.default_rng(1).random((2, 16, 16, 3)).tolist()
-    ragged = [[1.5] * 31, [1.5] * 29] * 10
+    ragged: list[Any] = [[1.5] * 30] * 20
+    ragged[3] = [1.5] * 29 + [[1.5]]  # 600 numbers, as many as 20 rows of 30
     document = {"k": [[1, "x"]] * 2000, "a": image, "b": ragged, "c": image}
     parsed = json_tensors.parse(orjson.dumps(document))
     assert isinstance(parsed["a"], np.ndarray)
