@@ -7,9 +7,13 @@ requests, duration_us, p50_us, p99_us, errors (non-OK answers), started_at (epoc
 of the first request), and with `--timeline` the start (seconds since started_at) and
 latency (seconds) of every request.
 
-No ghz here: it is not packaged for Debian, PyPI or npm. The client is grpc.aio's
-C core driven from Python: a call costs it ~0.1 ms of its own CPU, included in its
-latencies (the same for every server it drives).
+No ghz here: it is not packaged for Debian, PyPI or npm. The client is gRPC's C core
+driven from Python, the same for every server it drives. With one connection it is the
+blocking client (`grpc.insecure_channel`), whose call costs less of its own time than
+grpc.aio's (an empty handler answered ~0.05-0.1 ms sooner to it on this 2-core VM: the
+aio client's event loop and poller thread are latency the server did not cause); with
+more, grpc.aio's, one task per connection (blocking threads would fight for the GIL).
+`--client aio` keeps grpc.aio at one connection too.
 
 Usage (bench.py runs it pinned to the load CPU):
   python loadgen.py grpc-v2 --target 127.0.0.1:8001 --model iris --input features=x.npy
@@ -69,6 +73,13 @@ METHODS = {
 }
 
 
+GRPC_OPTIONS = [
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+]
+
+
 async def grpc_worker(
     target: str,
     method: str,
@@ -79,12 +90,7 @@ async def grpc_worker(
 ) -> None:
     import grpc
 
-    options = [
-        ("grpc.use_local_subchannel_pool", 1),
-        ("grpc.max_receive_message_length", 64 << 20),
-        ("grpc.max_send_message_length", 64 << 20),
-    ]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
+    async with grpc.aio.insecure_channel(target, options=GRPC_OPTIONS) as channel:
         call: Any = channel.unary_unary(method)  # bytes in, bytes out
         await channel.channel_ready()
         while (started := time.perf_counter()) < stop:
@@ -92,6 +98,29 @@ async def grpc_worker(
                 await call(body, metadata=metadata or None, timeout=60)
                 ok = True
             except grpc.aio.AioRpcError:
+                ok = False
+            out.append((started, time.perf_counter() - started, ok))
+
+
+def grpc_blocking_worker(
+    target: str,
+    method: str,
+    body: bytes,
+    metadata: tuple[tuple[str, str], ...],
+    stop: float,
+    out: list[tuple[float, float, bool]],
+) -> None:
+    """`grpc_worker` with the blocking client, for one connection."""
+    import grpc
+
+    with grpc.insecure_channel(target, options=GRPC_OPTIONS) as channel:
+        call: Any = channel.unary_unary(method)  # bytes in, bytes out
+        grpc.channel_ready_future(channel).result(timeout=60)
+        while (started := time.perf_counter()) < stop:
+            try:
+                call(body, metadata=metadata or None, timeout=60)
+                ok = True
+            except grpc.RpcError:
                 ok = False
             out.append((started, time.perf_counter() - started, ok))
 
@@ -149,8 +178,16 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
             token = base64.b64encode(options.auth.encode()).decode()
             metadata = (("authorization", f"Basic {token}"),)
 
-        def worker(stop: float) -> Any:
-            return grpc_worker(options.target, method, body, metadata, stop, out)
+        if options.connections == 1 and options.client == "auto":
+
+            async def worker(stop: float) -> Any:
+                blocking = (options.target, method, body, metadata, stop, out)
+                grpc_blocking_worker(*blocking)
+
+        else:
+
+            def worker(stop: float) -> Any:
+                return grpc_worker(options.target, method, body, metadata, stop, out)
 
     epoch, first = time.time(), time.perf_counter()
     stop = first + options.seconds
@@ -183,6 +220,12 @@ def main() -> int:
     parser.add_argument("--auth", default="", help="user:password, sent as basic auth")
     parser.add_argument("-c", "--connections", type=int, default=1)
     parser.add_argument("-d", "--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--client",
+        choices=["auto", "aio"],
+        default="auto",
+        help="gRPC client: auto (blocking at one connection, else grpc.aio) or aio",
+    )
     parser.add_argument("--timeline", action="store_true", help="every request's start, latency")
     options = parser.parse_args()
     if options.kind == "http" and not options.body:

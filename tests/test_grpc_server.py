@@ -39,8 +39,10 @@ from tensorflow_serving.apis import (
 )
 
 from sts.api.grpc import GrpcServer
+from sts.model_config import ModelConfig
 from sts.protos import V2
-from tests import fakes
+from sts.service import INLINE_SAMPLES, SMALL_REQUEST_BYTES, Call
+from tests import fakes, onnx_models
 from tests.conftest import (
     BIN,
     ROOT,
@@ -204,6 +206,68 @@ def test_deadline_and_cancellation_free_the_slot(tmp_path: Path) -> None:
         # The deadline and the cancel: the client went away (499), as over HTTP.
         counted = 'protocol="tfserving-grpc",status="499",version="1"} 2.0'
         wait_for(lambda: counted in httpx.get(f"{live.url}/metrics").text, what="499s counted")
+
+
+def test_small_messages_run_inline_when_turned_on(tmp_path: Path) -> None:
+    """`--inline_predict_us` applies to gRPC as to REST: a tiny ONNX model answers a v2
+    ModelInfer or TF Serving Predict of at most `SMALL_REQUEST_BYTES` on the event loop,
+    a bigger one in a worker thread."""
+    onnx_models.add_constant(tmp_path / "add" / "1" / "model.onnx", 1.0)
+    config = ModelConfig(name="add", base_path=str(tmp_path / "add"), platform="onnx")
+    port = free_port()
+    with LiveServer(settings(grpc_port=port, inline_predict_us=1000), [config]) as live:
+        service: Any = live.app.state.service
+        leased = live.repository.resolve("add")
+        name, signature = leased.signature(None)
+        call = Call(leased, name, signature, live.repository.model("add").config)
+
+        def v2(rows: int) -> Any:
+            request = V2.ModelInferRequest(model_name="add")
+            request.inputs.add(name="x", datatype="FP32", shape=[rows, 3])
+            request.raw_input_contents.append(np.ones((rows, 3), "<f4").tobytes())
+            return request
+
+        def tfs(rows: int) -> Any:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "add"
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((rows, 3), np.float32)))
+            return request
+
+        big = SMALL_REQUEST_BYTES // 12 + 1  # rows of three float32s past the limit
+        assert v2(big).ByteSize() > SMALL_REQUEST_BYTES
+        assert tfs(big).ByteSize() > SMALL_REQUEST_BYTES
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            infer = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=V2.ModelInferRequest.SerializeToString,
+                response_deserializer=V2.ModelInferResponse.FromString,
+            )
+            predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+            # 1 ms is far above an add of three floats; a loaded machine may still stall
+            # a run now and then, so a few more windows of samples are allowed.
+            for _ in range(10):
+                for _ in range(INLINE_SAMPLES):
+                    infer(v2(1), timeout=30)
+                if service.inline.allows(call):
+                    break
+            assert service.inline.allows(call)
+            seen: list[str] = []
+            original = leased.backend.predict
+
+            def recorded(*args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+                seen.append(threading.current_thread().name)
+                result: dict[str, np.ndarray] = original(*args, **kwargs)
+                return result
+
+            leased.backend.predict = recorded
+            answer = infer(v2(1), timeout=30)
+            assert np.frombuffer(answer.raw_output_contents[0], "<f4").tolist() == [2, 2, 2]
+            assert list(predict(tfs(1), timeout=30).outputs["y"].float_val) == [2, 2, 2]
+            inline = seen[:]
+            infer(v2(big), timeout=30)
+            predict(tfs(big), timeout=30)
+        assert [n.startswith("sts-infer") for n in inline] == [False, False]
+        assert [n.startswith("sts-infer") for n in seen[2:]] == [True, True]
 
 
 def test_a_taken_port_fails_loudly() -> None:

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from sts import protos
 from sts.errors import StsError
 from sts.metrics import OBSERVED, UNKNOWN_MODEL, Observed, RequestMetrics
+from sts.service import SMALL_REQUEST_BYTES
 
 logger = logging.getLogger("sts.grpc")
 
@@ -39,6 +41,17 @@ if TYPE_CHECKING:  # generic in the stubs only
 
 # Seconds that calls in flight get to finish when the server stops.
 STOP_GRACE = 30.0
+
+# The serialized size of the request message of the call being handled (each call runs in
+# a task of its own, so this is per call); `unary`'s handlers set it.
+_REQUEST_BYTES: ContextVar[int] = ContextVar("sts_grpc_request_bytes", default=0)
+
+
+def small_request() -> bool:
+    """Whether the current call's request message is at most `SMALL_REQUEST_BYTES`, as a
+    REST body must be to run inline (`InferenceService.infer(small=...)`); a method outside
+    `unary`'s handlers is never small."""
+    return 0 < _REQUEST_BYTES.get() <= SMALL_REQUEST_BYTES
 
 
 @dataclass
@@ -86,6 +99,7 @@ def _checked(behaviour: Method, message: Any, path: str) -> Method:
     expected = message.DESCRIPTOR.full_name
 
     async def call(data: bytes, context: Context) -> Any:
+        _REQUEST_BYTES.set(len(data))
         try:
             request = message.FromString(data)
         except DecodeError as exc:

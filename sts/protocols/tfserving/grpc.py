@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio.to_thread
 import numpy as np
 
-from sts.api.grpc import GrpcServices, unary
+from sts.api.grpc import GrpcServices, small_request, unary
 from sts.backends.base import PLATFORMS, backend_class
 from sts.codecs import check_shape, short
 from sts.errors import ConfigError, Forbidden, InvalidInput, ModelNotFound, NotFound, StsError
@@ -346,17 +346,17 @@ class TFServingGrpc:
     async def predict(self, request: Any, context: Context) -> bytes:
         model, version = self._target(request.model_spec)
         codec = PredictCodec(request, model, version, self.max_tensor_bytes)
-        return await self.service.infer(model, version, codec, PROTOCOL)
+        return await self.service.infer(model, version, codec, PROTOCOL, small_request())
 
     async def classify(self, request: Any, context: Context) -> bytes:
         model, version = self._target(request.model_spec)
         codec = ClassifyCodec(request, model, version, request.input)
-        return await self.service.infer(model, version, codec, PROTOCOL)
+        return await self.service.infer(model, version, codec, PROTOCOL, small_request())
 
     async def regress(self, request: Any, context: Context) -> bytes:
         model, version = self._target(request.model_spec)
         codec = RegressCodec(request, model, version, request.input)
-        return await self.service.infer(model, version, codec, PROTOCOL)
+        return await self.service.infer(model, version, codec, PROTOCOL, small_request())
 
     async def multi_inference(self, request: Any, context: Context) -> Any:
         """Several classify/regress signatures of one model over the same examples."""

@@ -24,7 +24,7 @@ import anyio.to_thread
 import numpy as np
 
 from sts import __version__
-from sts.api.grpc import GrpcServices, unary
+from sts.api.grpc import GrpcServices, small_request, unary
 from sts.api.views import server_ready
 from sts.codecs import numeric_array, short
 from sts.errors import BackendError, Forbidden, InvalidInput, StsError
@@ -259,7 +259,8 @@ class V2Grpc:
     async def model_infer(self, request: Any, context: Context) -> bytes:
         codec = InferCodec(request)
         version = request.model_version or None
-        return await self.service.infer(request.model_name, version, codec, PROTOCOL)
+        small = small_request()
+        return await self.service.infer(request.model_name, version, codec, PROTOCOL, small)
 
     def _require_control(self) -> None:
         if not self.model_control:
