@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi.telemetry import TelemetryConfig
 
@@ -26,7 +25,7 @@ from sts.api.docs import install_docs
 from sts.api.errors import install_error_handlers
 from sts.api.fast import FastInference
 from sts.api.limits import BodySizeLimit
-from sts.api.transport import HeadAsGet, ResponseCompression
+from sts.api.transport import Cors, HeadAsGet, ResponseCompression
 from sts.api.views import server_ready
 from sts.auth.guard import HEALTH_PATHS, BasicAuth, FailureLimiter
 from sts.metrics import Metrics
@@ -134,7 +133,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig] | None = Non
     if settings.enable_cors:
         origins = settings.cors_origins or ["*"]
         app.add_middleware(
-            CORSMiddleware,
+            Cors,
             allow_origins=origins,
             allow_methods=["*"],
             allow_headers=["*"],

@@ -20,7 +20,7 @@ import orjson
 from sts import big_bodies, json_tensors
 from sts.errors import InvalidInput
 from sts.images import ImageDecoding, image_format, layout_of
-from sts.signature import Signature, TensorSpec
+from sts.signature import Signature, TensorSpec, dtype_name
 
 
 def short(text: object, limit: int = 80) -> str:
@@ -427,11 +427,11 @@ def jsonable(value: Any, binary: bool = False) -> Any:
             return np.vectorize(convert, otypes=[object])(value).tolist()
         if value.ndim == 0:
             return jsonable(value[()], binary)
-        if value.dtype.name not in _ORJSON_NUMPY:
+        if dtype_name(value.dtype) not in _ORJSON_NUMPY:
             return value.tolist()
         return np.ascontiguousarray(value)
     if isinstance(value, np.generic):
-        name = value.dtype.name
+        name = dtype_name(value.dtype)
         if name in _ORJSON_NUMPY:
             # The canonical scalar type: orjson refuses aliases like numpy.longlong, which
             # ONNX Runtime's int64 arrays give when indexed.

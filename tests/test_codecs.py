@@ -12,7 +12,7 @@ import pytest
 
 from sts.codecs import decode_named_inputs, dumps, numeric_array, parse_json, to_array
 from sts.errors import InvalidInput
-from sts.signature import Signature, TensorSpec
+from sts.signature import Signature, TensorSpec, dtype_name
 
 
 def spec(dtype: str, shape: tuple[int, ...] | None = (-1,)) -> TensorSpec:
@@ -239,3 +239,11 @@ def test_long_digit_runs_parse_as_before() -> None:
     }
     with pytest.raises(InvalidInput, match="invalid JSON: unexpected character"):
         parse_json(b'{"a": 12345678901234567890123 x}')
+
+
+@pytest.mark.parametrize("spec", ["<f4", ">f4", "f2", "<i8", ">u2", "?", "O", "U3", "S2", "M8[ns]"])
+def test_dtype_name_is_numpys(spec: str) -> None:
+    """`dtype_name` (remembered per dtype) says what `dtype.name` says, byte order apart."""
+    dtype = np.dtype(spec)
+    assert dtype_name(dtype) == dtype.name
+    assert dtype_name(np.dtype(spec)) == dtype.name  # from the cache

@@ -4,6 +4,7 @@ headers and bodies, and no unpickling anywhere."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
@@ -18,8 +19,11 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
+from starlette.types import Message, Receive, Scope, Send
 
+from sts.api.transport import Cors
 from sts.app import create_app
 from sts.auth import passwords
 from sts.auth.passwords import Authenticator, hash_password, read_htpasswd
@@ -260,6 +264,64 @@ def test_cors(model: list[ModelConfig]) -> None:
     with app_client(model, enable_cors=False) as client:
         r = client.get("/v1/models", headers={"origin": "https://app.example"})
         assert "access-control-allow-origin" not in r.headers
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"content-type", b"application/json")],
+        [(b"vary", b"Accept-Encoding"), (b"content-type", b"text/plain")],
+        [(b"vary", b"A"), (b"content-type", b"text/plain"), (b"vary", b"B")],
+    ],
+)
+@pytest.mark.parametrize("origin", [None, b"https://app.example", b"https://evil.example"])
+def test_cors_layer_answers_as_starlettes(
+    headers: list[tuple[bytes, bytes]], origin: bytes | None
+) -> None:
+    """sts's CORS layer (a cheap path for requests without Origin) sends exactly the
+    messages Starlette's CORSMiddleware sends: `Vary: Origin` merged where the app's
+    first `Vary` was, the allow-origin headers when an Origin is sent."""
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": list(headers)})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def sent(layer: Any) -> list[Message]:
+        messages: list[Message] = []
+
+        async def send(message: Message) -> None:
+            messages.append(message)
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        if origin is not None:
+            scope["headers"] = [(b"origin", origin)]
+        asyncio.run(layer(scope, receive, send))
+        return messages
+
+    for origins in (["*"], ["https://app.example"]):
+        options: dict[str, Any] = {"allow_origins": origins}
+        options["allow_credentials"] = "*" not in origins
+        assert sent(Cors(inner, **options)) == sent(CORSMiddleware(inner, **options))
+    plain = sent(Cors(inner, allow_origins=["*"]))[0]["headers"]
+    assert sum(key == b"vary" for key, _ in plain) == 1
+    assert (b"vary", b"Origin") in plain or any(v.endswith(b", Origin") for _, v in plain)
+
+
+def test_vary_origin_on_inference_answers(model: list[ModelConfig]) -> None:
+    """Answers of the inference fast path carry `Vary: Origin` with CORS on (a cache must
+    not hand a browser an answer made for a request without Origin), none with it off."""
+    body = {"model_name": "m", "data": {"x": [[1.0, 2.0]]}}
+    with app_client(model) as client:
+        r = client.post("/", json=body)
+        assert r.status_code == 200
+        assert r.headers["vary"] == "Origin"
+        r = client.post("/", json=body, headers={"origin": "https://app.example"})
+        assert r.headers["access-control-allow-origin"] == "*"
+    with app_client(model, enable_cors=False) as client:
+        assert "vary" not in client.post("/", json=body).headers
 
 
 # ---------------------------------------------------------------- TLS

@@ -32,22 +32,29 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
-        if sum(len(k) + len(v) + 4 for k, v in headers) > MAX_HEADER_BYTES:
-            await _reject(send, 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes")
-            return
+        # One pass: the section's size (name, value, ": " and CRLF each) and the two
+        # headers read here; the answers come after it, in the order they always had.
+        size = 0
         coding = b""
+        lengths = []
         for key, value in headers:
+            size += len(key) + len(value) + 4
             if key == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _reject(send, 400, "Content-Length is not a number")
-                    return
-                if declared > self.max_bytes:
-                    await _reject(send, 413, self._message())
-                    return
+                lengths.append(value)
             elif key == b"content-encoding":
                 coding = value
+        if size > MAX_HEADER_BYTES:
+            await _reject(send, 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes")
+            return
+        for length in lengths:
+            try:
+                declared = int(length)
+            except ValueError:
+                await _reject(send, 400, "Content-Length is not a number")
+                return
+            if declared > self.max_bytes:
+                await _reject(send, 413, self._message())
+                return
         if coding:
             name = coding.decode("latin-1").strip().lower()
             if name not in IDENTITY:

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from starlette.types import Message
 
 from sts.api.errors import RateLimitedLog
-from sts.api.limits import Inflater
+from sts.api.limits import BodySizeLimit, Inflater
 from sts.errors import InvalidInput, PayloadTooLarge
 from sts.model_config import ModelConfig
 from tests import fakes
@@ -414,3 +414,38 @@ def test_rate_limited_log_counts_what_it_left_out(caplog: pytest.LogCaptureFixtu
         "QueueFull: b",
         "QueueFull: c",
     ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ([(b"content-length", b"12")], 200),
+        ([(b"content-length", b"twelve")], 400),
+        ([(b"content-length", b"2000")], 413),
+        ([(b"content-length", b"12"), (b"content-length", b"2000")], 413),
+        ([(b"content-length", b"x"), (b"content-length", b"2000")], 400),
+        ([(b"x-big", b"a" * 70_000), (b"content-length", b"2000")], 431),
+        ([(b"content-encoding", b"br"), (b"content-length", b"12")], 415),
+    ],
+)
+def test_body_size_limit_answers(headers: list[tuple[bytes, bytes]], status: int) -> None:
+    """The body limit's answers to a request's header section: 431 for a section over 64
+    KiB before anything else, then each Content-Length in order (400 not a number, 413
+    over the limit), then an unknown Content-Encoding (415)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    statuses: list[int] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    layer = BodySizeLimit(app, max_bytes=1000)
+    asyncio.run(layer({"type": "http", "headers": headers}, receive, send))
+    assert statuses == [status]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from sts.api.bodies import Reply
 from sts.codecs import (
@@ -411,6 +412,7 @@ def encode_response(
     wanted = request.outputs or [RequestedOutput(name, None) for name in outputs]
     entries: list[dict[str, Any]] = []
     chunks: list[bytes] = []
+    finite = True  # every `data` so far a numpy array of finite values
     for requested in wanted:
         array = outputs[requested.name]
         try:
@@ -428,7 +430,9 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = jsonable(array.reshape(-1))
+            data = jsonable(array.reshape(-1))
+            entry["data"] = data
+            finite = finite and _finite_array(data)
         entries.append(entry)
     document: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
     if request.id is not None:
@@ -436,10 +440,25 @@ def encode_response(
     document["outputs"] = entries
     # Always valid JSON: NaN and Infinity as strings, as protobuf's JSON mapping (and so
     # the v2 gRPC gateway's JSON) writes them; binary outputs keep the exact values.
-    header = dumps(document, strict=True)
+    # Every value but `data` is a str, an int or a list of ints, ready for orjson: when
+    # each `data` is a numpy array without NaN or infinities, the document goes to orjson
+    # as it is (the bytes `dumps` writes, without its second walk over the document,
+    # ~60 us of a tiny model's request); anything else takes `dumps`.
+    if finite:
+        header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    else:
+        header = dumps(document, strict=True)
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
+
+
+def _finite_array(data: Any) -> bool:
+    """Whether `data` (as `jsonable` prepared it) is a numpy array orjson writes as `dumps`
+    does: no NaN or infinity among its values."""
+    if not isinstance(data, np.ndarray):
+        return False
+    return data.dtype.kind != "f" or bool(np.isfinite(data).all())
 
 
 def to_binary(array: np.ndarray, dt: DType, name: str) -> bytes:
