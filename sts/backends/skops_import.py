@@ -2,8 +2,9 @@
 
 `import skops.io` builds skops' default trusted list by calling scikit-learn's
 `all_estimators()`, which imports every public scikit-learn module (and, through
-`sklearn.externals.array_api_compat`, torch when it is installed): about 7 s of CPU,
-serialised under the GIL with every other framework's import at start-up. `import_skops`
+`sklearn.externals.array_api_compat`, torch when it is installed): 2.8 s of CPU against
+1.3 s with compiled bytecode, 11 s against 4.6 s without, serialised under the GIL with
+every other framework's import at start-up. `import_skops`
 gives skops this module's fixed list instead: the same names, as the walk finds them on
 the scikit-learn this project installs (tests/backends/test_skops_import.py checks that
 they match, and says how to update the list). Under another scikit-learn version an
