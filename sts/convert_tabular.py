@@ -85,9 +85,10 @@ def sklearn_to_skops(
 ) -> TabularConversion:
     """Unpickle one version's pickle or joblib file (on the user's explicit command), write
     it as `.skops`, and check that the skops file predicts exactly as the pickle does."""
-    import skops.io as sio
-
     from sts.backends.pickles import unpickle_trusted_file
+    from sts.backends.skops_import import import_skops
+
+    sio = import_skops()
 
     chosen, path = SklearnBackend.version_folder(base_path, version)
     source = SklearnBackend(path, SklearnOptions())

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sts.backends.base import Backend, BackendOptions, as_text, translate_errors
+from sts.backends.skops_import import import_skops
 from sts.backends.tabular import (
     PICKLE_SUFFIXES,
     find_model_file,
@@ -100,6 +101,10 @@ class SklearnBackend(Backend[SklearnOptions]):
         self._runs: dict[str, Run] = {}
         self._columns: list[str] | None = None  # None: one `inputs` matrix
 
+    @classmethod
+    def import_framework(cls) -> None:
+        import_skops()
+
     def load(self) -> None:
         self.serve(read_model(self.model_file(), self.options))
 
@@ -175,7 +180,7 @@ def read_model(file: Path, options: SklearnOptions) -> Any:
 
 
 def _read_skops(file: Path, trusted: list[str]) -> Any:
-    import skops.io as sio
+    sio = import_skops()
 
     try:
         untrusted = [t for t in sio.get_untrusted_types(file=file) if t not in trusted]
