@@ -483,8 +483,8 @@ class ModelRepository:
         except Exception:
             logger.exception("model %r version %d: unload failed", mv.model, mv.version)
         mv.backend = None
-        mv.state = VersionState.END
         garbage_settler.after_unload(mv.freeze_epoch)  # the model's reference cycles
+        mv.state = VersionState.END
         logger.info("model %r: version %d unloaded", mv.model, mv.version)
 
     # ------------------------------------------------------------ config changes
