@@ -710,7 +710,8 @@ def loading_while_serving(work: Path, seconds: float, loads: int = 3) -> dict[st
     config = {"model_config_list": [
         {"name": "iris", "base_path": str(ROOT / "examples" / "models" / "iris_logreg"),
          "platform": "onnx", "options": ONE},
-        {"name": "loading_tf", "base_path": str(base), "platform": "tensorflow"},
+        {"name": "loading_tf", "base_path": str(base), "platform": "tensorflow",
+         "version_policy": "latest"},  # each new version replaces the last
     ]}  # fmt: skip
     (work / "loading.json").write_text(json.dumps(config))
     auth = f"bench:{secrets.token_hex(8)}"
