@@ -1,15 +1,16 @@
-"""Loading must not hurt serving: p99 of a tiny model while new TensorFlow versions of
-another model load and warm up, against its p99 with nothing loading, in the same run.
+"""Loading must not hurt serving: p99 and max of a tiny model while new TensorFlow
+versions of another model load and warm up, against the same with nothing loading.
 
 sts serves the iris ONNX example and a TensorFlow SavedModel this script builds (a few
 dense layers, ~17 MB of variables, three signatures, warm-up requests); version 1 serves
-from the start, so TensorFlow is imported before anything is measured. wrk drives iris
-at c=4 from the other CPU (sts is pinned to one, as in `bench.py`). Each round measures
-`--seconds` of steady load, then `--seconds` during which new versions of the TF model
-are moved into its base path one after another (each loaded, warmed up and swapped in,
-the previous one drained and unloaded) for the whole window. Rounds alternate steady and
-loading windows so that drift in the machine's load hits both; the medians are reported.
-Goal (issue 18): p99 while loading <= 2x the steady p99.
+from the start, so TensorFlow is imported before anything is measured. loadgen drives
+iris at c=4 from the other CPU (sts is pinned to one, as in `bench.py`) and times every
+request. Steady state is measured before any load and again long after the last (past
+any collection a load defers). Each round then measures `--seconds` during which new
+versions of the TF model are moved into its base path one after another (each loaded,
+warmed up, swapped in, the previous one drained, unloaded and its memory collected) and
+`--seconds` right after the last of them (what a load leaves behind: its old version's
+collection, if it came late). Goal (issue 18): p99 while loading <= 2x the steady p99.
 
 Prints a table and writes results/loading-<time>.json.
 Usage: python benchmarks/bench_loading.py [--seconds 8] [--rounds 3]
@@ -21,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench import BIN, RESULTS, ROOT, free_port, serve, wrk
+from bench import BIN, RESULTS, ROOT, SETTLE_WAIT, free_port, percentiles, serve, timeline
 
 CONNECTIONS = 4
 WIDTH = 1024
@@ -82,14 +82,16 @@ def build_tf_model(path: Path) -> None:
     (path / "warmup.json").write_text(json.dumps({"requests": requests}))
 
 
-def available(url: str, model: str) -> set[int]:
+def states(url: str, model: str) -> dict[int, str]:
+    """Version -> TF Serving state (AVAILABLE, END, ...) from the model's status."""
     status = httpx.get(f"{url}/v1/models/{model}", timeout=10).json()
-    return {int(v["version"]) for v in status["model_version_status"] if v["state"] == "AVAILABLE"}
+    return {int(v["version"]): v["state"] for v in status["model_version_status"]}
 
 
 class Loader(threading.Thread):
     """Moves version folders into the base path one after another until stopped, each
-    once the previous one serves; records how long each took to become available."""
+    once the previous one serves and the one before it is unloaded (END: its memory
+    collected); records how long each took to become available."""
 
     def __init__(self, url: str, source: Path, base: Path, first: int) -> None:
         super().__init__(daemon=True)
@@ -104,9 +106,9 @@ class Loader(threading.Thread):
             shutil.copytree(self.source, staging)
             started = time.perf_counter()
             staging.rename(self.base / str(self.version))
-            wait_for(lambda: self.version in available(self.url, "heavy"))
+            wait_for(lambda: states(self.url, "heavy").get(self.version) == "AVAILABLE")
             self.seconds.append(time.perf_counter() - started)
-            wait_for(lambda: self.version - 1 not in available(self.url, "heavy"))
+            wait_for(lambda: states(self.url, "heavy").get(self.version - 1, "END") == "END")
             shutil.rmtree(self.base / str(self.version - 1), ignore_errors=True)
 
 
@@ -125,10 +127,12 @@ def main() -> int:
     parser.add_argument(
         "--compare", type=Path, help="another `sts` executable (an earlier checkout's) to run too"
     )
+    parser.add_argument(
+        "--gc-log",
+        action="store_true",
+        help="run this checkout's sts under gc_probe.py and show each window's collections",
+    )
     options = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("bench: wrk is not installed (make bench installs it)", file=sys.stderr)
-        return 2
     work = Path(tempfile.mkdtemp(prefix="sts-bench-loading-"))
     source = work / "source"
     build_tf_model(source)
@@ -144,16 +148,21 @@ def main() -> int:
         ]
     }  # fmt: skip
     (work / "models.json").write_text(json.dumps(config))
-    body = json.dumps({"model_name": "iris", "data": {"features": [[5.1, 3.5, 1.4, 0.2]]}}).encode()
-    servers = {"sts": BIN / "sts"}
+    body = work / "iris.json"
+    body.write_text(
+        json.dumps({"model_name": "iris", "data": {"features": [[5.1, 3.5, 1.4, 0.2]]}})
+    )
+    servers = {"sts": [str(BIN / "sts")]}
+    if options.gc_log:
+        servers["sts"] = [sys.executable, str(Path(__file__).with_name("gc_probe.py"))]
     if options.compare is not None:
-        servers["compared"] = options.compare
+        servers["compared"] = [str(options.compare)]
     results: dict[str, Any] = {}
     for label, executable in servers.items():
         shutil.rmtree(base)
         base.mkdir()
         shutil.copytree(source, base / "1")
-        print(f"{label}: {executable}")
+        print(f"{label}: {' '.join(executable)}")
         results[label] = measure(executable, work, source, base, body, options)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"loading-{time.strftime('%Y%m%dT%H%M%S')}.json"
@@ -165,42 +174,77 @@ def main() -> int:
 
 
 def measure(
-    executable: Path, work: Path, source: Path, base: Path, body: bytes, options: Any
+    executable: list[str], work: Path, source: Path, base: Path, body: Path, options: Any
 ) -> dict[str, Any]:
-    """Rounds of steady and loading windows against one server; the medians."""
+    """Steady windows before any load and long after the last, and rounds of a loading
+    window and the window right after it, against one server (`executable`: its command)."""
     port = free_port()
-    command = [str(executable), "--model_config_file", str(work / "models.json"),
-               "--port", str(port), "--log_level", "warning",
+    gc_log = work / f"gc-{time.monotonic_ns()}.jsonl"
+    windows: list[tuple[str, float, float]] = []  # name, epoch start and end
+
+    def window(name: str) -> list[float]:
+        started = time.time()
+        latencies = timeline(arguments, options.seconds)
+        windows.append((name, started, time.time()))
+        return latencies
+
+    command = [*executable, "--model_config_file", str(work / "models.json"),
+               "--port", str(port), "--grpc_port", "0", "--log_level", "warning",
                "--file_system_poll_wait_seconds", "0.2"]  # fmt: skip
+    arguments = ["--target", f"127.0.0.1:{port}", "--body", str(body)]
     rounds: list[dict[str, Any]] = []
-    with serve(command, port) as (url, _pid):
-        wrk(url + "/", body, "application/json", CONNECTIONS, 2)  # warm the path
+    loading_pool: list[float] = []
+    with serve(command, port, {"STS_GC_LOG": str(gc_log)}) as (url, _pid):
+        timeline(arguments, 2)  # warm the path
+        before = percentiles(window("steady before"))
+        print(f"  steady before any load: {row(before)}")
         version = 1
         for number in range(options.rounds):
-            steady = wrk(url + "/", body, "application/json", CONNECTIONS, options.seconds)
             loader = Loader(url, source, base, version)
             loader.start()
-            loading = wrk(url + "/", body, "application/json", CONNECTIONS, options.seconds)
+            loading = window(f"loading {number + 1}")
             loader.stop.set()
             loader.join()
             version = loader.version
-            rounds.append({"steady": steady, "loading": loading, "loads": loader.seconds})
+            right_after = window(f"right after {number + 1}")
+            loading_pool += loading
+            rounds.append({"loading": percentiles(loading), "right_after": percentiles(right_after),
+                           "loads": loader.seconds})  # fmt: skip
             print(
-                f"  round {number + 1}: p99 steady {steady['p99_ms']:.2f} ms, while loading "
-                f"{loading['p99_ms']:.2f} ms ({len(loader.seconds)} loads, "
-                f"{statistics.median(loader.seconds or [0]):.2f} s each); p50 "
-                f"{steady['p50_ms']:.2f} / {loading['p50_ms']:.2f} ms; errors "
-                f"{steady['errors']} / {loading['errors']}"
+                f"  round {number + 1}: while loading {row(rounds[-1]['loading'])}; right after "
+                f"{row(rounds[-1]['right_after'])} ({len(loader.seconds)} loads, "
+                f"{sum(loader.seconds) / max(1, len(loader.seconds)):.2f} s each)"
             )
-    steady_p99 = statistics.median(r["steady"]["p99_ms"] for r in rounds)
-    loading_p99 = statistics.median(r["loading"]["p99_ms"] for r in rounds)
-    ratio = loading_p99 / steady_p99
+        time.sleep(SETTLE_WAIT)
+        after = percentiles(window("steady after"))
+        print(f"  steady long after: {row(after)}")
+    if gc_log.exists():
+        show_collections(gc_log, windows)
+    loading_all = percentiles(loading_pool)
+    ratio = loading_all["p99_ms"] / before["p99_ms"]
     print(
-        f"  iris c={CONNECTIONS}: p99 steady {steady_p99:.2f} ms, while TF versions load "
-        f"{loading_p99:.2f} ms: {ratio:.2f}x (goal <= 2x)"
+        f"  iris c={CONNECTIONS}: p99 steady {before['p99_ms']:.2f} ms, while TF versions load "
+        f"{loading_all['p99_ms']:.2f} ms: {ratio:.2f}x (goal <= 2x); max "
+        f"{before['max_ms']:.1f} / {loading_all['max_ms']:.1f} ms"
     )
-    return {"steady_p99_ms": steady_p99, "loading_p99_ms": loading_p99, "ratio": ratio,
-            "rounds": rounds}  # fmt: skip
+    return {"steady_before": before, "steady_after": after, "loading": loading_all,
+            "ratio": ratio, "rounds": rounds}  # fmt: skip
+
+
+def show_collections(log: Path, windows: list[tuple[str, float, float]]) -> None:
+    """Per window: how many collections (gc_probe.py's log) ended in it, their total and
+    the longest three (generation, ms, thread)."""
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    for name, started, ended in windows:
+        inside = [r for r in records if started <= r["at"] <= ended]
+        top = sorted(inside, key=lambda r: -r["ms"])[:3]
+        longest = ", ".join(f"gen{r['generation']} {r['ms']:.1f} ms ({r['thread']})" for r in top)
+        total = sum(r["ms"] for r in inside)
+        print(f"  collections >= 1 ms in {name}: {len(inside)}, {total:.0f} ms; {longest}")
+
+
+def row(window: dict[str, Any]) -> str:
+    return f"p50 {window['p50_ms']:.2f}, p99 {window['p99_ms']:.2f}, max {window['max_ms']:.1f} ms"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sts.backends.artefacts import platform_hint
-from sts.backends.base import Backend, backend_class, import_framework
+from sts.backends.base import FRAMEWORK_MODULES, Backend, backend_class, import_framework
 from sts.errors import (
     ConfigError,
     InvalidInput,
@@ -158,7 +158,6 @@ class ModelRepository:
         self._models: dict[str, ServedModel] = {}
         self._pending: dict[str, ServedModel] = {}  # changed configs still loading
         self._unloaded: set[str] = set()  # taken out of service by `unload_model`
-        self._loads = 0
         self._load_pool = ThreadPoolExecutor(
             max_workers=load_workers, thread_name_prefix="sts-load"
         )
@@ -257,11 +256,8 @@ class ModelRepository:
                     for m in [*self._models.values(), *self._pending.values()]
                     if m.name not in self._unloaded
                 ]
-            loads = self._loads
             list(self._load_pool.map(self._reconcile, models))
             self._promote_pending()
-            if self._loads != loads:
-                garbage_settler.request()
 
     # ------------------------------------------------------------ explicit control
 
@@ -286,11 +282,8 @@ class ModelRepository:
             with self._lock:
                 # A config change made while unloaded is what gets loaded.
                 target = self._pending.get(model.name, model)
-            loads = self._loads
             self._reconcile(target)
             self._promote_pending()
-            if self._loads != loads:
-                garbage_settler.request()
         model = self.model(model.name)
         if not model.serving:
             raise ModelNotReady(_why_not_ready(model))
@@ -410,7 +403,6 @@ class ModelRepository:
         self, model: ServedModel, version: int, path: Path, replacing: bool = False
     ) -> ModelVersion:
         """Load one version; `replacing`: beside the serving one, which stays listed."""
-        self._loads += 1
         mv = ModelVersion(model.name, version, path)
         mv.state = VersionState.LOADING
         if not replacing:
@@ -421,6 +413,10 @@ class ModelRepository:
         # The framework's first import in this process, timed apart from the load; imports
         # race other threads' imports, not requests, so they keep the default interval.
         import_seconds = import_framework(model.backend_cls)
+        if import_seconds:  # its objects live as long as the process: out of the collector's way
+            garbage_settler.freeze_import(FRAMEWORK_MODULES[model.backend_cls.platform])
+        # Freezes from now on may freeze this version's objects (sts/garbage.py).
+        mv.freeze_epoch = garbage_settler.epoch
         started = time.perf_counter()
         backend: Backend[Any] | None = None
         changed_while_loading = False
@@ -487,8 +483,8 @@ class ModelRepository:
         except Exception:
             logger.exception("model %r version %d: unload failed", mv.model, mv.version)
         mv.backend = None
+        garbage_settler.after_unload(mv.freeze_epoch)  # the model's reference cycles
         mv.state = VersionState.END
-        garbage_settler.request()  # collect the model's reference cycles, then re-freeze
         logger.info("model %r: version %d unloaded", mv.model, mv.version)
 
     # ------------------------------------------------------------ config changes

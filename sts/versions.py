@@ -74,6 +74,9 @@ class ModelVersion:
         self.warmup_seconds = 0.0
         """Of load_seconds: the warm-up requests."""
         self.warmup_requests = 0
+        self.freeze_epoch = -1
+        """`garbage_settler.epoch` when its load began (-1: never loaded): a freeze since may
+        have frozen its objects, and then its unload needs a full collection."""
         self._inflight = 0
         self._idle = threading.Condition()
 

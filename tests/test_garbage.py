@@ -1,8 +1,15 @@
-"""The garbage collector's schedule: settles after loads and unloads, coalesced."""
+"""The garbage collector's schedule: frameworks' imports frozen once, models' objects
+collected at their unload without walking the frozen ones; full settles coalesced."""
 
 from __future__ import annotations
 
+import gc
+import shutil
 import time
+import weakref
+from pathlib import Path
+
+import pytest
 
 from sts.garbage import GarbageSettler
 from tests.conftest import wait_for
@@ -27,3 +34,79 @@ def test_settles_are_coalesced() -> None:
     time.sleep(0.5)
     assert len(runs) == 2
     assert runs[1] - runs[0] >= 0.25
+
+
+def test_an_unload_collects_without_a_full_settle_unless_a_freeze_came_since() -> None:
+    settles: list[float] = []
+
+    class Counting(GarbageSettler):
+        def _settle(self) -> None:
+            settles.append(time.monotonic())
+            self.epoch += 1
+
+    settler = Counting()
+    settler.freeze_import("a framework")
+    settler.freeze_import("a framework")  # once per framework
+    assert settler.epoch == 1
+    loaded_at = settler.epoch
+    settler.after_unload(loaded_at)
+    assert settles == []  # nothing frozen since the load: a plain collection did
+    settler.freeze_import("another framework")  # may have frozen the loaded version
+    settler.after_unload(loaded_at)
+    assert len(settles) == 1
+
+
+def test_a_reload_reclaims_the_old_version_without_walking_tensorflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorFlow's import (~400k objects) is frozen once; the old version's reference
+    cycles (its function graphs) are collected at its unload by collections that walk
+    only what is not frozen. Object counts, not durations: those are what a collection's
+    time is proportional to, whatever the machine's load."""
+    from sts import repository as repository_module
+    from sts.backends import base as backends_base
+    from sts.model_config import ModelConfig
+    from sts.repository import ModelRepository
+    from tests import tf_models
+
+    settler = GarbageSettler()
+    monkeypatch.setattr(repository_module, "garbage_settler", settler)
+    # As in a fresh process: the repository's first TensorFlow load imports it.
+    monkeypatch.setattr(backends_base, "_imported", set())
+    models = tmp_path / "m"
+    tf_models.everything(models / "1")
+    config = ModelConfig(
+        name="m", base_path=str(models), platform="tensorflow", version_policy="latest"
+    )
+    repo = ModelRepository([config])
+    repo.load_all()
+    assert gc.get_freeze_count() > WALK_LIMIT  # TensorFlow's import was frozen
+    old = repo.resolve("m")
+    assert old.backend is not None
+    graph = weakref.ref(old.backend._functions["serving_default"].graph)  # in cycles
+    del old
+    frozen = gc.get_freeze_count()
+
+    walked: list[int] = []
+
+    def probe(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            walked.append(len(gc.get_objects()))  # what this full collection walks
+
+    gc.callbacks.append(probe)
+    try:
+        shutil.copytree(models / "1", models / "2")
+        repo.poll()
+        assert repo.resolve("m").version == 2
+        repo.wait_unloads()
+        wait_for(lambda: graph() is None, timeout=30, what="the old version's graph collected")
+    finally:
+        gc.callbacks.remove(probe)
+        repo.close()
+    assert walked, "the unload collected nothing"
+    assert max(walked) < WALK_LIMIT, walked  # TensorFlow stayed frozen
+    assert gc.get_freeze_count() <= frozen  # nothing more frozen (frozen objects may die)
+
+
+WALK_LIMIT = 100_000
+"""Objects a collection may walk during a reload; TensorFlow's import alone is ~400k."""

@@ -267,20 +267,6 @@ def test_close_unloads_everything(base: Path) -> None:
     assert mv.state == VersionState.END
 
 
-def test_loaded_objects_are_frozen_out_of_the_garbage_collector(base: Path) -> None:
-    import gc
-
-    from sts.garbage import garbage_settler
-
-    garbage_settler._last = float("-inf")  # the first load settles at once
-    gc.unfreeze()
-    fakes.write_version(base, 1)
-    repo = make_repo(base)
-    assert gc.get_freeze_count() > 0  # the load froze what it left behind
-    repo.close()
-    gc.unfreeze()
-
-
 def test_unload_and_load_a_model(base: Path) -> None:
     fakes.write_version(base, 1)
     repo = make_repo(base)
