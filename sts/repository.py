@@ -412,7 +412,8 @@ class ModelRepository:
         before = fingerprint(path)
         # The framework's first import in this process, timed apart from the load; imports
         # race other threads' imports, not requests, so they keep the default interval.
-        import_seconds = import_framework(model.backend_cls)
+        with garbage_settler.paused():
+            import_seconds = import_framework(model.backend_cls)
         if import_seconds:  # its objects live as long as the process: out of the collector's way
             garbage_settler.freeze_import(FRAMEWORK_MODULES[model.backend_cls.platform])
         # Freezes from now on may freeze this version's objects (sts/garbage.py).

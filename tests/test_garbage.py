@@ -36,6 +36,43 @@ def test_settles_are_coalesced() -> None:
     assert runs[1] - runs[0] >= 0.25
 
 
+def test_collections_pause_while_any_import_runs_and_resume_after_the_last() -> None:
+    settler = GarbageSettler()
+    collections: list[int] = []
+
+    def probe(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    assert gc.isenabled()
+    gc.callbacks.append(probe)
+    try:
+        with settler.paused():
+            with settler.paused():  # a second thread's import, overlapping
+                pass
+            assert not gc.isenabled()  # the first import still runs
+            cycles = []
+            for _ in range(50_000):  # enough allocations for several automatic collections
+                a: list[object] = []
+                a.append(a)
+                cycles.append(a)
+            assert collections == []
+        assert gc.isenabled()
+    finally:
+        gc.callbacks.remove(probe)
+        gc.enable()
+
+
+def test_a_pause_leaves_a_disabled_collector_disabled() -> None:
+    gc.disable()
+    try:
+        with GarbageSettler().paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_an_unload_collects_without_a_full_settle_unless_a_freeze_came_since() -> None:
     settles: list[float] = []
 
