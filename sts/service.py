@@ -11,9 +11,7 @@ import asyncio
 import contextlib
 import functools
 import os
-import queue
 import statistics
-import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
@@ -138,68 +136,8 @@ class InlineGate:
             timing.inline = statistics.median(samples) < self.threshold
 
 
-# Worker threads one model's lane starts at most (its slots bound how many run at once).
-LANE_THREADS = 64
-
-
-class _Lane:
-    """One model's worker slots and the threads that run its direct (unbatched) requests.
-
-    `limit` holds one token per slot (the model's `max_concurrency`); `busy` counts the
-    taken slots, on the event loop only. Work items go through one `queue.SimpleQueue` to
-    daemon threads, started on demand up to the slot count (`LANE_THREADS` at most): no
-    `concurrent.futures.Future`, work-item object or idle-semaphore per request, as
-    `ThreadPoolExecutor.submit` costs.
-    """
-
-    __slots__ = ("busy", "limit", "name", "queue", "threads", "tokens")
-
-    def __init__(self, name: str, tokens: int) -> None:
-        self.name = name
-        self.tokens = tokens
-        self.limit = asyncio.Semaphore(tokens)
-        self.busy = 0
-        self.queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self.threads: list[threading.Thread] = []
-
-    def taken(self) -> None:
-        """A slot was taken (on the event loop)."""
-        self.busy += 1
-
-    def release(self) -> None:
-        """Give a slot back (on the event loop, or in the thread once the loop is gone)."""
-        self.busy -= 1
-        self.limit.release()
-
-    def submit(self, work: Any, job: tuple[Any, ...]) -> None:
-        """Run `work(*job)` in one of the lane's threads."""
-        self.queue.put(job)
-        if self.busy > len(self.threads) and len(self.threads) < min(self.tokens, LANE_THREADS):
-            thread = threading.Thread(
-                target=_serve,
-                args=(self.queue, work),
-                name=f"sts-infer-{self.name}_{len(self.threads)}",
-                daemon=True,  # close() ends them; a blocked get() must not hold up exit
-            )
-            self.threads.append(thread)
-            thread.start()
-
-    def close(self) -> None:
-        """End the lane's threads once the work queued before has run."""
-        for _ in self.threads:
-            self.queue.put(None)
-        for thread in self.threads:
-            thread.join()
-        self.threads = []
-
-
-def _serve(jobs: queue.SimpleQueue[tuple[Any, ...] | None], work: Any) -> None:
-    while (job := jobs.get()) is not None:
-        work(*job)
-
-
 class InferenceService:
-    """Runs predictions in worker threads, with per-model limits on how many run at once and
+    """Runs predictions in a thread pool, with per-model limits on how many run at once and
     how many may wait, a deadline per request, optional dynamic batching, and metrics.
 
     A plain executor and an asyncio semaphore cost measurably less per request than
@@ -222,18 +160,18 @@ class InferenceService:
         self.max_queue = max_queue
         self.metrics: RequestMetrics = metrics if metrics is not None else NullMetrics()
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sts-infer")
-        self._lanes: dict[str, _Lane] = {}
+        self._limits: dict[str, asyncio.Semaphore] = {}
         self._waiting: dict[str, int] = {}
         self._batchers: dict[str, tuple[BatchingOptions, Batcher]] = {}
         self._orphans: set[asyncio.Task[None]] = set()
 
-    def _lane(self, version: ModelVersion) -> _Lane:
-        lane = self._lanes.get(version.model)
-        if lane is None:
+    def _limit(self, version: ModelVersion) -> asyncio.Semaphore:
+        limit = self._limits.get(version.model)
+        if limit is None:
             model = self.repository.model(version.model)
             tokens = model.config.max_concurrency or self.default_concurrency
-            lane = self._lanes.setdefault(version.model, _Lane(version.model, tokens))
-        return lane
+            limit = self._limits.setdefault(version.model, asyncio.Semaphore(tokens))
+        return limit
 
     def _batcher(self, name: str, options: BatchingOptions) -> Batcher:
         found = self._batchers.get(name)
@@ -374,21 +312,18 @@ class InferenceService:
         if backend is None:  # cannot happen while leased; keeps the types honest
             raise BackendError(f"model '{leased.model}' version {leased.version} is not loaded")
         queued = time.monotonic()
-        lane = self._lane(leased)
-        limit = lane.limit
+        limit = self._limit(leased)
         if limit.locked():
             await self._acquire(limit, leased, _left(loop, deadline))
         else:
             await limit.acquire()  # free: returns without suspending
-        lane.taken()
-        held.callback(lane.release)
+        held.callback(limit.release)
         if small and self.inline.allows(call):
             return self._inline(call, codec, backend, lease, held, queued)
         # From here the thread owns the version and the slot; the caller's stacks are empty.
         future: asyncio.Future[T] = loop.create_future()
-        lane.submit(
-            self._work,
-            (loop, future, call, codec, backend, lease.pop_all(), held.pop_all(), queued),
+        self._executor.submit(
+            self._work, loop, future, call, codec, backend, lease.pop_all(), held.pop_all(), queued
         )
         if deadline is None:
             return await future
@@ -482,8 +417,6 @@ class InferenceService:
         task.add_done_callback(self._orphans.discard)
 
     def close(self) -> None:
-        for lane in self._lanes.values():
-            lane.close()
         self._executor.shutdown(wait=True)
 
 

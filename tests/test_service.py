@@ -105,7 +105,7 @@ def test_a_slow_prediction_times_out_and_keeps_its_slot(tmp_path: Path) -> None:
     repo, _ = _service(tmp_path, delay=1.5)
     service = InferenceService(repo, timeout=0.2)
     version = repo.resolve("m")
-    limit = service._lane(version).limit
+    limit = service._limit(version)
 
     async def main() -> None:
         started = time.monotonic()
@@ -179,26 +179,3 @@ def test_a_loop_that_ends_before_the_thread_leaks_no_lease(tmp_path: Path) -> No
     repo.close()
     assert time.monotonic() - started < 5  # not the 300 s drain timeout
     service.close()
-
-
-def test_a_model_runs_in_its_own_threads_no_more_than_its_slots(tmp_path: Path) -> None:
-    """Direct requests run in the model's lane: at most `max_concurrency` threads, named
-    after the model, all ended by `close()`."""
-    repo, service = _service(tmp_path, delay=0.01)  # max_concurrency=2
-    names: set[str] = set()
-
-    def encode(call: Call, outputs: dict[str, np.ndarray]) -> None:
-        names.add(threading.current_thread().name)
-
-    async def main() -> None:
-        codec = fakes.FunctionCodec(_decode, encode)
-        await asyncio.gather(*(service.infer("m", None, codec) for _ in range(20)))
-
-    asyncio.run(main())
-    assert names
-    assert all(name.startswith("sts-infer-m_") for name in names)
-    assert len(names) <= 2
-    threads = [t for t in threading.enumerate() if t.name in names]
-    service.close()
-    assert not any(t.is_alive() for t in threads)
-    repo.close()
