@@ -45,6 +45,11 @@ class OnnxOptions(BackendOptions):
     """Threads inside one operator; 0 lets onnxruntime choose."""
     inter_op_num_threads: int = 0
     """Threads across operators (parallel execution mode only); 0 lets onnxruntime choose."""
+    allow_spinning: bool = True
+    """Let idle intra-op and inter-op pool threads spin for new work (onnxruntime's
+    `session.intra_op.allow_spinning` / `session.inter_op.allow_spinning`): lower latency
+    with cores to spare; false stops them burning the CPU the event loop and other models
+    need (a pinned or shared server). No effect with one thread (no pool)."""
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     """Run independent graph branches in parallel."""
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
@@ -100,6 +105,9 @@ class OnnxBackend(Backend[OnnxOptions]):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.options.graph_optimization_level]
         so.log_severity_level = 3
+        if not self.options.allow_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         for library in self.options.custom_op_libraries:
             if not Path(library).is_file():
                 raise ModelLoadError(f"custom op library not found: {library}")

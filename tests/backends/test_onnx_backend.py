@@ -135,6 +135,17 @@ def test_options(tmp_path: Path) -> None:
         OnnxOptions(graph_optimization_level="max")  # type: ignore[arg-type]
 
 
+def test_pool_threads_may_be_told_not_to_spin(tmp_path: Path) -> None:
+    folder = onnx_models.add_constant(tmp_path / "1" / "model.onnx", 0).parent
+    keys = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+    quiet = load(folder, allow_spinning=False)._session.get_session_options()
+    assert [quiet.get_session_config_entry(key) for key in keys] == ["0", "0"]
+    spinning = load(folder)._session.get_session_options()  # onnxruntime's default: spin
+    for key in keys:
+        with pytest.raises(RuntimeError):  # not set: onnxruntime's own default applies
+            spinning.get_session_config_entry(key)
+
+
 def test_session_config_maps_thread_counts() -> None:
     config = ModelConfig(
         name="m",
