@@ -556,6 +556,8 @@ def headline_points(quick: bool, work: Path, models: dict[str, Path]) -> list[Po
                   driver="grpc-tfs", model=model, inputs=inputs[model]),
             Point(f"{model}/c{c}/naive", f"{what}, bare FastAPI", f"naive-{model}", model, c,
                   body=original[model]),
+            Point(f"{model}/c{c}/asgi", f"{what}, plain ASGI (no framework)", f"asgi-{model}",
+                  model, c, body=original[model]),
             Point(f"{model}/c{c}/mlserver-pw0", f"{what}, MLServer pw=0 v2 JSON", "mlserver-0",
                   model, c, path=f"/v2/models/{model}/infer", body=v2[model]),
             Point(f"{model}/c{c}/mlserver-default", f"{what}, MLServer default v2 JSON",
@@ -617,8 +619,9 @@ def print_headline(key: str, row: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def peers(work: Path, models: dict[str, Path], quick: bool) -> Iterator[dict[str, Server]]:
-    """The bare FastAPI endpoint (one process per model) and MLServer (`parallel_workers=0`
-    and its default; the default only in a full run), each pinned to the server CPU."""
+    """The bare FastAPI endpoint and the plain ASGI app (one process each per model) and
+    MLServer (`parallel_workers=0` and its default; the default only in a full run), each
+    pinned to the server CPU."""
     if not MLSERVER.exists():
         raise RuntimeError(f"{MLSERVER} is missing: `make bench` builds .venv-mlserver")
     with contextlib.ExitStack() as stack:
@@ -629,6 +632,11 @@ def peers(work: Path, models: dict[str, Path], quick: bool) -> Iterator[dict[str
                        "warning", "--app-dir", str(Path(__file__).parent)]  # fmt: skip
             url, pid = stack.enter_context(serve(command, port, {"NAIVE_MODEL": str(model)}))
             servers[f"naive-{name}"] = Server(f"naive-{name}", url, pid)
+            port = free_port()
+            command = [str(BIN / "uvicorn"), "asgi_app:app", "--port", str(port), "--log-level",
+                       "warning", "--app-dir", str(Path(__file__).parent)]  # fmt: skip
+            url, pid = stack.enter_context(serve(command, port, {"NAIVE_MODEL": str(model)}))
+            servers[f"asgi-{name}"] = Server(f"asgi-{name}", url, pid)
         for workers in (0,) if quick else (0, None):
             folder, port, grpc_port = mlserver_folder(work, models, workers)
             name = f"mlserver-{'default' if workers is None else workers}"
