@@ -186,6 +186,33 @@ def test_htpasswd_changes_are_picked_up(tmp_path: Path, monkeypatch: pytest.Monk
     assert users.verify("bob", "two")
 
 
+def test_passwords_a_scheme_cannot_take_are_wrong_passwords(
+    model: list[ModelConfig], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # passlib raises PasswordValueError for a NUL byte (SHA-512 crypt), over 72 bytes
+    # (bcrypt) and over 4096 bytes (any scheme): it was a 500 that told which users exist
+    # and which scheme their hash uses, and escaped the failed-login limit.
+    file = tmp_path / "htpasswd"
+    file.write_text(
+        f"sam:{hash_password('pw', 'sha512_crypt')}\nbea:{hash_password('pw', 'bcrypt')}\n"
+        f"ada:{hash_password('pw')}\n"
+    )
+    users = Authenticator(htpasswd_file=file)
+    for user in ("sam", "bea", "ada", "nobody"):
+        for password in ("pw\0", "p" * 73, "p" * 5000):
+            assert not users.verify(user, password), (user, len(password))
+    guarded = {"enable_auth": True, "auth_htpasswd_file": str(file), "auth_max_failures": 3}
+    with (
+        caplog.at_level(logging.WARNING, "sts.auth"),
+        app_client(model, **guarded) as client,
+    ):
+        for user in ("sam", "bea", "nobody"):
+            r = client.get("/v1/models", headers=basic(user, "pw\0"))
+            assert r.status_code == 401, (user, r.text)
+        assert client.get("/v1/models", headers=basic("ada", "pw")).status_code == 429
+    assert "failed login for user 'sam'" in caplog.text
+
+
 def test_an_unknown_user_costs_a_hash_check(monkeypatch: pytest.MonkeyPatch) -> None:
     users = Authenticator(username="ada", password_hash=hash_password("pw", "bcrypt"))
     checked: list[str] = []

@@ -25,6 +25,7 @@ from sts.errors import ConfigError
 logger = logging.getLogger("sts.auth")
 
 SCHEMES = ("argon2", "bcrypt", "sha512_crypt")
+_DECOY_PASSWORD = "a password every scheme takes"  # noqa: S105 (checked against the decoy only)
 CONTEXT = CryptContext(schemes=list(SCHEMES), default="argon2")
 # How often an htpasswd file is looked at for changes, at most.
 RELOAD_SECONDS = 1.0
@@ -119,7 +120,16 @@ class Authenticator:
             ok &= hmac.compare_digest(_digest(password), digest)
         else:
             hashed = self._users.get(username)
-            ok = bool(CONTEXT.verify(password, hashed if hashed is not None else self._decoy))
+            try:
+                ok = bool(CONTEXT.verify(password, hashed if hashed is not None else self._decoy))
+            except ValueError:
+                # A password this user's scheme cannot take (passlib's PasswordValueError:
+                # a NUL byte for SHA-512 crypt, over 72 bytes for bcrypt, over 4096 bytes for
+                # any) is a wrong password. It raises before any hashing, so a decoy check
+                # spends what a check costs: the answer and its time do not tell whether
+                # the user exists or which scheme its hash uses.
+                CONTEXT.verify(_DECOY_PASSWORD, self._decoy)
+                ok = False
             ok = ok and hashed is not None
         if ok:
             with self._lock:
