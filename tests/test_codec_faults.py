@@ -45,6 +45,33 @@ def test_json_nested_too_deeply_is_refused(client: TestClient, path: str, body: 
     assert "depth limit exceeded" in error(client.post(path, content=body))
 
 
+def deep_value(levels: int = 1000) -> str:
+    return "[" * levels + "1.5" + "]" * levels
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (STS, f'{{"data": {{"x": {deep_value()}}}}}'),
+        (TFS, f'{{"instances": {deep_value()}}}'),
+        (TFS, f'{{"inputs": {{"x": {deep_value()}}}}}'),
+        (
+            V2,
+            f'{{"inputs": [{{"name": "x", "datatype": "FP32", "shape": [1], '
+            f'"data": {deep_value()}}}]}}',
+        ),
+    ],
+    ids=["sts", "tfs-instances", "tfs-inputs", "v2"],
+)
+def test_values_nested_past_pythons_recursion_limit_are_refused(
+    client: TestClient, path: str, body: str
+) -> None:
+    # Valid JSON (within the parsers' depth limit) nested past Python's recursion limit
+    # inside a tensor: TF Serving's error wording walked it recursively (500).
+    message = error(client.post(path, content=body))
+    assert "nested" in message, message
+
+
 def text_bodies(value: str) -> list[tuple[str, str]]:
     """A string input 's' (the fake model's "text" signature) in each protocol's body."""
     return [

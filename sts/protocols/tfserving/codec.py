@@ -157,13 +157,19 @@ def _tensor(
     except InvalidInput as exc:
         if images is not None and has_b64(value):
             raise  # an image problem, already worded for images
-        value = _as_lists(value)
-        if columnar:
-            problem = explain(value, spec)
-            if problem:
-                problem = f"{problem} (input '{spec.name}')"
-        else:
-            problem = _explain_rows(value, spec, key)
+        try:
+            value = _as_lists(value)
+            if columnar:
+                problem = explain(value, spec)
+                if problem:
+                    problem = f"{problem} (input '{spec.name}')"
+            else:
+                problem = _explain_rows(value, spec, key)
+        except RecursionError:  # nested past Python's limit
+            shape = "of unknown rank" if spec.shape is None else str(list(spec.shape))
+            raise InvalidInput(
+                f"input '{spec.name}': lists nested too deeply for its shape {shape}"
+            ) from None
         if not problem:
             raise
         raise InvalidInput(problem) from exc
