@@ -427,6 +427,8 @@ def jsonable(value: Any, binary: bool = False) -> Any:
             return np.vectorize(convert, otypes=[object])(value).tolist()
         if value.ndim == 0:
             return jsonable(value[()], binary)
+        if not value.dtype.isnative:  # big-endian values ('>f4'): orjson takes native only
+            value = value.astype(value.dtype.newbyteorder("="))
         if dtype_name(value.dtype) not in _ORJSON_NUMPY:
             return value.tolist()
         return np.ascontiguousarray(value)

@@ -247,3 +247,17 @@ def test_dtype_name_is_numpys(spec: str) -> None:
     dtype = np.dtype(spec)
     assert dtype_name(dtype) == dtype.name
     assert dtype_name(np.dtype(spec)) == dtype.name  # from the cache
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">i4", ">u8", ">f2"])
+def test_big_endian_outputs_are_written_as_native_ones(dtype: str) -> None:
+    from sts.codecs import jsonable
+    from sts.protocols.v2.codec import InferRequest, encode_response
+
+    native = np.array([[1.5, 2.0]], dtype=np.dtype(dtype).newbyteorder("="))
+    big = native.astype(dtype)
+    assert dumps({"y": jsonable(big)}) == dumps({"y": jsonable(native)})
+    request = InferRequest(inputs=[], outputs=None)
+    assert encode_response(request, "m", 1, {"y": big}) == encode_response(
+        request, "m", 1, {"y": native}
+    )
