@@ -260,4 +260,8 @@ def import_skops() -> ModuleType:
                 import skops.io  # noqa: F401
             finally:
                 sklearn.utils.all_estimators, sklearn.utils.discovery.all_estimators = saved
+                # skops bound the stand-in by name (`from sklearn.utils import ...`).
+                trusted = sys.modules.get("skops.io._trusted_types")
+                if getattr(trusted, "all_estimators", None) is _listed_estimators:
+                    trusted.all_estimators = saved[0]  # type: ignore[union-attr]
     return sys.modules["skops.io"]
