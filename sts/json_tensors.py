@@ -58,31 +58,35 @@ def parse(body: bytes) -> Any:
     except (ValueError, UnicodeDecodeError, RuntimeError):
         _local.parser = None  # a fresh parser for the next body
         return None
-    conversion = _Conversion(checked=False)
+    conversion = _Conversion()
     try:
         value = conversion.convert(document)
         if not conversion.arrays or _rectangular(body, value, conversion.values):
             return value
-        if all(_nested_as(node, shape) for node, shape in conversion.arrays):
-            return value  # each array checked on its own
-        return _Conversion(checked=True).convert(document)  # ragged rows: lists
+        # Each array checked on its own; a ragged one becomes the list it is, in place
+        # (converting the document again would double a hostile body's cost).
+        ragged = {
+            id(array): node.as_list()
+            for node, array in conversion.arrays
+            if not _nested_as(node, array.shape)
+        }
+        return _as_lists(value, ragged) if ragged else value
     finally:
         conversion.arrays.clear()
         del document  # the parser is reused only once no proxy into it is left
 
 
 class _Conversion:
-    """simdjson's proxies -> Python values and numpy arrays. `checked`: each numeric array's
-    nesting is checked against its shape on its own (`_nested_as`); otherwise only its
-    count of numbers is, and the caller checks the whole body's nesting at once
-    (`_rectangular`). `arrays`: the numeric arrays made, with their shapes; `values`: how
-    many values were put into Python containers (roughly: what `_structure` walks)."""
+    """simdjson's proxies -> Python values and numpy arrays. A numeric array's count of
+    numbers is checked here, its nesting by the caller (`_rectangular` for the whole body,
+    or `_nested_as` array by array). `arrays`: the numeric arrays made, each with its
+    simdjson node; `values`: how many values were put into Python containers (roughly:
+    what `_structure` walks)."""
 
-    __slots__ = ("arrays", "checked", "values")
+    __slots__ = ("arrays", "values")
 
-    def __init__(self, checked: bool) -> None:
-        self.checked = checked
-        self.arrays: list[tuple[Any, tuple[int, ...]]] = []
+    def __init__(self) -> None:
+        self.arrays: list[tuple[Any, np.ndarray]] = []
         self.values = 0
 
     def convert(self, node: Any) -> Any:
@@ -124,7 +128,7 @@ class _Conversion:
         rectangular array of numbers of that shape."""
         array = self._numeric(node, shape, integers)
         if isinstance(array, np.ndarray):
-            self.arrays.append((node, array.shape))
+            self.arrays.append((node, array))
         else:
             self.values += math.prod(shape)
         return array
@@ -144,13 +148,27 @@ class _Conversion:
         # innermost level.
         if flat.size != math.prod(shape):
             return node.as_list()
-        if self.checked and not _nested_as(node, tuple(shape)):
-            return node.as_list()
         if flat.dtype.kind == "f" and np.abs(flat).max() >= _EXACT:
             values = node.as_list()
             if _has_big_integers(values):
                 return values
         return flat.reshape(shape)
+
+
+def _as_lists(value: Any, lists: dict[int, Any]) -> Any:
+    """`value` with each numpy array whose `id` is in `lists` replaced by its list there
+    (containers changed in place)."""
+    if isinstance(value, np.ndarray):
+        return lists.get(id(value), value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(item) in _CONTAINERS:
+                value[key] = _as_lists(item, lists)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if type(item) in _CONTAINERS:
+                value[index] = _as_lists(item, lists)
+    return value
 
 
 def _nested_as(node: Any, shape: tuple[int, ...]) -> bool:

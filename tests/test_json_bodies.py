@@ -431,6 +431,31 @@ def test_arrays_of_a_document_with_many_values_are_checked_one_by_one() -> None:
     assert _plain(parsed) == document
 
 
+def test_each_array_is_checked_once_even_when_one_is_ragged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A ragged array last among many, past the whole-body budget, converted the document
+    # a second time with every check repeated: twice a valid body's CPU (tester).
+    from sts import json_tensors
+
+    checked: list[tuple[int, ...]] = []
+    nested_as = json_tensors._nested_as
+
+    def counting(node: Any, shape: tuple[int, ...]) -> bool:
+        checked.append(shape)
+        return nested_as(node, shape)
+
+    monkeypatch.setattr(json_tensors, "_nested_as", counting)
+    grid = [[1.5] * 16] * 16
+    ragged: list[Any] = [[1.5] * 16] * 15 + [[1.5] * 15 + [[1.5]]]
+    document = {"instances": [{"a": grid}] * 199 + [{"a": ragged}], "k": [[1, "x"]] * 1000}
+    parsed = json_tensors.parse(orjson.dumps(document))
+    assert len(checked) == 200
+    assert isinstance(parsed["instances"][0]["a"], np.ndarray)
+    assert not isinstance(parsed["instances"][-1]["a"], np.ndarray)
+    assert _plain(parsed) == document
+
+
 def test_ragged_rows_with_the_right_count_are_refused(client: TestClient) -> None:
     rows = [[1.0, 2.0]] * 5000
     rows[1] = [1.0]
