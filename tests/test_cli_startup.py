@@ -49,6 +49,7 @@ def test_a_taken_port_is_the_last_line_before_anything_loads(tmp_path: Path) -> 
                 str(BIN / "sts"),
                 *("--model_base_path", str(tmp_path / "m"), "--model_platform", "onnx"),
                 *("--host", "127.0.0.1", "--port", str(port), "--workers", workers),
+                *("--grpc_port", "0"),
             )
             assert result.returncode == 2, result.stderr
             line = last_line(result.stderr)
@@ -67,7 +68,7 @@ def test_allow_missing_models_starts_and_serves_the_model_once_it_appears(
         [
             *(str(BIN / "sts"), "--model_base_path", str(base), "--model_platform", "onnx"),
             *("--allow_missing_models", "--file_system_poll_wait_seconds", "0.1"),
-            *("--host", "127.0.0.1", "--port", str(port)),
+            *("--host", "127.0.0.1", "--port", str(port), "--grpc_port", "0"),
         ],
         env=env,
         stdout=subprocess.PIPE,
