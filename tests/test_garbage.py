@@ -240,6 +240,56 @@ def test_a_model_loaded_beside_a_framework_import_is_not_frozen_with_it(
         repo.close()
 
 
+class _JvmLike(fakes.FakeBackend):
+    """A platform without a framework import (as H2O's and PMML's JVM)."""
+
+    platform = "jvm-like"
+    loading = threading.Event()
+
+    def load(self) -> None:
+        _JvmLike.loading.set()
+        super().load()
+
+
+class _WaitsForTheJvm(fakes.FakeBackend):
+    """A framework whose import ends once the JVM-like model has begun to load."""
+
+    platform = "waits-for-the-jvm"
+    saw_it = False
+
+    @classmethod
+    def import_framework(cls) -> None:
+        cls.saw_it = _JvmLike.loading.wait(60)
+
+
+def test_a_platform_without_a_framework_import_loads_while_the_imports_run(
+    tmp_path: Path, settler: _CountingSettler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JVM's models start at once, before the framework models (which wait for the
+    imports), even with one load thread and the framework's model listed first."""
+    from sts.backends import base as backends_base
+    from sts.model_config import ModelConfig
+    from sts.repository import ModelRepository
+
+    monkeypatch.setitem(backends_base.FRAMEWORK_MODULES, _WaitsForTheJvm.platform, "waits_fw")
+    monkeypatch.setitem(backends_base._import_locks, "waits_fw", threading.Lock())
+    _JvmLike.loading.clear()
+    _WaitsForTheJvm.saw_it = False
+    configs = []
+    for name, cls in (("framework", _WaitsForTheJvm), ("jvm", _JvmLike)):
+        fakes.write_version(tmp_path / name, 1)
+        platform = f"{__name__}:{cls.__name__}"
+        configs.append(ModelConfig(name=name, base_path=str(tmp_path / name), platform=platform))
+    repo = ModelRepository(configs, load_workers=1)
+    repo.load_all()
+    try:
+        assert _WaitsForTheJvm.saw_it  # the JVM-like model loaded during the import
+        assert repo.resolve("jvm").import_seconds == 0.0
+        assert repo.resolve("framework").import_seconds > 0.0
+    finally:
+        repo.close()
+
+
 def test_closing_collects_nothing_and_drops_a_deferred_settle(
     tmp_path: Path, settler: _CountingSettler
 ) -> None:
