@@ -101,6 +101,13 @@ class GarbageSettler:
             self._last = time.monotonic()
         self._settle()
 
+    def cancel(self) -> None:
+        """Drop a deferred settle (the process is about to exit: nothing to collect for)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
     def _deferred(self) -> None:
         with self._lock:
             self._timer = None

@@ -22,7 +22,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from sts.backends.artefacts import platform_hint
-from sts.backends.base import FRAMEWORK_MODULES, Backend, backend_class, import_framework
+from sts.backends.base import (
+    FRAMEWORK_MODULES,
+    Backend,
+    backend_class,
+    framework_imported,
+    import_framework,
+)
 from sts.errors import (
     ConfigError,
     InvalidInput,
@@ -164,6 +170,10 @@ class ModelRepository:
         self._unload_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sts-unload")
         self._unloads: list[Future[None]] = []
         self._unloads_lock = threading.Lock()
+        # The running poll's framework imports (FRAMEWORK_MODULES name -> its seconds).
+        self._imports: dict[str, Future[float]] = {}
+        self._failed_imports: set[str] = set()  # not imported ahead again (loads retry them)
+        self._closing = False
         self.ready = threading.Event()
         self.started_at = time.time()
         self._models = {model.name: model for model in models}
@@ -256,8 +266,52 @@ class ModelRepository:
                     for m in [*self._models.values(), *self._pending.values()]
                     if m.name not in self._unloaded
                 ]
-            list(self._load_pool.map(self._reconcile, models))
+            # Models of a platform without a framework import (the JVM's) first: they start
+            # while the imports run.
+            models.sort(key=lambda m: m.backend_cls.platform in FRAMEWORK_MODULES)
+            self._imports = self._start_imports(models)
+            try:
+                list(self._load_pool.map(self._reconcile, models))
+            finally:
+                self._imports = {}
             self._promote_pending()
+
+    def _start_imports(self, models: list[ServedModel]) -> dict[str, Future[float]]:
+        """Import, each in its own thread at once, every framework not imported yet of the
+        models that have versions to load; each is frozen when its import ends
+        (sts/garbage.py). The poll's framework loads wait for all of them: a model that
+        loaded during another framework's import would be frozen with it, and its unload
+        would need a full settle (0.2-5 s holding the GIL)."""
+        wanted: dict[str, type[Backend[Any]]] = {}
+        for model in models:
+            cls = model.backend_cls
+            module = FRAMEWORK_MODULES.get(cls.platform)
+            if module is None or module in wanted or module in self._failed_imports:
+                continue
+            if framework_imported(cls) or not _has_versions(model):
+                continue
+            wanted[module] = cls
+        if not wanted:
+            return {}
+        pool = ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="sts-import")
+        try:
+            return {
+                module: pool.submit(self._import, module, cls) for module, cls in wanted.items()
+            }
+        finally:
+            pool.shutdown(wait=False)
+
+    def _import(self, module: str, cls: type[Backend[Any]]) -> float:
+        """The framework's first import in this process (seconds; 0.0 when it failed: the
+        load imports it again and names the problem), then its freeze. Imports race other
+        imports and the JVM's start, not requests: they keep the default switch interval."""
+        with garbage_settler.paused():
+            seconds = import_framework(cls)
+        if seconds:  # its objects live as long as the process: out of the collector's way
+            garbage_settler.freeze_import(module)
+        elif not framework_imported(cls):
+            self._failed_imports.add(module)
+        return seconds
 
     # ------------------------------------------------------------ explicit control
 
@@ -410,12 +464,7 @@ class ModelRepository:
                 model.versions[version] = mv
         logger.info("model %r: loading version %d from %s", model.name, version, path)
         before = fingerprint(path)
-        # The framework's first import in this process, timed apart from the load; imports
-        # race other threads' imports, not requests, so they keep the default interval.
-        with garbage_settler.paused():
-            import_seconds = import_framework(model.backend_cls)
-        if import_seconds:  # its objects live as long as the process: out of the collector's way
-            garbage_settler.freeze_import(FRAMEWORK_MODULES[model.backend_cls.platform])
+        import_seconds = self._wait_imports(model.backend_cls)
         # Freezes from now on may freeze this version's objects (sts/garbage.py).
         mv.freeze_epoch = garbage_settler.epoch
         started = time.perf_counter()
@@ -463,6 +512,21 @@ class ModelRepository:
         mv.loaded_at = time.time()
         return mv
 
+    def _wait_imports(self, cls: type[Backend[Any]]) -> float:
+        """Before a framework's model loads: the seconds its framework's first import took
+        (0.0 once imported). In a poll, after every import the poll started has ended and
+        been frozen; a platform without a framework import (the JVM's) does not wait."""
+        module = FRAMEWORK_MODULES.get(cls.platform)
+        if module is None:
+            return 0.0
+        imports = self._imports
+        for future in imports.values():
+            future.result()
+        own = imports.get(module)
+        if own is not None:
+            return own.result()
+        return self._import(module, cls)  # outside a poll (load_model), or not foreseen
+
     def _schedule_unload(self, mv: ModelVersion) -> None:
         future = self._unload_pool.submit(self._unload, mv)
         with self._unloads_lock:
@@ -484,7 +548,8 @@ class ModelRepository:
         except Exception:
             logger.exception("model %r version %d: unload failed", mv.model, mv.version)
         mv.backend = None
-        garbage_settler.after_unload(mv.freeze_epoch)  # the model's reference cycles
+        if not self._closing:  # a process about to exit needs no collection
+            garbage_settler.after_unload(mv.freeze_epoch)  # the model's reference cycles
         mv.state = VersionState.END
         logger.info("model %r: version %d unloaded", mv.model, mv.version)
 
@@ -548,7 +613,11 @@ class ModelRepository:
     # ------------------------------------------------------------ shutdown
 
     def close(self) -> None:
-        """Unload everything (after in-flight requests) and stop the worker pools."""
+        """Unload everything (after in-flight requests) and stop the worker pools; no
+        collection after the unloads, and a deferred settle is dropped: the process is
+        about to exit."""
+        self._closing = True
+        garbage_settler.cancel()
         with self._poll_lock:
             with self._lock:
                 models = list(self._models.values()) + list(self._pending.values())
@@ -564,6 +633,16 @@ class ModelRepository:
             pending = list(self._unloads)
         for future in pending:
             future.result()
+
+
+def _has_versions(model: ServedModel) -> bool:
+    """Whether the model may have a version to load (a URL base path: yet unknown, so yes)."""
+    if model.store is not None:
+        return True
+    try:
+        return bool(model.backend_cls.discover_versions(model.base_path))
+    except Exception:  # the reconcile names the problem
+        return False
 
 
 def _version_number(model: ServedModel, version: Any) -> int:

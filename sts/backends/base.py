@@ -64,6 +64,13 @@ def import_framework(backend: type[Backend[Any]]) -> float:
     return time.perf_counter() - started
 
 
+def framework_imported(backend: type[Backend[Any]]) -> bool:
+    """Whether `import_framework` has nothing left to import for the backend (its
+    framework imported, or its platform has no entry in FRAMEWORK_MODULES)."""
+    module = FRAMEWORK_MODULES.get(backend.platform)
+    return module is None or module in _imported
+
+
 class BackendOptions(BaseModel):
     """Typed per-backend options; a misspelt key fails at start-up."""
 
