@@ -246,6 +246,14 @@ def test_dumps_of_finite_arrays_does_not_walk_the_document(
     assert dumps(outputs) == b'{"probabilities":[[0.9,0.1]],"classes":[0]}'
 
 
+def test_integers_of_19_digits_or_more_are_read_exactly() -> None:
+    """orjson reads integers past 64 bits as floats; a run of 19 digits anywhere sends the
+    body to Python's parser, which keeps them exact."""
+    assert parse_json(b"[123456789012345678901]") == [123456789012345678901]
+    assert parse_json(b'{"a":[1,-36893488147419103232]}') == {"a": [1, -(2**65)]}
+    assert parse_json(b'{"a": [1.5, 2e3], "b": "1234567890123456789"}')["a"] == [1.5, 2000.0]
+
+
 def test_invalid_utf8_bodies_are_named_so() -> None:
     with pytest.raises(InvalidInput, match=r"not valid UTF-8 \(byte 0xff at offset 9\)"):
         parse_json(b'{"a": ["x\xff"]}')
