@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -477,9 +478,10 @@ _ORJSON_NUMPY = {
 }
 
 
-def _finite_arrays(document: dict[Any, Any]) -> dict[str, np.ndarray] | None:
+def finite_arrays(document: Mapping[Any, Any]) -> dict[str, np.ndarray] | None:
     """`jsonable(document)` when each of its values is a numpy array of one or more
-    dimensions, of a numeric dtype orjson writes, without NaN or infinity; else None."""
+    dimensions, of a numeric dtype orjson writes, without NaN or infinity; else None.
+    What orjson writes of it (OPT_SERIALIZE_NUMPY) is what `dumps` writes."""
     arrays: dict[str, np.ndarray] = {}
     for key, value in document.items():
         if type(value) is not np.ndarray or not value.ndim:
@@ -545,7 +547,7 @@ def dumps(document: Any, strict: bool = False) -> bytes:
     outputs, TF Serving's one-output `predictions`) goes to orjson without the walks over
     the document (the same bytes)."""
     if type(document) is dict:
-        arrays = _finite_arrays(document)
+        arrays = finite_arrays(document)
         if arrays is not None:
             return orjson.dumps(arrays, option=orjson.OPT_SERIALIZE_NUMPY)
     return _dumps_walked(document, strict)
