@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import math
-import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -78,7 +78,7 @@ def parse_json(body: bytes, binary_hint: str = BINARY_BODY_HINT) -> Any:
         if document is not None:
             return document
     first_error = None
-    if _LONG_INTEGER.search(body) is None:
+    if _LONG_INTEGER not in body.translate(_DIGITS):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -110,7 +110,10 @@ def parse_json(body: bytes, binary_hint: str = BINARY_BODY_HINT) -> Any:
 
 # 19 digits or more: maybe an integer past 64 bits, which orjson reads as a float (losing
 # its digits); Python's parser keeps it exact, so that it is refused naming its value.
-_LONG_INTEGER = re.compile(rb"\d{19}")
+# Found as a run of 19 "0"s in the body with every digit made "0" and every other byte
+# " " (0.3 µs for a tiny request, 17 µs for 14 KiB; the regex \d{19} took 2.2 and 270).
+_DIGITS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_INTEGER = b"0" * 19
 
 
 def binary_body(body: bytes) -> str | None:
@@ -178,15 +181,14 @@ def string_array(value: Any, what: str) -> np.ndarray:
 def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
     """Nested lists of numbers (or booleans) -> an array of `spec`'s dtype, any shape."""
     target = spec.dt.numpy
-    ragged = InvalidInput(f"{what}: nested lists are ragged; every row must have the same length")
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, _RaggedWarning):
-        raise ragged from None
+        raise _ragged(what) from None
     kind = array.dtype.kind
     if kind == "O":
         if any(isinstance(item, list) for item in array.flat):
-            raise ragged  # numpy < 1.24 builds an object array of the rows instead
+            raise _ragged(what)  # numpy < 1.24 builds an object array of the rows instead
         if has_b64(value):
             raise InvalidInput(
                 f'{what}: {{"b64": ...}} values need a string or image input; this one is '
@@ -229,13 +231,22 @@ def numeric_array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
         raise InvalidInput(f"{what}: expected {spec.dtype} numbers, got booleans")
     if target.kind in "iu":
         return _to_int(value, array, target, spec, what)
-    # float target: ints and floats are fine; refuse values the dtype cannot hold
-    with np.errstate(over="ignore"):
-        out = array.astype(target, copy=False)
-    narrowed = target.itemsize < 8 and array.size
-    if narrowed and not np.isfinite(out).all() and np.isfinite(array).all():
+    # float target: ints and floats are fine; refuse values the dtype cannot hold: finite
+    # values that become infinite (numpy's overflow in the cast, which only narrowing
+    # casts have) when no value was infinite or NaN to begin with
+    try:
+        with np.errstate(over="raise"):
+            return array.astype(target, copy=False)
+    except FloatingPointError:
+        with np.errstate(over="ignore"):
+            out = array.astype(target, copy=False)
+    if np.isfinite(array).all():
         raise InvalidInput(f"{what}: a value is out of range for {spec.dtype}")
     return out
+
+
+def _ragged(what: str) -> InvalidInput:
+    return InvalidInput(f"{what}: nested lists are ragged; every row must have the same length")
 
 
 def _holds_booleans(value: Any, array: np.ndarray) -> bool:
@@ -243,11 +254,16 @@ def _holds_booleans(value: Any, array: np.ndarray) -> bool:
     (numpy casts them to 1 and 0). Only arrays holding a 0 or a 1 are looked at closer."""
     if not isinstance(value, list) or array.dtype.kind not in "iuf" or not array.size:
         return False
-    if not ((array == 0) | (array == 1)).any():
+    if array.size <= _FEW_VALUES:  # a set of Python numbers: ~0.3 µs, numpy's three ~2.8
+        if {0, 1}.isdisjoint(array.ravel().tolist()):
+            return False
+    elif not ((array == 0) | (array == 1)).any():
         return False
     return bool(_IS_BOOL(np.asarray(value, dtype=object)).any())
 
 
+# Up to this many values, `_holds_booleans` looks for a 0 or a 1 among Python numbers.
+_FEW_VALUES = 64
 _IS_BOOL = np.frompyfunc(lambda item: isinstance(item, bool), 1, 1)
 
 
@@ -464,6 +480,23 @@ _ORJSON_NUMPY = {
 }
 
 
+def finite_arrays(document: Mapping[Any, Any]) -> dict[str, np.ndarray] | None:
+    """`jsonable(document)` when each of its values is a numpy array of one or more
+    dimensions, of a numeric dtype orjson writes, without NaN or infinity; else None.
+    What orjson writes of it (OPT_SERIALIZE_NUMPY) is what `dumps` writes."""
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in document.items():
+        if type(value) is not np.ndarray or not value.ndim:
+            return None
+        kind = value.dtype.kind
+        if kind not in "iuf" or dtype_name(value.dtype) not in _ORJSON_NUMPY:
+            return None
+        if kind == "f" and not np.isfinite(value).all():
+            return None
+        arrays[str(key)] = np.ascontiguousarray(value)
+    return arrays
+
+
 def _non_finite(value: Any) -> bool:
     if isinstance(value, np.ndarray):
         return value.dtype.kind == "f" and value.size > 0 and not np.isfinite(value).all()
@@ -512,7 +545,18 @@ def dumps(document: Any, strict: bool = False) -> bytes:
     Infinity are written as those literals (as TensorFlow Serving and Python's json do),
     not as null; with `strict`, as the strings "NaN", "Infinity" and "-Infinity", so the
     answer is valid JSON (RFC 8259) for every parser. Finite documents take orjson's
-    fast path either way."""
+    fast path either way; an object of finite numeric arrays (the original protocol's
+    outputs, TF Serving's one-output `predictions`) goes to orjson without the walks over
+    the document (the same bytes)."""
+    if type(document) is dict:
+        arrays = finite_arrays(document)
+        if arrays is not None:
+            return orjson.dumps(arrays, option=orjson.OPT_SERIALIZE_NUMPY)
+    return _dumps_walked(document, strict)
+
+
+def _dumps_walked(document: Any, strict: bool = False) -> bytes:
+    """`dumps` of any document: prepared by `jsonable`, then walked for NaN and infinity."""
     prepared = jsonable(document)
     if not _non_finite(prepared):
         return orjson.dumps(prepared, option=orjson.OPT_SERIALIZE_NUMPY)

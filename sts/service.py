@@ -99,12 +99,14 @@ class InlineGate:
     """Decides, per model version, whether a small request runs on the event loop.
 
     Every `INLINE_SAMPLES` runs (decode, predict, encode; requests of any size) the
-    version's timings are looked at again: it runs inline while their median is under
-    `threshold` seconds (wall time: a worker thread's waits for the interpreter lock
-    count, which keeps a loaded server in worker threads; `time.thread_time` would not
-    count them, but costs ~4 µs a call on this VM's kernel). One inline run over
-    `INLINE_LIMIT_FACTOR` thresholds sends the version back to worker threads at once.
-    Only platforms in `INLINE_PLATFORMS`; a threshold of 0 turns it off (the default)."""
+    version's timings are looked at again: it runs inline while the median of their CPU
+    time in the thread that ran them is under `threshold` seconds. CPU time, not wall
+    time: in a worker thread the wall time also counts the waits for the interpreter lock
+    (up to `sys.getswitchinterval()`, 5 ms, each), which at 32 connections kept even the
+    iris model's ~100 µs runs over any threshold. One inline run whose wall time is over
+    `INLINE_LIMIT_FACTOR` thresholds (the event loop was held that long, whatever the
+    cause) sends the version back to worker threads at once. Only platforms in
+    `INLINE_PLATFORMS`; a threshold of 0 turns it off (the default)."""
 
     def __init__(self, threshold: float = 0.0) -> None:
         self.threshold = threshold
@@ -118,19 +120,20 @@ class InlineGate:
         timing = self._timings.get(call.version)
         return timing is not None and timing.inline
 
-    def timed(self, call: Call, seconds: float, inline: bool) -> None:
-        """One run of `call` took `seconds` (on the event loop when `inline`)."""
+    def timed(self, call: Call, cpu: float, wall: float, inline: bool) -> None:
+        """One run of `call` took `cpu` seconds of its thread's CPU time and `wall`
+        seconds of wall time (on the event loop when `inline`)."""
         if not self.threshold or call.config.platform not in INLINE_PLATFORMS:
             return
         timing = self._timings.get(call.version)
         if timing is None:
             timing = self._timings.setdefault(call.version, _Timing())
-        if inline and seconds > self.threshold * INLINE_LIMIT_FACTOR:
+        if inline and wall > self.threshold * INLINE_LIMIT_FACTOR:
             timing.inline = False
             timing.samples = []
             return
         samples = timing.samples
-        samples.append(seconds)
+        samples.append(cpu)
         if len(samples) >= INLINE_SAMPLES:
             timing.samples = []
             timing.inline = statistics.median(samples) < self.threshold
@@ -341,11 +344,14 @@ class InferenceService:
         """Decode, predict, encode; the queue and compute metrics, timed for the gate."""
         began = time.monotonic()
         self.metrics.observe_queue(call.version.model, began - queued)
+        gated = bool(self.inline.threshold)  # the thread's CPU clock costs ~0.6 µs a read
+        cpu = time.thread_time_ns() if gated else 0
         outputs = backend.predict(codec.decode(call), call.signature_name)
         result = codec.encode(call, outputs)
         seconds = time.monotonic() - began
         self.metrics.observe_compute(call.version.model, seconds)
-        self.inline.timed(call, seconds, inline)
+        if gated:
+            self.inline.timed(call, (time.thread_time_ns() - cpu) / 1e9, seconds, inline)
         return result
 
     def _work(

@@ -121,9 +121,9 @@ class ServerSettings(BaseSettings):
     inline_predict_us: float = Field(default=0.0, ge=0, le=1000)
     """Tiny models answer on the event loop, without the worker-thread hop, while the
     median of their runs (decode, predict, encode; re-checked every 32) is under this many
-    microseconds (decode and encode included) and bodies are small (16 KiB); only ONNX Runtime,
-    scikit-learn, XGBoost and LightGBM models, which never block. 0 (the default): always
-    a worker thread."""
+    microseconds of CPU time (decode and encode included) and bodies are small (16 KiB);
+    only ONNX Runtime, scikit-learn, XGBoost and LightGBM models, which never block. 0 (the
+    default): always a worker thread."""
     workers: int = Field(default=1, ge=1, le=64)
     """Server processes; each loads every model (memory grows with N)."""
     enable_batching: Bool = False

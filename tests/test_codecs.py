@@ -10,7 +10,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sts.codecs import decode_named_inputs, dumps, numeric_array, parse_json, to_array
+import sts.codecs
+from sts.codecs import (
+    _dumps_walked,
+    decode_named_inputs,
+    dumps,
+    numeric_array,
+    parse_json,
+    to_array,
+)
 from sts.errors import InvalidInput
 from sts.signature import Signature, TensorSpec, dtype_name
 
@@ -41,6 +49,8 @@ def test_integral_floats_into_int() -> None:
         ([2**63], "int64", "out of range for int64"),
         ([2**70], "float32", "an integer beyond 64 bits"),
         ([1e300], "float32", "out of range for float32"),
+        ([70000], "float16", "out of range for float16"),
+        ([2**64 - 1, 1.5], "float16", "out of range for float16"),
         (["a"], "float32", "got strings"),
         ([True], "float32", "got booleans"),
         ([1], "bool", "expected booleans"),
@@ -59,6 +69,9 @@ def test_nonfinite_floats_are_kept() -> None:
     out = to_array([float("nan"), float("inf")], spec("float32"), "x")
     assert np.isnan(out[0])
     assert np.isinf(out[1])
+    # With a non-finite value sent, a finite one the dtype cannot hold is not refused
+    # (as before numeric_array's overflow check moved into the cast).
+    assert to_array([float("inf"), 1e300], spec("float32"), "x").tolist() == [np.inf] * 2
 
 
 def test_shape_is_checked() -> None:
@@ -200,6 +213,47 @@ def test_float32_is_written_shortest_with_or_without_non_finite_values() -> None
     assert dumps({"y": exact}) == b'{"y":[0.9815794229507446,NaN]}'
 
 
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"y": np.array([[0.1, 2.5e-8]], dtype=np.float32), "k": np.array([3], dtype=np.int64)},
+        {"y": np.array([1.5, -0.0], dtype=np.float16), "b": np.array([True, False])},
+        {"y": np.array([[np.nan, np.inf, -np.inf]], dtype=np.float64)},
+        {"y": np.array([1.0, np.nan], dtype=np.float32), "k": np.array([1], dtype=np.int32)},
+        {"s": np.array([b"a", "\u00e9".encode()], dtype=object), "e": np.zeros((0,), np.float32)},
+        {"u": np.array([2**64 - 1], dtype=np.uint64), "h": np.array([[1, 2]], dtype=np.int8)},
+        {"t": np.arange(6, dtype=np.float32).reshape(2, 3).T, "z": np.array(2.5)},
+        {"predictions": np.ones((2, 3), dtype=np.float64)},
+        {1: np.array([1], dtype=np.int16)},
+        {},
+    ],
+)
+@pytest.mark.parametrize("strict", [False, True])
+def test_dumps_of_arrays_writes_what_the_walk_writes(document: Any, strict: bool) -> None:
+    """Objects of finite numeric arrays skip `jsonable`'s and the NaN check's walks (the
+    original protocol's outputs): the same bytes as the walked path, for every document."""
+    assert dumps(document, strict) == _dumps_walked(document, strict)
+
+
+def test_dumps_of_finite_arrays_does_not_walk_the_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def walked(*args: Any) -> Any:
+        raise AssertionError("walked")
+
+    monkeypatch.setattr(sts.codecs, "jsonable", walked)
+    outputs = {"probabilities": np.array([[0.9, 0.1]], np.float32), "classes": np.array([0])}
+    assert dumps(outputs) == b'{"probabilities":[[0.9,0.1]],"classes":[0]}'
+
+
+def test_integers_of_19_digits_or_more_are_read_exactly() -> None:
+    """orjson reads integers past 64 bits as floats; a run of 19 digits anywhere sends the
+    body to Python's parser, which keeps them exact."""
+    assert parse_json(b"[123456789012345678901]") == [123456789012345678901]
+    assert parse_json(b'{"a":[1,-36893488147419103232]}') == {"a": [1, -(2**65)]}
+    assert parse_json(b'{"a": [1.5, 2e3], "b": "1234567890123456789"}')["a"] == [1.5, 2000.0]
+
+
 def test_invalid_utf8_bodies_are_named_so() -> None:
     with pytest.raises(InvalidInput, match=r"not valid UTF-8 \(byte 0xff at offset 9\)"):
         parse_json(b'{"a": ["x\xff"]}')
@@ -213,6 +267,14 @@ def test_booleans_among_numbers_are_refused() -> None:
         [1.0, 0.0],
         [0.0, 1.0],
     ]
+    # Few values (looked at as Python numbers) and many (with numpy), -0.0 among them.
+    for count in (3, 64, 65, 500):
+        numbers: list[Any] = [0.5] * (count - 1)
+        assert numeric_array([*numbers, -0.0], spec("float32", None), "x")[-1] == 0
+        with pytest.raises(InvalidInput, match="got booleans"):
+            numeric_array([*numbers, False], spec("float32", None), "x")
+        with pytest.raises(InvalidInput, match="got booleans"):
+            numeric_array([[1] * (count - 1) + [True]], spec("int64", None), "x")
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+import orjson
 
 from sts.api.bodies import Reply
 from sts.codecs import (
     NonFiniteNumber,
     dumps,
+    finite_arrays,
     has_b64,
     is_b64_object,
     jsonable,
@@ -338,6 +340,11 @@ def encode_predict(
         ((name, value),) = outputs.items()
         return dumps({"predictions": jsonable(value, _bytes_name(name))}, strict)
     # Numeric outputs stay numpy: indexing gives rows (or numpy scalars) orjson writes as is.
+    arrays = finite_arrays(outputs)
+    if arrays is not None:  # the bytes `dumps` writes, without its walks over the rows
+        items = arrays.items()
+        rows = [{name: jsonable(column[i]) for name, column in items} for i in range(batch)]
+        return orjson.dumps({"predictions": rows}, option=orjson.OPT_SERIALIZE_NUMPY)
     columns = {name: jsonable(value, _bytes_name(name)) for name, value in outputs.items()}
     rows = [{name: column[i] for name, column in columns.items()} for i in range(batch)]
     return dumps({"predictions": rows}, strict)

@@ -10,6 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
+import sts.codecs
+from sts.codecs import _dumps_walked, jsonable
 from sts.errors import (
     InvalidInput,
     LabelNotFound,
@@ -24,6 +26,7 @@ from sts.protocols.tfserving.codec import (
     ClassifyCodec,
     PredictCodec,
     RegressCodec,
+    encode_predict,
     parse_document,
 )
 from sts.signature import CLASSIFY, REGRESS
@@ -151,3 +154,35 @@ def test_regress() -> None:
     assert orjson.loads(reply.body) == {"results": [0.5]}
     with pytest.raises(InvalidInput, match="Expected regression signature output named"):
         codec.encode(call, {"y": np.array([0.5], dtype=np.float32)})
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        {"p": np.array([[0.9815794, 0.1]], np.float32), "k": np.array([2], np.longlong)},
+        {"p": np.ones((3, 2), np.float16), "k": np.arange(3, dtype=np.uint8)},
+        {"p": np.array([[np.nan, 1.0]], np.float32), "k": np.array([1], np.int64)},
+        {"p": np.array([[1.5]]), "s": np.array([b"a"], dtype=object)},
+        {"p": np.arange(6, dtype=np.int32).reshape(3, 2).T, "b": np.array([True, False])},
+    ],
+)
+@pytest.mark.parametrize("strict", [False, True])
+def test_rows_of_several_outputs_are_what_dumps_writes(
+    outputs: dict[str, np.ndarray], strict: bool
+) -> None:
+    """Finite numeric outputs skip `dumps`' walks over the rows: the same bytes."""
+    columns = {name: jsonable(value) for name, value in outputs.items()}
+    batch = next(iter(outputs.values())).shape[0]
+    rows = [{name: column[i] for name, column in columns.items()} for i in range(batch)]
+    expected = _dumps_walked({"predictions": rows}, strict)
+    assert encode_predict(outputs, row_format=True, strict=strict) == expected
+
+
+def test_rows_of_finite_numeric_outputs_are_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    def walked(value: Any) -> bool:
+        raise AssertionError("walked")
+
+    monkeypatch.setattr(sts.codecs, "_non_finite", walked)
+    outputs = {"p": np.array([[0.5, 0.25]], np.float32), "k": np.array([1], np.longlong)}
+    body = encode_predict(outputs, row_format=True)
+    assert body == b'{"predictions":[{"p":[0.5,0.25],"k":1}]}'
