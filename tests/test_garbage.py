@@ -102,6 +102,7 @@ def test_a_reload_reclaims_the_old_version_without_walking_tensorflow(
     cycles (its function graphs) are collected at its unload by collections that walk
     only what is not frozen. Object counts, not durations: those are what a collection's
     time is proportional to, whatever the machine's load."""
+    pytest.importorskip("tensorflow", reason="TensorFlow is not installed here (MXNet's env)")
     from sts import repository as repository_module
     from sts.backends import base as backends_base
     from sts.model_config import ModelConfig
