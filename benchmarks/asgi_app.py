@@ -1,23 +1,14 @@
 """The floor of Python HTTP serving here: a plain ASGI app (no framework) under uvicorn
-that parses JSON and calls ONNX Runtime synchronously on the event loop, with none of
-sts's features. The bare FastAPI endpoint (naive_app.py) minus FastAPI."""
+that answers as the bare FastAPI endpoint does (`naive_app.answer`: JSON parsed, ONNX
+Runtime called synchronously on the event loop, none of sts's features), minus FastAPI."""
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
+from naive_app import answer
 
-options = ort.SessionOptions()
-options.intra_op_num_threads = options.inter_op_num_threads = 1  # one CPU, like sts here
-session = ort.InferenceSession(
-    os.environ["NAIVE_MODEL"], options, providers=["CPUExecutionProvider"]
-)
-name = session.get_inputs()[0].name
-outputs = [o.name for o in session.get_outputs()]
 HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -32,13 +23,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         body += message.get("body", b"")
         more = message.get("more_body", False)
-    if scope["method"] == "POST":
-        document = json.loads(body)
-        values = np.asarray(document["data"][name], dtype=np.float32)
-        results = session.run(None, {name: values})
-        answer = {n: r.tolist() for n, r in zip(outputs, results, strict=True)}
-    else:
-        answer = {"ready": True}
-    payload = json.dumps(answer).encode()
+    reply = answer(body) if scope["method"] == "POST" else {"ready": True}
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-    await send({"type": "http.response.body", "body": payload})
+    await send({"type": "http.response.body", "body": json.dumps(reply).encode()})
