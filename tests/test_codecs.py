@@ -213,15 +213,21 @@ def test_float32_is_written_shortest_with_or_without_non_finite_values() -> None
     assert dumps({"y": exact}) == b'{"y":[0.9815794229507446,NaN]}'
 
 
+OUTPUTS: list[dict[str, np.ndarray]] = [
+    {"y": np.array([[0.1, 2.5e-8]], dtype=np.float32), "k": np.array([3], dtype=np.int64)},
+    {"y": np.array([1.5, -0.0], dtype=np.float16), "b": np.array([True, False])},
+    {"y": np.array([[np.nan, np.inf, -np.inf]], dtype=np.float64)},
+    {"y": np.array([1.0, np.nan], dtype=np.float32), "k": np.array([1], dtype=np.int32)},
+    {"s": np.array([b"a", "\u00e9".encode()], dtype=object), "e": np.zeros((0,), np.float32)},
+    {"u": np.array([2**64 - 1], dtype=np.uint64), "h": np.array([[1, 2]], dtype=np.int8)},
+]
+"""Outputs as runtimes give them: finite and not, every width, strings, empty."""
+
+
 @pytest.mark.parametrize(
     "document",
     [
-        {"y": np.array([[0.1, 2.5e-8]], dtype=np.float32), "k": np.array([3], dtype=np.int64)},
-        {"y": np.array([1.5, -0.0], dtype=np.float16), "b": np.array([True, False])},
-        {"y": np.array([[np.nan, np.inf, -np.inf]], dtype=np.float64)},
-        {"y": np.array([1.0, np.nan], dtype=np.float32), "k": np.array([1], dtype=np.int32)},
-        {"s": np.array([b"a", "\u00e9".encode()], dtype=object), "e": np.zeros((0,), np.float32)},
-        {"u": np.array([2**64 - 1], dtype=np.uint64), "h": np.array([[1, 2]], dtype=np.int8)},
+        *OUTPUTS,
         {"t": np.arange(6, dtype=np.float32).reshape(2, 3).T, "z": np.array(2.5)},
         {"predictions": np.ones((2, 3), dtype=np.float64)},
         {1: np.array([1], dtype=np.int16)},

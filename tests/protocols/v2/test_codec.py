@@ -13,6 +13,7 @@ from sts.errors import InvalidInput, ModelNotFound
 from sts.protocols.v2.codec import V2Codec, encode_response, parse_request, split_body
 from sts.signature import dtype_of
 from tests import fakes
+from tests.test_codecs import OUTPUTS
 
 XY = fakes.signature({"x": ("float32", (-1, 2))}, {"y": ("float32", (-1, 2))})
 
@@ -75,17 +76,7 @@ def test_errors_keep_their_words() -> None:
     assert _codec({"inputs": [x]}).reword(error) is error
 
 
-@pytest.mark.parametrize(
-    "outputs",
-    [
-        {"y": np.array([[0.1, 2.5e-8]], dtype=np.float32), "k": np.array([3], dtype=np.int64)},
-        {"y": np.array([1.5, -0.0], dtype=np.float16), "b": np.array([True, False])},
-        {"y": np.array([[np.nan, np.inf, -np.inf]], dtype=np.float64)},
-        {"y": np.array([1.0, np.nan], dtype=np.float32), "k": np.array([1], dtype=np.int32)},
-        {"s": np.array([b"a", "\u00e9".encode()], dtype=object), "e": np.zeros((0,), np.float32)},
-        {"u": np.array([2**64 - 1], dtype=np.uint64), "h": np.array([[1, 2]], dtype=np.int8)},
-    ],
-)
+@pytest.mark.parametrize("outputs", OUTPUTS)
 def test_json_outputs_as_dumps_writes_them(outputs: dict[str, np.ndarray]) -> None:
     """The JSON response is the bytes `sts.codecs.dumps` (strict) writes for the document,
     whether it takes orjson's direct path (finite numeric arrays) or not."""
