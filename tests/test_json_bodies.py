@@ -583,14 +583,17 @@ def test_a_parser_process_dies_with_the_server() -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_shutdown_kills_busy_parser_processes_and_starts_no_more(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def one_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """big_bodies with no parser process yet, at most one, not closing (undone after)."""
     monkeypatch.setattr(big_bodies, "_idle", queue.SimpleQueue())
     monkeypatch.setattr(big_bodies, "_children", set())
     monkeypatch.setattr(big_bodies, "_started", 0)
     monkeypatch.setattr(big_bodies, "_closing", threading.Event())
     monkeypatch.setattr(big_bodies, "WORKERS", 1)
+
+
+def test_shutdown_kills_busy_parser_processes_and_starts_no_more(one_parser: None) -> None:
     body = orjson.dumps({"data": list(range(50_000))})
     assert isinstance(big_bodies.parse(body)["data"], np.ndarray)
     busy = next(iter(big_bodies._children))
@@ -606,15 +609,9 @@ def test_shutdown_kills_busy_parser_processes_and_starts_no_more(
     assert not big_bodies._children
 
 
-def test_parser_processes_outlive_the_thread_that_needed_them_first(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_parser_processes_outlive_the_thread_that_needed_them_first(one_parser: None) -> None:
     # The parent death signal follows the thread that started a process: a worker thread
     # that ends (they are pruned when idle) must not take the parser processes with it.
-    monkeypatch.setattr(big_bodies, "_idle", queue.SimpleQueue())
-    monkeypatch.setattr(big_bodies, "_children", set())
-    monkeypatch.setattr(big_bodies, "_started", 0)
-    monkeypatch.setattr(big_bodies, "WORKERS", 1)
     body = orjson.dumps({"data": list(range(50_000))})
     worker = threading.Thread(target=big_bodies.parse, args=(body,))
     worker.start()
